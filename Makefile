@@ -1,0 +1,56 @@
+# wrennd — see README.md for what each target does.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NATIVE_SRC := $(wildcard native/*.c native/*.h) native/build_native.py
+NATIVE_STAMP := wrennd/.native-built
+SAN_FLAGS := -std=c11 -O1 -g -Wall -Wextra -Werror -fno-omit-frame-pointer \
+             -fsanitize=address,undefined -fno-sanitize-recover=all
+SAN_DIR := build/sanitize
+NATIVE_TESTS := $(patsubst native/tests/%.c,$(SAN_DIR)/%,$(wildcard native/tests/test_*.c))
+
+.PHONY: install debs test lint typecheck sanitize pytest bench clean
+
+install: debs $(STAMP) $(NATIVE_STAMP)
+
+debs:
+	@deps/install-debian-packages
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check 'setuptools>=77' wheel 'cffi>=1.16'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	touch $@
+
+# The editable install imports wrennd._native from the source tree: rebuild it
+# in place whenever the C sources change.
+$(NATIVE_STAMP): $(NATIVE_SRC) $(STAMP)
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+test: install lint typecheck sanitize pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+# Native unit tests, built with the library sources under ASan + UBSan.
+sanitize: $(NATIVE_TESTS)
+	@set -e; for t in $(NATIVE_TESTS); do echo "== $$t"; $$t; done
+
+$(SAN_DIR)/%: native/tests/%.c $(wildcard native/*.c native/*.h native/tests/*.h)
+	@mkdir -p $(SAN_DIR)
+	$(CC) $(SAN_FLAGS) -Inative -o $@ $< $(wildcard native/*.c)
+
+pytest: install
+	$(PY) -m pytest -rs $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/zeroscan_bench.py
+
+clean:
+	rm -rf build $(VENV) wrennd/_native*.so $(NATIVE_STAMP) *.egg-info

@@ -1,0 +1,3 @@
+"""wrennd: host daemon for Firecracker microVM sandboxes."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,183 @@
+"""The daemon's settings: one immutable object from a TOML file plus environment overrides.
+
+Sources, later ones winning: built-in defaults, the TOML file (``--config``,
+else ``$WRENND_CONFIG``, else /etc/wrennd/wrennd.toml when it exists), then
+``WRENND_<KEY>`` environment variables (``WRENND_STATE_DIR=/srv/wrennd``).
+Every path the daemon touches is derived here so nothing else hard-codes one.
+A bad value fails at load time with the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("/etc/wrennd/wrennd.toml")
+ENV_PREFIX = "WRENND_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+STORAGE_BACKENDS = ("auto", "devicemapper", "reflink", "copy")
+TTL_ACTIONS = ("pause", "destroy")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the daemon cannot use."""
+
+    def __init__(self, key: str, value: object, expected: str, source: str) -> None:
+        super().__init__(f"config {key}={value!r} (from {source}): expected {expected}")
+        self.key = key
+        self.value = value
+        self.expected = expected
+        self.source = source
+
+
+def _path(v: object) -> Path:
+    if not isinstance(v, str | Path) or not str(v):
+        raise TypeError
+    p = Path(v)
+    if not p.is_absolute():
+        raise ValueError
+    return p
+
+
+def _opt_path(v: object) -> Path | None:
+    return None if v in ("", None) else _path(v)
+
+
+def _pos_int(v: object) -> int:
+    if isinstance(v, bool):
+        raise TypeError
+    i = int(v) if isinstance(v, str) else v
+    if not isinstance(i, int) or i <= 0:
+        raise ValueError
+    return i
+
+
+def _bool(v: object) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return v.lower() in ("1", "true", "yes", "on")
+    raise ValueError
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def parse(v: object) -> str:
+        if not isinstance(v, str) or v.lower() not in choices:
+            raise ValueError
+        return v.lower()
+
+    return parse
+
+
+def _network16(v: object) -> ipaddress.IPv4Network:
+    net = ipaddress.IPv4Network(str(v), strict=True)
+    if net.prefixlen > 16:
+        raise ValueError
+    return net
+
+
+def _str(v: object) -> str:
+    if not isinstance(v, str):
+        raise TypeError
+    return v
+
+
+def _setting(default: Any, parse: Callable[[object], Any], expected: str) -> Any:
+    return dataclasses.field(default=default, metadata={"parse": parse, "expected": expected})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    state_dir: Path = _setting(Path("/var/lib/wrennd"), _path, "an absolute path")
+    run_dir: Path = _setting(Path("/run/wrennd"), _path, "an absolute path")
+    firecracker_bin: Path = _setting(Path("/usr/local/bin/firecracker"), _path, "an absolute path")
+    jailer_bin: Path | None = _setting(None, _opt_path, "an absolute path or empty")
+    # None means state_dir/kernels/vmlinux.
+    kernel: Path | None = _setting(None, _opt_path, "an absolute path or empty")
+    log_level: str = _setting("info", _choice(*LOG_LEVELS), f"one of {', '.join(LOG_LEVELS)}")
+    socket_group: str = _setting("wrennd", _str, "a group name")
+    max_generations: int = _setting(10, _pos_int, "a positive integer")
+    uffd_batch_bytes: int = _setting(64 * 1024, _pos_int, "a positive integer (bytes)")
+    storage_backend: str = _setting(
+        "auto", _choice(*STORAGE_BACKENDS), f"one of {', '.join(STORAGE_BACKENDS)}"
+    )
+    host_network: ipaddress.IPv4Network = _setting(
+        ipaddress.IPv4Network("10.11.0.0/16"), _network16, "an IPv4 network of /16 or larger"
+    )
+    ttl_action: str = _setting("pause", _choice(*TTL_ACTIONS), "pause or destroy")
+    use_jailer: bool = _setting(False, _bool, "true or false")
+
+    # Derived paths (DESIGN.md §3).
+    @property
+    def images_dir(self) -> Path:
+        return self.state_dir / "images"
+
+    @property
+    def kernel_path(self) -> Path:
+        return self.kernel or self.state_dir / "kernels" / "vmlinux"
+
+    @property
+    def memfiles_dir(self) -> Path:
+        return self.state_dir / "memfiles"
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.state_dir / "sandboxes"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.state_dir / "templates"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.run_dir / "wrennd.sock"
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _parse(key: str, raw: object, source: str) -> Any:
+    field = FIELDS[key]
+    try:
+        return field.metadata["parse"](raw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(key, raw, field.metadata["expected"], source) from e
+
+
+def _config_file(explicit: Path | None, env: Mapping[str, str]) -> Path | None:
+    if explicit is not None:
+        return explicit
+    if env.get(ENV_PREFIX + "CONFIG"):
+        return Path(env[ENV_PREFIX + "CONFIG"])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from defaults, the config file and the environment."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    file = _config_file(path, env)
+    if file is not None:
+        try:
+            with file.open("rb") as f:
+                doc = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError("config", str(file), "a readable TOML file", e.strerror or "") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("config", str(file), f"valid TOML ({e})", str(file)) from e
+        for key, raw in doc.items():
+            if key not in FIELDS:
+                raise ConfigError(key, raw, f"a known key ({', '.join(FIELDS)})", str(file))
+            values[key] = _parse(key, raw, str(file))
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key in FIELDS:
+            values[key] = _parse(key, raw, f"${name}")
+    return Settings(**values)
