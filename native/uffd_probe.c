@@ -1,6 +1,6 @@
 /* Can this process use userfaultfd the way Firecracker and the engine do? */
 #define _GNU_SOURCE
-#include "wrennd_native.h"
+#include "uffd_probe.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -7,7 +7,7 @@
  * so for them this loop is bound by memory bandwidth like memcmp().
  */
 #define _GNU_SOURCE
-#include "wrennd_native.h"
+#include "zeroscan.h"
 
 #include <errno.h>
 #include <stdlib.h>

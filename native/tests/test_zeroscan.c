@@ -1,6 +1,6 @@
 /* Native tests of the zero scanner; `make sanitize` runs them under ASan+UBSan. */
 #define _GNU_SOURCE
-#include "../wrennd_native.h"
+#include "../zeroscan.h"
 #include "check.h"
 
 #include <errno.h>

@@ -1,11 +1,12 @@
-/* Public C interface of wrennd._native.
+/* Zero-block scanner of wrennd._native.
  *
- * This header is read twice: by the C compiler, and (between the CDEF markers)
- * by cffi's cdef parser, which accepts only plain declarations.  Every function
- * returns 0 or a negative errno unless documented otherwise.
+ * Like every native/*.h, this header is read twice: by the C compiler, and
+ * (between the CDEF markers) by cffi's cdef parser, which accepts only plain
+ * declarations.  Functions return 0 or a negative errno unless documented
+ * otherwise.
  */
-#ifndef WRENND_NATIVE_H
-#define WRENND_NATIVE_H
+#ifndef WRENND_ZEROSCAN_H
+#define WRENND_ZEROSCAN_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -36,11 +37,6 @@ int64_t wr_zero_scan_fd(int fd, uint64_t offset, uint64_t len,
  * against a static zero block.  Not used by the daemon. */
 int64_t wr_zero_scan_buf_memcmp(const uint8_t *buf, uint64_t len,
                                 uint64_t block_size, uint8_t *bitmap);
-
-/* userfaultfd availability: opens a uffd (/dev/userfaultfd first, then the
- * syscall, as Firecracker does), negotiates UFFDIO_API with
- * UFFD_FEATURE_EVENT_REMOVE and closes it again.  0 when usable. */
-int wr_uffd_probe(void);
 
 /* CDEF-END */
 
