@@ -1,6 +1,6 @@
 /* Zero-block scanner of wrennd._native.
  *
- * Like every native/*.h, this header is read twice: by the C compiler, and
+ * Like every header in native/, this one is read twice: by the C compiler, and
  * (between the CDEF markers) by cffi's cdef parser, which accepts only plain
  * declarations.  Functions return 0 or a negative errno unless documented
  * otherwise.

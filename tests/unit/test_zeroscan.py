@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -143,8 +144,9 @@ def test_scan_releases_the_gil() -> None:
     """A Python thread keeps running while another thread is inside the C scan."""
     size = 512 << 20
     buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    buf.write(b"\x01" * 4096)  # fault one page; the rest is the shared zero page
-    zeroscan.scan_buffer(buf, 4096)  # warm up
+    # Real zeroed pages: the shared zero page would scan from cache in a blink.
+    for off in range(0, size, 64 << 20):
+        buf[off : off + (64 << 20)] = bytes(64 << 20)
     t0 = time.perf_counter()
     zeroscan.scan_buffer(buf, 4096)
     one_scan = time.perf_counter() - t0
@@ -157,16 +159,22 @@ def test_scan_releases_the_gil() -> None:
         done.set()
 
     worker = threading.Thread(target=scan)
-    last = time.perf_counter()
-    max_gap = 0.0
-    worker.start()
-    while not done.is_set():
-        now = time.perf_counter()
-        max_gap = max(max_gap, now - last)
-        last = now
-    worker.join()
-    buf.close()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)  # so GIL hand-offs between Python threads stay short
+    try:
+        last = time.perf_counter()
+        max_gap = 0.0
+        worker.start()
+        while not done.is_set():
+            now = time.perf_counter()
+            max_gap = max(max_gap, now - last)
+            last = now
+        worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+        buf.close()
     # With the GIL held, this loop would stall for a whole scan at a time.
+    assert one_scan > 0.01, "scan too fast to tell"
     assert max_gap < one_scan / 2, (max_gap, one_scan)
 
 
