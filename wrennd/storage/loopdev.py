@@ -145,6 +145,10 @@ def _read(path: Path) -> str | None:
         return path.read_text().rstrip("\n")
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as e:
+        if e.errno in (errno.ENODEV, errno.ENXIO):  # detached while we looked
+            return None
+        raise
 
 
 def bound() -> list[BoundLoop]:
