@@ -39,6 +39,7 @@ from wrennd.storage.errors import (
     BaseImageMissing,
     FlattenTargetExists,
     NoSpace,
+    RecordCorrupt,
     SandboxStorageBusy,
     SandboxStorageExists,
     SandboxStorageNotFound,
@@ -84,7 +85,7 @@ class RootfsRecord:
                 attached=bool(d["attached"]),
             )
         except (ValueError, KeyError, TypeError) as e:
-            raise SandboxStorageNotFound(where.parent.name, where) from e
+            raise RecordCorrupt(where, f"{type(e).__name__}: {e}") from e
 
 
 @dataclasses.dataclass
@@ -174,7 +175,7 @@ class StorageBackend(ABC):
         for path in sorted(self.sandboxes_dir.glob(f"*/{RECORD_NAME}")):
             try:
                 yield RootfsRecord.from_json(path.read_bytes(), path)
-            except (OSError, SandboxStorageNotFound):
+            except (OSError, RecordCorrupt):
                 log.warning("unreadable rootfs record skipped", extra=kv(path=path))
 
     def _save(self, rec: RootfsRecord) -> None:

@@ -54,6 +54,12 @@ class SandboxStorageNotFound(StorageError):
         self.sandbox_id = sandbox_id
 
 
+class RecordCorrupt(StorageError):
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"rootfs record {path} is unreadable: {detail}")
+        self.path = path
+
+
 class SandboxStorageBusy(StorageError):
     def __init__(self, sandbox_id: str) -> None:
         super().__init__(f"sandbox {sandbox_id}: another storage operation is in progress")

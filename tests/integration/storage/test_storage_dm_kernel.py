@@ -73,6 +73,10 @@ def test_lifecycle_on_real_device_mapper(state: Path, tools: Any, tmp_path: Path
     assert tools.run_bytes("debugfs", "-R", "cat /data.bin", dest) == written
     assert tools.run("debugfs", "-R", "cat /etc/hostname", dest) == "sandbox\n"
     assert base.read_bytes() == base_bytes
+    backend.detach(a)  # a paused sandbox flattens through a briefly re-made device
+    dest2 = state / "images" / "template2.ext4"
+    backend.flatten(a, dest2)
+    assert dest2.read_bytes() == merged and not again.drive.exists()
     backend.remove(a)
     assert not again.drive.exists() and loopdev.find_backed_by(base) == []
 

@@ -14,6 +14,7 @@ from wrennd.storage import (
     BaseImageInUse,
     BaseImageMissing,
     CopyBackend,
+    RecordCorrupt,
     RootfsRecord,
     SandboxStorageBusy,
     SandboxStorageNotFound,
@@ -71,8 +72,9 @@ def test_record_is_persisted_and_round_trips(backend: CopyBackend, base: Path) -
 def test_corrupt_record(backend: CopyBackend, base: Path) -> None:
     backend.create("r2", base)
     backend.record_path("r2").write_text("{not json")
-    with pytest.raises(SandboxStorageNotFound, match="r2"):
+    with pytest.raises(RecordCorrupt, match=r"r2/rootfs\.json is unreadable"):
         backend.record("r2")
+    assert list(backend.records()) == []
 
 
 def test_unknown_sandbox(backend: CopyBackend) -> None:
