@@ -1,8 +1,9 @@
 """The asyncio face of the storage backends: every blocking call runs on a small executor.
 
-Cancelling an awaiting task does not stop the work already running on the
-executor: the operation finishes (or fails and cleans up after itself) in
-the background, so no half-made layer is ever left by a cancellation.
+Cancelling an awaiting task does not stop an operation already running on
+the executor: it finishes (or fails and cleans up after itself) in the
+background, so a cancellation never leaves a half-made layer; one still
+queued is dropped before it starts.  ``aclose`` waits for running ones.
 """
 
 from __future__ import annotations

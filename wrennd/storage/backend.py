@@ -223,7 +223,13 @@ class StorageBackend(ABC):
             rec = RootfsRecord(sandbox_id, self.name, base, size, layer, drive, True)
             self._save(rec)
         except BaseException as e:
-            self._undo_create(sandbox_id, base, size, layer, sdir, made_dir, attached)
+            try:
+                self._undo_create(sandbox_id, base, size, layer, sdir, made_dir, attached)
+            except Exception as undo:  # report the first failure, not the rollback's
+                log.error(
+                    "rollback of a failed create failed",
+                    extra=kv(sandbox=sandbox_id, error=undo, cause=e),
+                )
             if isinstance(e, OSError) and fileops.is_no_space(e):
                 raise NoSpace(f"create rootfs of sandbox {sandbox_id}", sdir, str(e)) from e
             raise
@@ -345,7 +351,7 @@ class StorageBackend(ABC):
 
     def _remove_temp_files(self, report: StaleReport) -> None:
         """Temp files of creates, record writes and flattens interrupted by a crash."""
-        dirs = [self.state_dir / "images", self.state_dir / "templates"]
+        dirs = [self.state_dir / "images", self.state_dir / "templates", self.sandboxes_dir]
         dirs += [p for p in self.sandboxes_dir.iterdir() if p.is_dir()]
         for d in dirs:
             for p in d.glob(".*.tmp-*") if d.is_dir() else ():
