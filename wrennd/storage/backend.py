@@ -214,10 +214,10 @@ class StorageBackend(ABC):
 
     def _create_locked(self, sandbox_id: str, sdir: Path, base: Path, size: int) -> RootfsRecord:
         made_dir = not sdir.exists()
-        sdir.mkdir(parents=True, exist_ok=True)
         layer = sdir / self.layer_name
         attached = False
         try:
+            sdir.mkdir(parents=True, exist_ok=True)
             drive = self._make_layer(sandbox_id, base, size, layer)
             attached = True
             rec = RootfsRecord(sandbox_id, self.name, base, size, layer, drive, True)
@@ -257,6 +257,8 @@ class StorageBackend(ABC):
         if made_dir:
             try:
                 sdir.rmdir()
+            except FileNotFoundError:
+                pass
             except OSError:
                 log.warning("sandbox dir not empty after failed create", extra=kv(dir=sdir))
 

@@ -9,6 +9,8 @@ reference counts, ordering, rollback, stale selection) runs for real.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from wrennd.storage import BaseImageInUse, DeviceError, DeviceMapperBackend, loopdev
+from wrennd.storage import BaseImageInUse, DeviceError, DeviceMapperBackend, NoSpace, loopdev
 from wrennd.storage.baseloops import KernelLoops
 from wrennd.storage.dmsetup import DmNotFound, DmSetup, cow_file_size
 from wrennd.storage.loopdev import LoopDevice
@@ -272,3 +274,39 @@ def test_cow_file_is_sized_for_the_whole_origin(rig: Rig) -> None:
     assert rec.layer.stat().st_size > rec.base_size
     assert rec.layer.stat().st_blocks == 0
     rig.backend.remove("s")
+
+
+def test_disk_full_after_the_devices_are_up_rolls_back(make_fs: Any, tools: Any) -> None:
+    state = make_fs("ext4", 8) / "state"
+    (state / "images").mkdir(parents=True)
+    base = state / "images" / "base.ext4"
+    tools.sparse_file(base, 4 * MiB, [(0, 64 * 1024)], seed=1)
+    rig = Rig(state)
+    sdir = rig.backend.sandbox_dir("full")
+    sdir.mkdir()  # made by the sandbox manager before the disk filled up
+    fd = os.open(state / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        for piece in (65536, 4096):  # fill every free block, the reserved ones too (root)
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\xff" * piece)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        with pytest.raises(NoSpace, match="create rootfs of sandbox full"):
+            rig.backend.create("full", base)
+        # The CoW file is sparse, so the devices came up; the record could not be written.
+        assert rig.events == [
+            ("loop-attach", "base.ext4", "ro"),
+            ("loop-attach", "rootfs.cow", "rw"),
+            ("dm-create", "wrenn-full"),
+            ("dm-remove", "wrenn-full"),
+            ("loop-detach", "rootfs.cow"),
+            ("loop-detach", "base.ext4"),
+        ]
+        assert rig.state_loops() == [] and rig.model.tables == {}
+        assert sdir.is_dir() and list(sdir.iterdir()) == []
+    finally:
+        for b in rig.state_loops():
+            loopdev.detach(b.device)

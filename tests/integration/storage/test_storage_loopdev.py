@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from wrennd.storage import DeviceError, loopdev
+from wrennd.storage import DeviceError, fileops, loopdev
 
 pytestmark = pytest.mark.root
 
@@ -99,3 +99,23 @@ def test_concurrent_attaches_get_distinct_devices(tmp_path: Path, attached: list
 def test_missing_backing_file(tmp_path: Path) -> None:
     with pytest.raises(DeviceError, match=r"nothere\.img"):
         loopdev.attach(tmp_path / "nothere.img", read_only=True)
+
+
+def test_device_copy_of_a_real_ext4(tmp_path: Path, tools: Any, attached: list[Any]) -> None:
+    """What devicemapper's flatten does with the dm device, here with a loop device."""
+    image = tmp_path / "fs.ext4"
+    tools.ext4_image(image, 32, {"a/b.bin": tools.pattern(700_000, 3), "c.txt": b"hello\n"})
+    dev = loopdev.attach(image, read_only=True)
+    attached.append(dev)
+    out = tmp_path / "flat.ext4"
+    src = os.open(dev.path, os.O_RDONLY)
+    dst = os.open(out, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+    try:
+        fileops.copy_device_sparse(src, dst, image.stat().st_size)
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert out.read_bytes() == image.read_bytes()
+    assert fileops.allocated_bytes(out) < image.stat().st_size // 4  # free space stayed holes
+    tools.run("e2fsck", "-fn", out)
+    assert tools.run("debugfs", "-R", "cat /c.txt", out) == "hello\n"
