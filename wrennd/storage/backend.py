@@ -216,6 +216,9 @@ class StorageBackend(ABC):
         made_dir = not sdir.exists()
         layer = sdir / self.layer_name
         attached = False
+        if layer.exists():  # a create that crashed before its record was written
+            log.warning("leftover layer without a record removed", extra=kv(layer=layer))
+            layer.unlink()
         try:
             sdir.mkdir(parents=True, exist_ok=True)
             drive = self._make_layer(sandbox_id, base, size, layer)

@@ -153,3 +153,11 @@ def test_cleanup_stale_of_file_backends(backend: CopyBackend, base: Path) -> Non
     assert report.marked_detached == ["was-up"]
     assert not any(c.exists() for c in crumbs) and keep.exists()
     assert backend.record("up").attached and not backend.record("was-up").attached
+
+
+def test_leftover_layer_of_a_crashed_create_is_replaced(backend: CopyBackend, base: Path) -> None:
+    sdir = backend.sandbox_dir("crashed")
+    sdir.mkdir()
+    (sdir / "rootfs.ext4").write_bytes(b"half a copy")
+    rec = backend.create("crashed", base)
+    assert rec.layer.read_bytes() == base.read_bytes()
