@@ -10,10 +10,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import secrets
 from pathlib import Path
 
 from wrennd import zeroscan
+from wrennd.fsutil import fsync_dir
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int)
 
@@ -121,23 +121,6 @@ def copy_device_sparse(src_fd: int, dst_fd: int, size: int) -> None:
         offset += n
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def temp_name(final: Path) -> Path:
-    """A hidden sibling of ``final`` that stale cleanup recognizes as ours."""
-    return final.with_name(f".{final.name}.tmp-{secrets.token_hex(4)}")
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and ".tmp-" in name
-
-
 def create_exclusive(path: Path, mode: int = 0o644) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
 
@@ -159,23 +142,3 @@ def unlink_quiet(path: Path) -> None:
 def allocated_bytes(path: Path) -> int:
     """Bytes of disk blocks a file has allocated (not its apparent size)."""
     return path.stat().st_blocks * 512
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: tmp + fsync + rename + fsync dir."""
-    tmp = temp_name(path)
-    fd = create_exclusive(tmp)
-    try:
-        _write_all(fd, memoryview(data), 0)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        unlink_quiet(tmp)
-        raise
-    os.close(fd)
-    try:
-        tmp.replace(path)
-    except BaseException:
-        unlink_quiet(tmp)
-        raise
-    fsync_dir(path.parent)
