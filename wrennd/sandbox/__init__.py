@@ -1,0 +1,1 @@
+"""Sandbox lifecycle: state machine, persisted records, manager, reaper (DESIGN.md §2)."""

@@ -1,0 +1,130 @@
+"""Persisted sandbox records: ``state_dir/sandboxes/<id>/state.json``.
+
+The record is the daemon's memory across restarts: what the sandbox was made
+from, its resources (network slot, VMM pid), its state and the last error.
+Writes are atomic (wrennd.fsutil); a record that cannot be parsed is reported
+with its path, never silently dropped or guessed at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from wrennd.fsutil import atomic_write_json
+from wrennd.sandbox.state import SandboxState
+
+RECORD_VERSION = 1
+_ID_RE = re.compile(r"^sb-[0-9a-f]{12}$")
+
+
+class RecordError(ValueError):
+    """A state.json is missing, unreadable or malformed."""
+
+
+def new_sandbox_id() -> str:
+    return f"sb-{secrets.token_hex(6)}"
+
+
+def check_sandbox_id(sandbox_id: str) -> str:
+    # Ids become path components: refuse anything else outright.
+    if not _ID_RE.match(sandbox_id):
+        raise ValueError(f"invalid sandbox id {sandbox_id!r}: expected sb- and 12 hex digits")
+    return sandbox_id
+
+
+@dataclasses.dataclass
+class SandboxRecord:
+    id: str
+    state: SandboxState
+    vcpus: int
+    memory_mib: int
+    image: str | None = None
+    template: str | None = None
+    timeout_s: float | None = None
+    expires_at: float | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+    slot: int | None = None
+    vmm_pid: int | None = None
+    generation: int | None = None  # memory generation of the last pause; None: never paused
+    error: str | None = None
+    created_at: float = dataclasses.field(default_factory=time.time)
+    updated_at: float = dataclasses.field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["state"] = self.state.value
+        d["version"] = RECORD_VERSION
+        return d
+
+    @classmethod
+    def from_json(cls, d: object, where: str) -> SandboxRecord:
+        if not isinstance(d, dict):
+            raise RecordError(f"{where}: expected a JSON object")
+        if d.get("version") != RECORD_VERSION:
+            raise RecordError(f"{where}: unsupported record version {d.get('version')!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known - {"version"}
+        if unknown:
+            raise RecordError(f"{where}: unknown fields {sorted(unknown)}")
+        try:
+            fields = {k: v for k, v in d.items() if k != "version"}
+            fields["state"] = SandboxState(fields["state"])
+            rec = cls(**fields)
+            check_sandbox_id(rec.id)
+        except (KeyError, TypeError, ValueError) as e:
+            raise RecordError(f"{where}: {e}") from e
+        return rec
+
+
+class RecordStore:
+    """Reads and writes the records under ``sandboxes_dir``."""
+
+    def __init__(self, sandboxes_dir: Path) -> None:
+        self.root = sandboxes_dir
+
+    def dir(self, sandbox_id: str) -> Path:
+        return self.root / check_sandbox_id(sandbox_id)
+
+    def save(self, record: SandboxRecord) -> None:
+        record.updated_at = time.time()
+        d = self.dir(record.id)
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(d / "state.json", record.to_json())
+
+    def load(self, sandbox_id: str) -> SandboxRecord:
+        path = self.dir(sandbox_id) / "state.json"
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError) as e:
+            raise RecordError(f"{path}: {e}") from e
+        rec = SandboxRecord.from_json(doc, str(path))
+        if rec.id != sandbox_id:
+            raise RecordError(f"{path}: record names sandbox {rec.id}")
+        return rec
+
+    def load_all(self) -> tuple[list[SandboxRecord], list[RecordError]]:
+        """Every record, plus an error for each directory whose record is bad."""
+        records: list[SandboxRecord] = []
+        errors: list[RecordError] = []
+        if not self.root.exists():
+            return records, errors
+        for entry in sorted(self.root.iterdir()):
+            if not entry.is_dir() or not _ID_RE.match(entry.name):
+                continue
+            try:
+                records.append(self.load(entry.name))
+            except RecordError as e:
+                errors.append(e)
+        return records, errors
+
+    def remove(self, sandbox_id: str) -> None:
+        """Delete the sandbox's directory (record and everything beside it)."""
+        shutil.rmtree(self.dir(sandbox_id), ignore_errors=False)
