@@ -74,6 +74,16 @@ def enter(path: Path | str) -> None:
         os.close(fd)
 
 
+def enter_fd(fd: int) -> None:
+    """Move the calling thread into the network namespace open at ``fd``."""
+    _check(_libc.setns(fd, CLONE_NEWNET), "setns", f"fd {fd}")
+
+
+def own_netns_path() -> Path:
+    """The calling thread's current network namespace (threads may differ)."""
+    return Path(f"/proc/self/task/{threading.get_native_id()}/ns/net")
+
+
 def _ensure_run_dir() -> None:
     # Same dance as iproute2: /run/netns must be a shared mount so the bind
     # mounts below propagate to every mount namespace.
