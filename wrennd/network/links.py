@@ -66,3 +66,9 @@ def delete_link(ipr: Any, index: int) -> bool:
             return False
         raise
     return True
+
+
+def link_names_here() -> dict[str, int]:
+    """Links of the calling thread's namespace (opens and closes its own socket)."""
+    with iproute() as ipr:
+        return link_names(ipr)
