@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,15 @@ async def test_slot_outside_the_plan_is_a_typed_error(world) -> None:
         await world.manager.create(0)
     with pytest.raises(SlotError):
         await world.manager.create(world.manager.plan.capacity + 1)
+
+
+@pytest.mark.parametrize("delay", [0, 0.001, 0.004])
+async def test_cancelled_create_leaves_nothing(world, delay: float) -> None:
+    before = _snapshot(world)
+    task = asyncio.ensure_future(world.manager.create(9))
+    await asyncio.sleep(delay)
+    assert not task.done()  # a create takes tens of milliseconds
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _snapshot(world) == before
