@@ -56,8 +56,8 @@ def ns_mark(name: str, host_ns: int) -> str | None:
         return None
     try:
         with links.iproute() as ipr:
-            index = links.index_of(ipr, "lo")
-            return links.alias_of(ipr, index) if index is not None else ""
+            found = links.lookup(ipr, "lo")
+            return found[1] if found else ""
     finally:
         nsutil.enter_fd(host_ns)
 
@@ -69,9 +69,9 @@ def _refuse_collisions(ipr: Any, host: HostContext, slot: int, host_ns: int) -> 
         owner = "a stale wrennd namespace" if mark == links.MARK_SANDBOX else "not made by wrennd"
         raise NameCollision("network namespace", ns, owner)
     veth = host.naming.host_veth(slot)
-    index = links.index_of(ipr, veth)
-    if index is not None:
-        mark = links.alias_of(ipr, index)
+    found = links.lookup(ipr, veth)
+    if found is not None:
+        mark = found[1]
         owner = "a stale wrennd link" if mark == links.MARK_HOST_VETH else "not made by wrennd"
         raise NameCollision("link", veth, owner)
 
@@ -164,10 +164,11 @@ def _create_steps(
 
 def _delete_marked_veth(ipr: Any, name: str, *, force: bool = False) -> str:
     """Delete host veth ``name`` if wrennd made it; say what happened."""
-    index = links.index_of(ipr, name)
-    if index is None:
+    found = links.lookup(ipr, name)
+    if found is None:
         return "absent"
-    if not force and links.alias_of(ipr, index) != links.MARK_HOST_VETH:
+    index, alias = found
+    if not force and alias != links.MARK_HOST_VETH:
         log.warning("link not made by wrennd left alone", extra=kv(link=name))
         return "foreign"
     links.delete_link(ipr, index)

@@ -28,15 +28,26 @@ def iproute() -> Iterator[Any]:
     """An IPRoute whose socket lives in the calling thread's current namespace."""
     ipr = IPRoute()
     try:
-        ipr.link_lookup(ifname="lo")  # opens the socket now, in this namespace
+        ipr.link("get", index=1)  # opens the socket now, in this namespace (lo is index 1)
         yield ipr
     finally:
         ipr.close()
 
 
+def lookup(ipr: Any, name: str) -> tuple[int, str] | None:
+    """(index, alias) of link ``name``, or None: one RTM_GETLINK, not a dump of all links."""
+    try:
+        (link,) = ipr.link("get", ifname=name)
+    except NetlinkError as e:
+        if e.code == errno.ENODEV:
+            return None
+        raise
+    return int(link["index"]), str(link.get_attr("IFLA_IFALIAS") or "")
+
+
 def index_of(ipr: Any, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return int(found[0]) if found else None
+    found = lookup(ipr, name)
+    return found[0] if found else None
 
 
 def alias_of(ipr: Any, index: int) -> str:
@@ -52,9 +63,10 @@ def mark_and_up(ipr: Any, name: str, mark: str | None = None) -> int:
     index = index_of(ipr, name)
     if index is None:
         raise OSError(errno.ENODEV, f"no link {name!r}")
-    if mark is not None:
-        ipr.link("set", index=index, ifalias=mark)
-    ipr.link("set", index=index, state="up")
+    if mark is None:
+        ipr.link("set", index=index, state="up")
+    else:
+        ipr.link("set", index=index, state="up", ifalias=mark)
     return index
 
 
