@@ -91,6 +91,8 @@ async def bursts(m: NetworkManager, count: int, rounds: int) -> dict[str, object
         "sequential_teardown_s": statistics.median(removes["sequential"]),
         "concurrent_teardown_s": statistics.median(removes["concurrent"]),
         "setup_speedup": seq / conc,
+        "teardown_speedup": statistics.median(removes["sequential"])
+        / statistics.median(removes["concurrent"]),
         "all_rounds": {"setup": times, "teardown": removes},
     }
 

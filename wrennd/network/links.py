@@ -50,13 +50,19 @@ def index_of(ipr: Any, name: str) -> int | None:
     return found[0] if found else None
 
 
-def alias_of(ipr: Any, index: int) -> str:
-    links = ipr.get_links(index)
-    return str(links[0].get_attr("IFLA_IFALIAS") or "") if links else ""
-
-
 def link_names(ipr: Any) -> dict[str, int]:
-    return {str(link.get_attr("IFLA_IFNAME")): int(link["index"]) for link in ipr.get_links()}
+    return {name: index for name, (index, _) in links_with_alias(ipr).items()}
+
+
+def links_with_alias(ipr: Any) -> dict[str, tuple[int, str]]:
+    """Every link's index and alias, from one dump (no racy second lookup per link)."""
+    return {
+        str(link.get_attr("IFLA_IFNAME")): (
+            int(link["index"]),
+            str(link.get_attr("IFLA_IFALIAS") or ""),
+        )
+        for link in ipr.get_links()
+    }
 
 
 def mark_and_up(ipr: Any, name: str, mark: str | None = None) -> int:
