@@ -134,6 +134,10 @@ def _create_steps(
     nsutil.create_and_enter(ns)
     undo.push("remove namespace", lambda: nsutil.remove(ns))
     nsutil.write_sysctl("net/ipv4/ip_forward", "1")
+    # The plan is IPv4 only: no IPv6 on the sandbox's links, so a guest's IPv6
+    # goes nowhere (and no DAD or router solicitations run for nothing).
+    _disable_ipv6("default")
+    _disable_ipv6("all")
     with links.iproute() as nipr, Nft() as nnft:
         undo.step = "namespace links and NAT"
         _build_namespace(nipr, nnft, host, addrs)
@@ -158,8 +162,15 @@ def _create_steps(
     hipr.addr("add", index=index, address=str(hv.ip), prefixlen=hv.network.prefixlen)
     hipr.route("add", dst=f"{addrs.host_address}/32", gateway=str(sb.ip), oif=index)
     nsutil.write_sysctl(f"net/ipv4/conf/{veth}/forwarding", "1")
+    _disable_ipv6(veth)
     undo.step = "host nftables elements"
     hnft.run(ruleset.add_sandbox(naming.table, veth, addrs.host_address))
+
+
+def _disable_ipv6(interface: str) -> None:
+    # Absent on a kernel built without IPv6: nothing to disable then.
+    with contextlib.suppress(FileNotFoundError):
+        nsutil.write_sysctl(f"net/ipv6/conf/{interface}/disable_ipv6", "1")
 
 
 def _delete_marked_veth(ipr: Any, name: str, *, force: bool = False) -> str:
