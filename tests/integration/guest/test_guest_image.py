@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.root, pytest.mark.netns]
 
 REPO = Path(__file__).resolve().parents[3]
 CLONE_NEWNET = 0x40000000
+UNSHARE = ("--mount", "--pid", "--uts", "--fork", "--kill-child")
 T = TypeVar("T")
 
 
@@ -95,21 +96,7 @@ def guest(base_image: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Po
             proc = subprocess.Popen(
                 # --kill-child: if unshare dies, so does the namespace's PID 1 (and with
                 # it every process, mount and the loop device of the guest).
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "unshare",
-                    "--mount",
-                    "--pid",
-                    "--uts",
-                    "--fork",
-                    "--kill-child",
-                    "sh",
-                    "-c",
-                    script,
-                ],
+                ["ip", "netns", "exec", ns, "unshare", *UNSHARE, "sh", "-c", script],
                 stdout=console,
                 stderr=subprocess.STDOUT,
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "WRENN_HOSTNAME": "guest-test"},
