@@ -26,7 +26,7 @@ from aiohttp import web
 
 from wrennd.guest import agent_fs as fs
 from wrennd.guest import protocol as p
-from wrennd.guest.agent_proc import Defaults, Job, ProcessTable, spawn
+from wrennd.guest.agent_proc import Defaults, Job, ProcessTable, abandon, spawn
 
 FILE_CHUNK = 256 * 1024
 MAX_JSON_BODY = 16 << 20  # exec stdin travels inside the JSON body
@@ -82,6 +82,9 @@ async def errors(
         return _json(p.error_body(exc.code, exc.message, **exc.extra), exc.status)
     except p.ProtocolError as exc:
         return _json(p.error_body(p.BAD_REQUEST, str(exc)), 400)
+    except ConnectionResetError:
+        # The client left (an aborted upload or stream): nobody reads an answer.
+        return web.Response(status=499, reason="Client Closed Request")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -148,7 +151,11 @@ async def exec_(request: web.Request) -> web.StreamResponse:
     spec = p.CommandSpec.from_json(await _body(request))
     proc = await spawn(spec, agent.defaults, agent.root)
     job = Job(proc, spec)
-    resp = await _ndjson(request)
+    try:
+        resp = await _ndjson(request)
+    except BaseException:  # the client left before the stream began
+        abandon(proc)
+        raise
 
     async def emit(event: p.Event) -> None:
         await resp.write(p.event_line(event))

@@ -167,6 +167,12 @@ class Job:
 _reapers: set[asyncio.Task[int]] = set()
 
 
+def abandon(proc: asyncio.subprocess.Process) -> None:
+    """Kill a command nobody will stream, and reap it."""
+    kill_group(proc.pid)
+    _reap_later(proc)
+
+
 def _reap_later(proc: asyncio.subprocess.Process) -> None:
     """Wait for a killed process off the cancelled path so it never stays a zombie."""
     task = asyncio.ensure_future(proc.wait())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -295,7 +295,7 @@ class GuestClient:
     async def write_file(
         self,
         path: str,
-        data: bytes | AsyncIterable[bytes] | Iterable[bytes],
+        data: bytes | AsyncIterable[bytes],
         *,
         mode: int | None = None,
         user: str | None = None,

@@ -5,14 +5,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from wrennd.guest.client import (
+    AgentUnavailable,
     AlreadyExists,
     BadRequest,
     DirectoryNotEmpty,
@@ -58,6 +61,24 @@ async def test_write_replaces_atomically_and_keeps_mode(
     assert sorted(p.name for p in agent_root.iterdir()) == ["conf"]  # no temp file left
     await client.write_file("/empty", b"")
     assert (agent_root / "empty").read_bytes() == b""
+
+
+async def test_an_aborted_upload_leaves_the_old_file(client: GuestClient, agent_root: Path) -> None:
+    target = agent_root / "keep"
+    target.write_bytes(b"original")
+
+    async def broken():  # type: ignore[no-untyped-def]
+        yield b"x" * (1 << 20)
+        await asyncio.sleep(0.1)
+        raise RuntimeError("the host's source failed mid-way")
+
+    with pytest.raises(AgentUnavailable, match="mid-way"):  # aiohttp wraps it as a send error
+        await client.write_file("/keep", broken())
+    deadline = time.monotonic() + 5
+    while sorted(p.name for p in agent_root.iterdir()) != ["keep"]:
+        assert time.monotonic() < deadline, "temporary file left behind"
+        await asyncio.sleep(0.02)
+    assert target.read_bytes() == b"original"
 
 
 async def test_stat_and_list(client: GuestClient, agent_root: Path) -> None:
