@@ -130,31 +130,32 @@ class Job:
         stdin.close()
 
     async def run(self, emit: Emit, ident: str | None = None) -> p.Exited:
-        """Stream the command to completion; kills its group if cancelled or timed out."""
-        await self._emit(emit, p.Started(self.proc.pid, ident))
-        pumps = [
-            asyncio.ensure_future(self._pump(self.proc.stdout, "stdout", emit)),
-            asyncio.ensure_future(self._pump(self.proc.stderr, "stderr", emit)),
-            asyncio.ensure_future(self._feed()),
-        ]
+        """Stream the command to completion; kills its group if cancelled or timed out.
+
+        Ends when stdout and stderr close and the command exited: a daemon that
+        keeps them open keeps the stream open (until the timeout)."""
+        pumps: list[asyncio.Future[None]] = []
         timed_out = False
         try:
+            await self._emit(emit, p.Started(self.proc.pid, ident))
+            pumps = [
+                asyncio.ensure_future(self._pump(self.proc.stdout, "stdout", emit)),
+                asyncio.ensure_future(self._pump(self.proc.stderr, "stderr", emit)),
+                asyncio.ensure_future(self._feed()),
+            ]
             done, pending = await asyncio.wait(
                 pumps, timeout=self.spec.timeout, return_when=asyncio.FIRST_EXCEPTION
             )
             for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+                if (exc := task.exception()) is not None:
+                    raise exc
             if pending:
                 timed_out = True
                 kill_group(self.proc.pid)
                 await asyncio.wait(pending, timeout=KILL_GRACE)
             returncode = await self.proc.wait()
         except BaseException:
-            kill_group(self.proc.pid)
-            for task in pumps:
-                task.cancel()
-            _reap_later(self.proc)
+            abandon(self.proc)
             raise
         finally:
             for task in pumps:
