@@ -1,0 +1,42 @@
+"""Memory snapshots: header v1, mapping algebra, ingest, chains, collapse, export.
+
+See layout.py for the on-disk layout of a snapshot directory and the
+generation store, header.py for the header format, prefetch.py for the
+prefetch map.  The UFFD engine reads a snapshot through `open_snapshot`.
+"""
+
+from __future__ import annotations
+
+from wrennd.snapshot.errors import (
+    GenerationError,
+    HeaderError,
+    IngestError,
+    MappingError,
+    SnapshotError,
+    UnsupportedFilesystemError,
+)
+from wrennd.snapshot.header import Header, parse_header
+from wrennd.snapshot.mapping import ZERO_SOURCE, Entry, Mapping, Run, crc32c, from_runs
+from wrennd.snapshot.opened import OpenSnapshot, open_snapshot
+from wrennd.snapshot.prefetch import read_prefetch_map, write_prefetch_map
+
+__all__ = [
+    "ZERO_SOURCE",
+    "Entry",
+    "GenerationError",
+    "Header",
+    "HeaderError",
+    "IngestError",
+    "Mapping",
+    "MappingError",
+    "OpenSnapshot",
+    "Run",
+    "SnapshotError",
+    "UnsupportedFilesystemError",
+    "crc32c",
+    "from_runs",
+    "open_snapshot",
+    "parse_header",
+    "read_prefetch_map",
+    "write_prefetch_map",
+]

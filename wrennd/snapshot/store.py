@@ -1,0 +1,160 @@
+"""The generation store and committing headers into snapshot directories.
+
+Generation files live once in the store, named by build id, immutable.  A
+snapshot directory holds a hard link to each generation its header names
+(layout.py), so a store file's link count says how many headers name it:
+`collect_garbage` deletes store files with a link count of 1.  `commit`
+keeps the invariant "links in a snapshot dir == generations its header
+names": it links first, renames the new header into place, then removes the
+links the new header no longer names.  A crash in between leaves the old or
+the new header valid with every file it names; the extra links it may leave
+are removed by the next `sweep` of that directory.
+
+Every mutation takes an exclusive flock on ``<store>/.lock`` so a garbage
+collection never races a commit linking the file it is about to delete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from wrennd.snapshot.errors import GenerationError, SnapshotError
+from wrennd.snapshot.header import Header, parse_header
+from wrennd.snapshot.layout import (
+    HEADER_NAME,
+    LINKS_DIR,
+    PREFETCH_NAME,
+    TMP_PREFIX,
+    atomic_write,
+    fsync_dir,
+    header_path,
+    link_path,
+    links_dir,
+    parse_build_id,
+    store_path,
+)
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def locked(store: Path) -> Iterator[None]:
+    """Hold the store's exclusive lock (blocking; call off the event loop)."""
+    store.mkdir(parents=True, exist_ok=True)
+    fd = os.open(store / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_header(snapshot_dir: Path) -> Header:
+    path = header_path(snapshot_dir)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SnapshotError(f"{snapshot_dir}: not a snapshot (no {HEADER_NAME})") from None
+    return parse_header(data, str(path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except FileNotFoundError:
+        return False
+
+
+def _link_generation(snapshot_dir: Path, store: Path, build_id: uuid.UUID) -> None:
+    target = link_path(snapshot_dir, build_id)
+    source = store_path(store, build_id)
+    if _same_file(source, target):
+        return
+    if not source.exists():
+        if target.exists():  # the store lost it but this snapshot still holds it: re-adopt
+            os.link(target, source)
+            return
+        raise GenerationError(f"generation {build_id} is neither in {store} nor in {snapshot_dir}")
+    target.unlink(missing_ok=True)
+    os.link(source, target)
+
+
+def sweep(snapshot_dir: Path, header: Header | None = None) -> list[Path]:
+    """Remove links the header does not name and stale temporary files; return them."""
+    if header is None:
+        header = read_header(snapshot_dir)
+    named = {str(g) for g in header.generations}
+    removed = list(snapshot_dir.glob(f"{TMP_PREFIX}*"))
+    ldir = links_dir(snapshot_dir)
+    if ldir.is_dir():
+        removed += [p for p in ldir.iterdir() if p.name not in named]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    if removed:
+        fsync_dir(snapshot_dir)
+        if ldir.is_dir():
+            fsync_dir(ldir)
+    return removed
+
+
+def collect_garbage(store: Path) -> list[uuid.UUID]:
+    """Delete store files no snapshot names (link count 1) and stale temporaries."""
+    removed: list[uuid.UUID] = []
+    with locked(store):
+        for p in store.iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                p.unlink(missing_ok=True)
+                continue
+            build_id = parse_build_id(p.name)
+            if build_id is not None and p.is_file() and p.stat().st_nlink == 1:
+                p.unlink()
+                removed.append(build_id)
+        fsync_dir(store)
+    return removed
+
+
+def commit(snapshot_dir: Path, store: Path, header: Header, gc: bool = True) -> None:
+    """Make `header` the snapshot's header, with a link to every generation it names."""
+    data = header.to_bytes()
+    snapshot_dir.mkdir(parents=True, exist_ok=True)
+    ldir = links_dir(snapshot_dir)
+    ldir.mkdir(exist_ok=True)
+    with locked(store):
+        for build_id in header.generations:
+            _link_generation(snapshot_dir, store, build_id)
+        fsync_dir(ldir)
+        fsync_dir(snapshot_dir)
+        atomic_write(header_path(snapshot_dir), data)
+        sweep(snapshot_dir, header)
+    if gc:
+        collect_garbage(store)
+
+
+def delete_snapshot(snapshot_dir: Path, store: Path) -> None:
+    """Remove the snapshot's memory files (header first), then unreferenced generations.
+
+    Other files in the directory (vmstate, ...) belong to other components and
+    stay; the directory itself is removed when nothing else is left in it."""
+    with locked(store):
+        header_path(snapshot_dir).unlink(missing_ok=True)
+        fsync_dir(snapshot_dir)
+        (snapshot_dir / PREFETCH_NAME).unlink(missing_ok=True)
+        shutil.rmtree(snapshot_dir / LINKS_DIR, ignore_errors=True)
+        for p in snapshot_dir.glob(f"{TMP_PREFIX}*"):
+            p.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            snapshot_dir.rmdir()
+    collect_garbage(store)
+
+
+def generation_files(store: Path) -> set[uuid.UUID]:
+    """Build ids of the generation files in the store."""
+    if not store.is_dir():
+        return set()
+    return {b for p in store.iterdir() if (b := parse_build_id(p.name)) is not None}
