@@ -29,3 +29,7 @@ class IngestError(SnapshotError):
 
 class UnsupportedFilesystemError(IngestError):
     """The memfile's filesystem cannot express the holes a Diff memfile needs."""
+
+
+class ChainChangedError(SnapshotError):
+    """The snapshot's header changed while a collapse was building its replacement."""

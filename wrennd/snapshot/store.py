@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from wrennd.snapshot.errors import GenerationError, SnapshotError
+from wrennd.snapshot.errors import ChainChangedError, GenerationError, SnapshotError
 from wrennd.snapshot.header import Header, parse_header
 from wrennd.snapshot.layout import (
     HEADER_NAME,
@@ -119,13 +119,25 @@ def collect_garbage(store: Path) -> list[uuid.UUID]:
     return removed
 
 
-def commit(snapshot_dir: Path, store: Path, header: Header, gc: bool = True) -> None:
-    """Make `header` the snapshot's header, with a link to every generation it names."""
+def commit(
+    snapshot_dir: Path,
+    store: Path,
+    header: Header,
+    gc: bool = True,
+    expect: bytes | None = None,
+) -> None:
+    """Make `header` the snapshot's header, with a link to every generation it names.
+
+    With `expect`, commit only if the current header is still exactly those
+    bytes (ChainChangedError otherwise): a background collapse must not
+    replace a header a newer pause wrote meanwhile."""
     data = header.to_bytes()
     snapshot_dir.mkdir(parents=True, exist_ok=True)
     ldir = links_dir(snapshot_dir)
     ldir.mkdir(exist_ok=True)
     with locked(store):
+        if expect is not None and _current_header_bytes(snapshot_dir) != expect:
+            raise ChainChangedError(f"{snapshot_dir}: the header changed meanwhile; not replaced")
         for build_id in header.generations:
             _link_generation(snapshot_dir, store, build_id)
         fsync_dir(ldir)
@@ -134,6 +146,13 @@ def commit(snapshot_dir: Path, store: Path, header: Header, gc: bool = True) -> 
         sweep(snapshot_dir, header)
     if gc:
         collect_garbage(store)
+
+
+def _current_header_bytes(snapshot_dir: Path) -> bytes | None:
+    try:
+        return header_path(snapshot_dir).read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def delete_snapshot(snapshot_dir: Path, store: Path) -> None:

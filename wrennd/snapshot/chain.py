@@ -1,0 +1,185 @@
+"""Operations on a whole chain: collapse, export, inspect, verify (DESIGN.md §4).
+
+Collapse merges every generation of a snapshot into one new sparse
+generation (zero-fill as holes) and resets the generation counter.  It reads
+only immutable generation files, writes the new one under a temporary name in
+the store, and replaces the header only if it has not changed meanwhile; the
+old header and files serve until the rename, so a crash at any point leaves
+a valid snapshot.  Blocking: the daemon calls `collapse_in_background`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from wrennd._native import ffi, lib
+from wrennd.log import kv
+from wrennd.snapshot.errors import GenerationError, SnapshotError
+from wrennd.snapshot.header import Header
+from wrennd.snapshot.layout import fsync_dir, header_path, links_dir, store_path, temp_name
+from wrennd.snapshot.mapping import Mapping, Run, from_runs
+from wrennd.snapshot.opened import open_snapshot, resolve_generations
+from wrennd.snapshot.store import commit, read_header
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _open_all(paths: Sequence[Path]) -> Iterator[list[int]]:
+    fds: list[int] = []
+    try:
+        for p in paths:
+            fds.append(os.open(p, os.O_RDONLY | os.O_CLOEXEC))
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def copy_mapped(mapping: Mapping, paths: Sequence[Path], out_fd: int) -> None:
+    """Write every non-zero entry's data at its memory offset in out_fd (natively)."""
+    with _open_all(paths) as fds:
+        arr = ffi.new("int[]", fds or [-1])
+        failed = ffi.new("uint64_t *")
+        rc = lib.wr_map_copy_out(mapping.entries, len(mapping), arr, len(fds), out_fd, failed)
+    if rc < 0:
+        e = mapping[int(failed[0])]
+        where = paths[e.source] if e.source < len(paths) else f"source {e.source}"
+        raise GenerationError(
+            f"{where}: reading {e.length} bytes at {e.storage_offset:#x} (memory offset "
+            f"{e.offset:#x}): {os.strerror(-rc)}"
+        )
+
+
+def write_flat(path: Path, memory_size: int, mapping: Mapping, paths: Sequence[Path]) -> None:
+    """Create `path` atomically as the flat memory image (zero-fill left as holes)."""
+    tmp = temp_name(path.parent, path.name)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        os.ftruncate(fd, memory_size)
+        copy_mapped(mapping, paths, fd)
+        os.fsync(fd)
+        tmp.rename(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)
+
+
+def export(snapshot_dir: Path, out: Path, store: Path | None = None) -> None:
+    """Write the flat raw memory file the chain describes (a Full memfile's equivalent)."""
+    snap = open_snapshot(snapshot_dir, store)
+    write_flat(out, snap.memory_size, snap.header.mapping, snap.generation_paths)
+
+
+def flattened(mapping: Mapping) -> Mapping:
+    """The mapping of a collapsed file: data at its own offset in source 0, zero-fill kept."""
+    runs = [Run(e.offset, e.length, e.is_zero) for e in mapping]
+    return from_runs(runs, 0)
+
+
+def collapse(snapshot_dir: Path, store: Path) -> Header:
+    """Merge the snapshot's chain into one generation; returns the new header.
+
+    Raises ChainChangedError (and keeps the store clean) when the header was
+    replaced while the new generation was being written."""
+    old_bytes = header_path(snapshot_dir).read_bytes()
+    old = read_header(snapshot_dir)
+    paths = resolve_generations(snapshot_dir, store, old)
+    build_id = uuid.uuid4()
+    mapping = flattened(old.mapping)
+    has_data = any(not e.is_zero for e in mapping)
+    dest = store_path(store, build_id)
+    if has_data:
+        write_flat(dest, old.memory_size, old.mapping, paths)
+        dest.chmod(0o444)
+    header = Header(
+        old.block_size,
+        old.memory_size,
+        0,
+        build_id,
+        build_id,
+        (build_id,) if has_data else (),
+        mapping,
+    )
+    try:
+        commit(snapshot_dir, store, header, expect=old_bytes)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    log.info(
+        "chain collapsed",
+        extra=kv(
+            snapshot=snapshot_dir,
+            generations=len(old.generations),
+            depth=old.generation,
+            build_id=build_id,
+        ),
+    )
+    return header
+
+
+async def collapse_in_background(snapshot_dir: Path, store: Path) -> Header:
+    """`collapse` on a worker thread, so the event loop keeps running."""
+    return await asyncio.to_thread(collapse, snapshot_dir, store)
+
+
+def inspect(snapshot_dir: Path) -> dict[str, Any]:
+    """A JSON-ready summary: generations, entries, bytes per generation, zero bytes."""
+    h = read_header(snapshot_dir)
+    per_source, zero, _ = h.mapping.source_stats(len(h.generations))
+    return {
+        "snapshot": str(snapshot_dir),
+        "block_size": h.block_size,
+        "memory_size": h.memory_size,
+        "generation": h.generation,
+        "build_id": str(h.build_id),
+        "base_build_id": str(h.base_build_id),
+        "entries": len(h.mapping),
+        "zero_bytes": zero,
+        "generations": [
+            {"index": i, "build_id": str(g), "mapped_bytes": per_source[i]}
+            for i, g in enumerate(h.generations)
+        ],
+    }
+
+
+def verify(snapshot_dir: Path, store: Path | None = None) -> list[str]:
+    """Check header, links and every mapped byte of every generation; [] when consistent."""
+    problems: list[str] = []
+    try:
+        snap = open_snapshot(snapshot_dir, store)
+    except SnapshotError as e:
+        return [str(e)]
+    named = {str(g) for g in snap.generation_ids}
+    ldir = links_dir(snapshot_dir)
+    if ldir.is_dir():
+        problems += [
+            f"{p}: link to a generation the header does not name"
+            for p in ldir.iterdir()
+            if p.name not in named
+        ]
+    for path in snap.generation_paths:
+        if store is not None and path.parent == ldir:
+            twin = store_path(store, uuid.UUID(path.name))
+            if not twin.exists():
+                problems.append(f"{twin}: missing from the store (the snapshot still holds it)")
+            elif not twin.samefile(path):
+                problems.append(f"{path}: not the same file as {twin}")
+    fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)  # read every mapped byte
+    try:
+        copy_mapped(snap.header.mapping, snap.generation_paths, fd)
+    except GenerationError as e:
+        problems.append(str(e))
+    finally:
+        os.close(fd)
+    return problems
