@@ -18,6 +18,13 @@ int64_t wr_map_lookup(const struct wr_map_entry *entries, uint64_t n,
     return -1;
 }
 
+void wr_map_lookup_batch(const struct wr_map_entry *entries, uint64_t n,
+                         const uint64_t *offsets, uint64_t count, int64_t *out)
+{
+    for (uint64_t i = 0; i < count; i++)
+        out[i] = wr_map_lookup(entries, n, offsets[i]);
+}
+
 /* ---- mapping algebra: validation, overlay, normalization, construction ---- */
 
 #include <errno.h>

@@ -29,6 +29,11 @@ struct wr_map_entry {
 int64_t wr_map_lookup(const struct wr_map_entry *entries, uint64_t n,
                       uint64_t off);
 
+/* wr_map_lookup for each of offsets[0..count): out[i] = entry index or -1.
+ * One C call for many lookups (prefetch map resolution, benchmarks). */
+void wr_map_lookup_batch(const struct wr_map_entry *entries, uint64_t n,
+                         const uint64_t *offsets, uint64_t count, int64_t *out);
+
 /* Results of wr_map_validate: which invariant the entry at *where breaks. */
 #define WR_MAP_OK 0
 #define WR_MAP_NO_ENTRIES 1  /* n == 0 or memory size 0 */

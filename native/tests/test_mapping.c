@@ -24,6 +24,10 @@ static void test_lookup_every_offset(void)
             CHECK(e[i].offset <= o && o < e[i].offset + e[i].length);
     }
     CHECK_EQ(wr_map_lookup(e, N, off), -1);
+    uint64_t probe[3] = {0, off - 1, off};
+    int64_t got[3];
+    wr_map_lookup_batch(e, N, probe, 3, got);
+    CHECK(got[0] == 0 && got[1] == N - 1 && got[2] == -1);
     CHECK_EQ(wr_map_lookup(e, N, UINT64_MAX), -1);
     CHECK_EQ(wr_map_lookup(e, 0, 0), -1);
 }
