@@ -23,7 +23,7 @@ from wrennd._native import ffi, lib
 from wrennd.log import kv
 from wrennd.snapshot.errors import GenerationError, SnapshotError
 from wrennd.snapshot.header import Header
-from wrennd.snapshot.layout import fsync_dir, header_path, links_dir, store_path, temp_name
+from wrennd.snapshot.layout import header_path, links_dir, replacing, store_path
 from wrennd.snapshot.mapping import Mapping, Run, from_runs
 from wrennd.snapshot.opened import open_snapshot, resolve_generations
 from wrennd.snapshot.store import commit, read_header
@@ -60,19 +60,9 @@ def copy_mapped(mapping: Mapping, paths: Sequence[Path], out_fd: int) -> None:
 
 def write_flat(path: Path, memory_size: int, mapping: Mapping, paths: Sequence[Path]) -> None:
     """Create `path` atomically as the flat memory image (zero-fill left as holes)."""
-    tmp = temp_name(path.parent, path.name)
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
+    with replacing(path) as fd:
         os.ftruncate(fd, memory_size)
         copy_mapped(mapping, paths, fd)
-        os.fsync(fd)
-        tmp.rename(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        os.close(fd)
-    fsync_dir(path.parent)
 
 
 def export(snapshot_dir: Path, out: Path, store: Path | None = None) -> None:

@@ -28,7 +28,7 @@ from wrennd._native import ffi, lib
 from wrennd.log import kv
 from wrennd.snapshot.errors import IngestError, UnsupportedFilesystemError
 from wrennd.snapshot.header import Header
-from wrennd.snapshot.layout import fsync_dir, store_path, temp_name
+from wrennd.snapshot.layout import fsync_dir, replacing, store_path
 from wrennd.snapshot.mapping import ENTRY_SIZE, Mapping
 from wrennd.snapshot.opened import resolve_generations
 from wrennd.snapshot.store import commit, read_header
@@ -72,9 +72,7 @@ def scan_memfile(
 
 def _copy_sparse(fd: int, mapping: Mapping, source: int, dest: Path) -> None:
     """Copy the blocks mapped to `source` into a fresh sparse file (tmp, fsync, rename)."""
-    tmp = temp_name(dest.parent, dest.name)
-    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-    try:
+    with replacing(dest, 0o444) as out:
         os.ftruncate(out, os.fstat(fd).st_size)
         only = Mapping.from_entries(e for e in mapping if e.source == source)
         fds = ffi.new("int[]", [fd if s == source else -1 for s in range(source + 1)])
@@ -82,13 +80,6 @@ def _copy_sparse(fd: int, mapping: Mapping, source: int, dest: Path) -> None:
         rc = lib.wr_map_copy_out(only.entries, len(only), fds, source + 1, out, failed)
         if rc < 0:
             raise OSError(-rc, f"copying memfile into {dest}: {os.strerror(-rc)}")
-        os.fsync(out)
-        tmp.rename(dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        os.close(out)
 
 
 def adopt_memfile(

@@ -15,8 +15,11 @@ whose header names it; a store file with link count 1 is garbage.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 HEADER_NAME = "memory.header"
@@ -66,20 +69,65 @@ def temp_name(directory: Path, name: str) -> Path:
     return directory / f"{TMP_PREFIX}{name}-{uuid.uuid4().hex[:12]}"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same directory, fsync, rename, fsync the directory."""
-    tmp = temp_name(path.parent, path.name)
+@contextlib.contextmanager
+def _dir_locked(directory: Path) -> Iterator[None]:
+    """flock the directory itself: orders temp-file creation against stale-temp removal."""
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fcntl.flock(dfd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(dfd)
+
+
+@contextlib.contextmanager
+def replacing(path: Path, mode: int = 0o644) -> Iterator[int]:
+    """Yield the fd of a new temporary file beside `path`.
+
+    On normal exit the file is fsynced, renamed over `path` and the directory
+    fsynced; on an exception it is removed.  While open it holds an flock, so
+    `remove_stale_temps` leaves it alone; after a crash the lock is gone."""
+    tmp = temp_name(path.parent, path.name)
+    with _dir_locked(path.parent):
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield fd
+        os.fsync(fd)
         tmp.rename(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
     fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same directory, fsync, rename, fsync the directory."""
+    with replacing(path) as fd:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Remove temporary files a crashed writer left (those no live writer holds locked)."""
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    with _dir_locked(directory):
+        for p in directory.glob(f"{TMP_PREFIX}*"):
+            try:
+                fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer's file
+            finally:
+                os.close(fd)
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

@@ -17,6 +17,7 @@ collection never races a commit linking the file it is about to delete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -30,13 +31,13 @@ from wrennd.snapshot.layout import (
     HEADER_NAME,
     LINKS_DIR,
     PREFETCH_NAME,
-    TMP_PREFIX,
     atomic_write,
     fsync_dir,
     header_path,
     link_path,
     links_dir,
     parse_build_id,
+    remove_stale_temps,
     store_path,
 )
 
@@ -82,7 +83,15 @@ def _link_generation(snapshot_dir: Path, store: Path, build_id: uuid.UUID) -> No
             return
         raise GenerationError(f"generation {build_id} is neither in {store} nor in {snapshot_dir}")
     target.unlink(missing_ok=True)
-    os.link(source, target)
+    try:
+        os.link(source, target)
+    except OSError as e:
+        if e.errno == errno.EXDEV:
+            raise GenerationError(
+                f"{snapshot_dir} and the store {store} are on different filesystems: "
+                "generations are shared by hard link"
+            ) from None
+        raise
 
 
 def sweep(snapshot_dir: Path, header: Header | None = None) -> list[Path]:
@@ -90,12 +99,11 @@ def sweep(snapshot_dir: Path, header: Header | None = None) -> list[Path]:
     if header is None:
         header = read_header(snapshot_dir)
     named = {str(g) for g in header.generations}
-    removed = list(snapshot_dir.glob(f"{TMP_PREFIX}*"))
     ldir = links_dir(snapshot_dir)
-    if ldir.is_dir():
-        removed += [p for p in ldir.iterdir() if p.name not in named]
+    removed = [p for p in ldir.iterdir() if p.name not in named] if ldir.is_dir() else []
     for p in removed:
         p.unlink(missing_ok=True)
+    removed += remove_stale_temps(snapshot_dir)
     if removed:
         fsync_dir(snapshot_dir)
         if ldir.is_dir():
@@ -104,13 +112,11 @@ def sweep(snapshot_dir: Path, header: Header | None = None) -> list[Path]:
 
 
 def collect_garbage(store: Path) -> list[uuid.UUID]:
-    """Delete store files no snapshot names (link count 1) and stale temporaries."""
+    """Delete store files no snapshot names (link count 1) and temporaries of crashed writers."""
     removed: list[uuid.UUID] = []
     with locked(store):
+        remove_stale_temps(store)
         for p in store.iterdir():
-            if p.name.startswith(TMP_PREFIX):
-                p.unlink(missing_ok=True)
-                continue
             build_id = parse_build_id(p.name)
             if build_id is not None and p.is_file() and p.stat().st_nlink == 1:
                 p.unlink()
@@ -165,8 +171,7 @@ def delete_snapshot(snapshot_dir: Path, store: Path) -> None:
         fsync_dir(snapshot_dir)
         (snapshot_dir / PREFETCH_NAME).unlink(missing_ok=True)
         shutil.rmtree(snapshot_dir / LINKS_DIR, ignore_errors=True)
-        for p in snapshot_dir.glob(f"{TMP_PREFIX}*"):
-            p.unlink(missing_ok=True)
+        remove_stale_temps(snapshot_dir)
         with contextlib.suppress(OSError):
             snapshot_dir.rmdir()
     collect_garbage(store)
