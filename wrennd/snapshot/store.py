@@ -22,7 +22,7 @@ import fcntl
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from wrennd.snapshot.errors import ChainChangedError, GenerationError, SnapshotError
@@ -182,3 +182,19 @@ def generation_files(store: Path) -> set[uuid.UUID]:
     if not store.is_dir():
         return set()
     return {b for p in store.iterdir() if (b := parse_build_id(p.name)) is not None}
+
+
+def recover(snapshot_dirs: Iterable[Path], store: Path) -> list[uuid.UUID]:
+    """Startup recovery after a crash: sweep every snapshot directory, then collect garbage.
+
+    A directory without a header (a crash before its first commit) loses its
+    memory files.  Returns the generations removed from the store."""
+    for sdir in snapshot_dirs:
+        with locked(store):
+            try:
+                sweep(sdir)
+            except SnapshotError:
+                if not header_path(sdir).exists():
+                    shutil.rmtree(links_dir(sdir), ignore_errors=True)
+                    remove_stale_temps(sdir)
+    return collect_garbage(store)

@@ -12,7 +12,7 @@ from wrennd.snapshot.chain import collapse, export
 from wrennd.snapshot.errors import ChainChangedError
 from wrennd.snapshot.ingest import ingest_diff, ingest_full
 from wrennd.snapshot.layout import header_path, link_path
-from wrennd.snapshot.store import commit, generation_files, read_header
+from wrennd.snapshot.store import commit, generation_files, read_header, recover
 
 BS = 4096
 PAGES = 32
@@ -180,3 +180,22 @@ def test_collapse_does_not_replace_a_newer_header(tmp_path: Path) -> None:
     collapsed = collapse(tmp_path / "a", store)
     assert generation_files(store) == set(collapsed.generations)
     assert open_snapshot(tmp_path / "a", store).generation == 0
+
+
+def test_recover_removes_what_a_crash_left(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    full_memfile(tmp_path / "full.mem", {0: 1})
+    h = ingest_full(tmp_path / "full.mem", tmp_path / "a", store)
+    # a crash after linking a new generation but before the header rename
+    (store / "1b4e28ba-2fa1-11d2-883f-0016d3cca427").write_bytes(page(3))
+    extra = tmp_path / "a" / "memfiles" / "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+    extra.hardlink_to(store / "1b4e28ba-2fa1-11d2-883f-0016d3cca427")
+    # a crash before a new snapshot's first header
+    (tmp_path / "b" / "memfiles").mkdir(parents=True)
+    full_memfile(tmp_path / "b" / "memfiles" / "x", {1: 1})
+    (tmp_path / "a" / ".tmp-memory.header-dead").write_bytes(b"partial")
+    removed = recover([tmp_path / "a", tmp_path / "b"], store)
+    assert [str(r) for r in removed] == ["1b4e28ba-2fa1-11d2-883f-0016d3cca427"]
+    assert generation_files(store) == set(h.generations)
+    assert not extra.exists() and not (tmp_path / "a" / ".tmp-memory.header-dead").exists()
+    assert not (tmp_path / "b" / "memfiles").exists()
