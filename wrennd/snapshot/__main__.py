@@ -72,7 +72,9 @@ def _print_inspect(info: dict[str, Any]) -> None:
     )
     print(f"entries    {info['entries']}, zero-fill {info['zero_bytes']} bytes")
     for g in info["generations"]:
-        print(f"  [{g['index']}] {g['build_id']}  {g['mapped_bytes']} bytes")
+        allocated = g["allocated_bytes"]
+        on_disk = "missing" if allocated is None else f"{allocated} allocated"
+        print(f"  [{g['index']}] {g['build_id']}  {g['mapped_bytes']} bytes mapped, {on_disk}")
 
 
 def run(argv: Sequence[str] | None = None) -> int:

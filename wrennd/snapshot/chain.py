@@ -23,7 +23,7 @@ from wrennd._native import ffi, lib
 from wrennd.log import kv
 from wrennd.snapshot.errors import GenerationError, SnapshotError
 from wrennd.snapshot.header import Header
-from wrennd.snapshot.layout import header_path, links_dir, replacing, store_path
+from wrennd.snapshot.layout import header_path, link_path, links_dir, replacing, store_path
 from wrennd.snapshot.mapping import Mapping, Run, from_runs
 from wrennd.snapshot.opened import open_snapshot, resolve_generations
 from wrennd.snapshot.store import commit, read_header
@@ -123,6 +123,14 @@ async def collapse_in_background(snapshot_dir: Path, store: Path) -> Header:
     return await asyncio.to_thread(collapse, snapshot_dir, store)
 
 
+def _allocated(path: Path) -> int | None:
+    """Bytes the filesystem allocated for the file (holes excluded); None if absent."""
+    try:
+        return path.stat().st_blocks * 512
+    except FileNotFoundError:
+        return None
+
+
 def inspect(snapshot_dir: Path) -> dict[str, Any]:
     """A JSON-ready summary: generations, entries, bytes per generation, zero bytes."""
     h = read_header(snapshot_dir)
@@ -137,7 +145,12 @@ def inspect(snapshot_dir: Path) -> dict[str, Any]:
         "entries": len(h.mapping),
         "zero_bytes": zero,
         "generations": [
-            {"index": i, "build_id": str(g), "mapped_bytes": per_source[i]}
+            {
+                "index": i,
+                "build_id": str(g),
+                "mapped_bytes": per_source[i],
+                "allocated_bytes": _allocated(link_path(snapshot_dir, g)),
+            }
             for i, g in enumerate(h.generations)
         ],
     }

@@ -58,6 +58,32 @@ class OpenSnapshot:
     def entry_count(self) -> int:
         return len(self.header.mapping)
 
+    def open_generations(self) -> list[int]:
+        """Open every generation file read-only (O_CLOEXEC), in source-index order.
+
+        Once open, a later collapse or delete cannot take the data away (the
+        files are immutable; unlinking keeps open inodes).  The caller closes
+        the fds.  Raises GenerationError if a file vanished or shrank since
+        open_snapshot."""
+        _, _, ends = self.header.mapping.source_stats(len(self.generation_paths))
+        fds: list[int] = []
+        try:
+            for i, path in enumerate(self.generation_paths):
+                try:
+                    fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                except OSError as e:
+                    raise GenerationError(f"{path}: generation {i}: {e.strerror}") from None
+                size = os.fstat(fds[-1]).st_size
+                if size < ends[i]:
+                    raise GenerationError(
+                        f"{path}: generation {i} is {size} bytes, its entries need {ends[i]}"
+                    )
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
+
 
 def _generation_path(snapshot_dir: Path, store: Path | None, build_id: uuid.UUID) -> Path:
     """The snapshot's own link, else the store's file."""

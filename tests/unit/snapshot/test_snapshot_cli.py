@@ -43,6 +43,7 @@ def test_every_form_end_to_end(tmp_path: Path) -> None:
     info = json.loads(r.stdout)
     assert info["generation"] == 1 and len(info["generations"]) == 2
     assert [g["mapped_bytes"] for g in info["generations"]] == [2 * BS, BS]
+    assert [g["allocated_bytes"] for g in info["generations"]] == [2 * BS, BS]  # holes punched
     assert info["zero_bytes"] == (PAGES - 3) * BS
     assert "generation 1" in tool("inspect", "--snapshot", tmp_path / "b").stdout
 

@@ -20,7 +20,7 @@ from wrennd.snapshot import (
 )
 from wrennd.snapshot.layout import header_path, link_path, prefetch_path, store_path
 from wrennd.snapshot.mapping import ZERO_SOURCE
-from wrennd.snapshot.store import commit, generation_files
+from wrennd.snapshot.store import commit, delete_snapshot, generation_files
 
 BS = 4096
 G0, G1 = uuid.UUID(int=10), uuid.UUID(int=11)
@@ -111,3 +111,18 @@ def test_prefetch_map_round_trip_and_range_checks(tmp_path: Path) -> None:
         read_prefetch_map(tmp_path, memory_size=10 * BS)
     with pytest.raises(HeaderError, match="range 0"):
         write_prefetch_map(tmp_path, [(0, 0)])
+
+
+def test_open_generations_survive_a_later_delete(snap: tuple[Path, Path]) -> None:
+    sdir, store = snap
+    s = open_snapshot(sdir, store)
+    fds = s.open_generations()
+    try:
+        delete_snapshot(sdir, store)
+        assert generation_files(store) == set()
+        assert os.pread(fds[1], 4, 3 * BS) == b"\2" * 4
+    finally:
+        for fd in fds:
+            os.close(fd)
+    with pytest.raises(GenerationError, match="generation 0"):
+        s.open_generations()
