@@ -20,6 +20,7 @@ import contextlib
 import errno
 import logging
 import os
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,10 +109,19 @@ def adopt_memfile(
 
 
 def _open_memfile(memfile: Path) -> int:
+    """Open a memfile that will become an immutable generation: a regular file, ours alone."""
     try:
-        return os.open(memfile, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(memfile, os.O_RDWR | os.O_CLOEXEC)
     except OSError as e:
         raise IngestError(f"{memfile}: cannot open memfile: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise IngestError(
+            f"{memfile}: a memfile must be a regular file with no other hard links "
+            f"(it becomes an immutable generation); this one has {st.st_nlink} links"
+        )
+    return fd
 
 
 def _restore(dest: Path | None, memfile: Path) -> None:

@@ -199,3 +199,11 @@ def test_recover_removes_what_a_crash_left(tmp_path: Path) -> None:
     assert generation_files(store) == set(h.generations)
     assert not extra.exists() and not (tmp_path / "a" / ".tmp-memory.header-dead").exists()
     assert not (tmp_path / "b" / "memfiles").exists()
+
+
+def test_memfile_with_other_links_is_refused(tmp_path: Path) -> None:
+    full_memfile(tmp_path / "full.mem", {0: 1})
+    (tmp_path / "other").hardlink_to(tmp_path / "full.mem")
+    with pytest.raises(IngestError, match="no other hard links"):
+        ingest_full(tmp_path / "full.mem", tmp_path / "s", tmp_path / "store")
+    assert (tmp_path / "full.mem").exists()
