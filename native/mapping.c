@@ -170,6 +170,17 @@ int64_t wr_map_from_runs(const struct wr_run *runs, uint64_t n, uint32_t source,
     return (int64_t)k;
 }
 
+uint64_t wr_map_flatten(struct wr_map_entry *entries, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        if (entries[i].source != WR_SOURCE_ZERO) {
+            entries[i].source = 0;
+            entries[i].storage_offset = entries[i].offset;
+        }
+    }
+    return wr_map_normalize(entries, n);
+}
+
 int wr_map_source_stats(const struct wr_map_entry *entries, uint64_t n,
                         uint32_t nsources, uint64_t *bytes, uint64_t *ends)
 {

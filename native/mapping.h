@@ -88,6 +88,11 @@ struct wr_run {
 int64_t wr_map_from_runs(const struct wr_run *runs, uint64_t n, uint32_t source,
                          struct wr_map_entry *out);
 
+/* The mapping of a collapsed chain, in place: every data entry moves to
+ * source 0 at storage offset == memory offset (one flat sparse file),
+ * zero-fill stays; then neighbours merge.  Returns the new count. */
+uint64_t wr_map_flatten(struct wr_map_entry *entries, uint64_t n);
+
 /* Bytes mapped to each source: bytes[s] for s < nsources, bytes[nsources]
  * for zero-fill; ends[s] = the largest storage_offset + length of source s
  * (how long its file must be).  Returns 0 or -EINVAL for a bad source. */

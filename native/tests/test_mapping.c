@@ -215,6 +215,17 @@ static void test_from_runs(void)
     CHECK_EQ(wr_map_from_runs(runs, 4, 7, out), -EINVAL);
 }
 
+static void test_flatten(void)
+{
+    struct wr_map_entry e[5] = {E(0, 2, 9, 2), E(2, 1, 0, 1), E(3, 1, 0, Z), E(4, 2, 0, Z),
+                                E(6, 2, 3, 0)};
+    CHECK_EQ(wr_map_flatten(e, 5), 3);
+    CHECK(e[0].offset == 0 && e[0].length == 3 * BS && e[0].source == 0 &&
+          e[0].storage_offset == 0);
+    CHECK(e[1].source == Z && e[1].length == 3 * BS);
+    CHECK(e[2].source == 0 && e[2].storage_offset == 6 * BS);
+}
+
 static void test_stats_and_remap(void)
 {
     struct wr_map_entry e[4] = {E(0, 2, 4, 0), E(2, 1, 0, Z), E(3, 3, 3, 2), E(6, 1, 1, 0)};
@@ -241,5 +252,6 @@ int main(void)
     test_normalize_needs_contiguous_storage();
     test_from_runs();
     test_stats_and_remap();
+    test_flatten();
     return check_report("test_mapping");
 }

@@ -24,7 +24,7 @@ from wrennd.log import kv
 from wrennd.snapshot.errors import GenerationError, SnapshotError
 from wrennd.snapshot.header import Header
 from wrennd.snapshot.layout import header_path, link_path, links_dir, replacing, store_path
-from wrennd.snapshot.mapping import Mapping, Run, from_runs
+from wrennd.snapshot.mapping import Mapping
 from wrennd.snapshot.opened import open_snapshot, resolve_generations
 from wrennd.snapshot.store import commit, read_header
 
@@ -71,12 +71,6 @@ def export(snapshot_dir: Path, out: Path, store: Path | None = None) -> None:
     write_flat(out, snap.memory_size, snap.header.mapping, snap.generation_paths)
 
 
-def flattened(mapping: Mapping) -> Mapping:
-    """The mapping of a collapsed file: data at its own offset in source 0, zero-fill kept."""
-    runs = [Run(e.offset, e.length, e.is_zero) for e in mapping]
-    return from_runs(runs, 0)
-
-
 def collapse(snapshot_dir: Path, store: Path) -> Header:
     """Merge the snapshot's chain into one generation; returns the new header.
 
@@ -86,7 +80,7 @@ def collapse(snapshot_dir: Path, store: Path) -> Header:
     old = read_header(snapshot_dir)
     paths = resolve_generations(snapshot_dir, store, old)
     build_id = uuid.uuid4()
-    mapping = flattened(old.mapping)
+    mapping = old.mapping.flattened()
     has_data = any(not e.is_zero for e in mapping)
     dest = store_path(store, build_id)
     if has_data:

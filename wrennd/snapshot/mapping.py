@@ -153,6 +153,13 @@ class Mapping:
         out.count = int(lib.wr_map_normalize(out.entries, self.count))
         return out
 
+    def flattened(self) -> Mapping:
+        """The mapping of the chain collapsed into one flat sparse file (source 0)."""
+        out = Mapping.allocate(self.count)
+        ffi.memmove(out.entries, self.entries, self.count * ENTRY_SIZE)
+        out.count = int(lib.wr_map_flatten(out.entries, self.count))
+        return out
+
     def source_stats(self, nsources: int) -> tuple[list[int], int, list[int]]:
         """(bytes per source, zero-fill bytes, storage end per source)."""
         nbytes = ffi.new("uint64_t[]", nsources + 1)

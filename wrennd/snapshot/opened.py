@@ -21,7 +21,8 @@ class OpenSnapshot:
     """A validated snapshot, ready to hand to the UFFD engine.
 
     ``entries`` is a cffi ``struct wr_map_entry[]`` of ``entry_count`` entries;
-    entry source i is served from ``generation_paths[i]``.  Every generation
+    entry source i is served from ``generation_paths[i]``.  The entries'
+    memory belongs to this object: keep it alive while C code uses them.  Every generation
     file was present and long enough for every entry that names it when the
     snapshot was opened."""
 
