@@ -25,30 +25,27 @@ from wrennd.snapshot.errors import GenerationError, SnapshotError
 from wrennd.snapshot.header import Header
 from wrennd.snapshot.layout import header_path, link_path, links_dir, replacing, store_path
 from wrennd.snapshot.mapping import Mapping
-from wrennd.snapshot.opened import open_snapshot, resolve_generations
-from wrennd.snapshot.store import commit, read_header
+from wrennd.snapshot.opened import OpenSnapshot, open_snapshot
+from wrennd.snapshot.store import commit, locked, read_header
 
 log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _open_all(paths: Sequence[Path]) -> Iterator[list[int]]:
-    fds: list[int] = []
+def _generation_fds(snap: OpenSnapshot) -> Iterator[list[int]]:
+    fds = snap.open_generations()
     try:
-        for p in paths:
-            fds.append(os.open(p, os.O_RDONLY | os.O_CLOEXEC))
         yield fds
     finally:
         for fd in fds:
             os.close(fd)
 
 
-def copy_mapped(mapping: Mapping, paths: Sequence[Path], out_fd: int) -> None:
-    """Write every non-zero entry's data at its memory offset in out_fd (natively)."""
-    with _open_all(paths) as fds:
-        arr = ffi.new("int[]", fds or [-1])
-        failed = ffi.new("uint64_t *")
-        rc = lib.wr_map_copy_out(mapping.entries, len(mapping), arr, len(fds), out_fd, failed)
+def copy_mapped(mapping: Mapping, fds: Sequence[int], paths: Sequence[Path], out_fd: int) -> None:
+    """Write every non-zero entry's data (source i read from fds[i]) at its memory offset."""
+    arr = ffi.new("int[]", list(fds) or [-1])
+    failed = ffi.new("uint64_t *")
+    rc = lib.wr_map_copy_out(mapping.entries, len(mapping), arr, len(fds), out_fd, failed)
     if rc < 0:
         e = mapping[int(failed[0])]
         where = paths[e.source] if e.source < len(paths) else f"source {e.source}"
@@ -58,17 +55,18 @@ def copy_mapped(mapping: Mapping, paths: Sequence[Path], out_fd: int) -> None:
         )
 
 
-def write_flat(path: Path, memory_size: int, mapping: Mapping, paths: Sequence[Path]) -> None:
-    """Create `path` atomically as the flat memory image (zero-fill left as holes)."""
-    with replacing(path) as fd:
-        os.ftruncate(fd, memory_size)
-        copy_mapped(mapping, paths, fd)
+def write_flat(path: Path, snap: OpenSnapshot, fds: Sequence[int]) -> None:
+    """Create `path` atomically as the snapshot's flat memory image (zero-fill left as holes)."""
+    with replacing(path) as out:
+        os.ftruncate(out, snap.memory_size)
+        copy_mapped(snap.header.mapping, fds, snap.generation_paths, out)
 
 
 def export(snapshot_dir: Path, out: Path, store: Path | None = None) -> None:
     """Write the flat raw memory file the chain describes (a Full memfile's equivalent)."""
     snap = open_snapshot(snapshot_dir, store)
-    write_flat(out, snap.memory_size, snap.header.mapping, snap.generation_paths)
+    with _generation_fds(snap) as fds:
+        write_flat(out, snap, fds)
 
 
 def collapse(snapshot_dir: Path, store: Path) -> Header:
@@ -76,16 +74,25 @@ def collapse(snapshot_dir: Path, store: Path) -> Header:
 
     Raises ChainChangedError (and keeps the store clean) when the header was
     replaced while the new generation was being written."""
-    old_bytes = header_path(snapshot_dir).read_bytes()
-    old = read_header(snapshot_dir)
-    paths = resolve_generations(snapshot_dir, store, old)
+    # Under the lock no commit can run: the header bytes, the snapshot and the
+    # open generation files all describe the same chain, which no garbage
+    # collection can take away once open.
+    with locked(store):
+        old_bytes = header_path(snapshot_dir).read_bytes()
+        snap = open_snapshot(snapshot_dir, store)
+        fds = snap.open_generations()
+    old = snap.header
     build_id = uuid.uuid4()
     mapping = old.mapping.flattened()
     has_data = any(not e.is_zero for e in mapping)
     dest = store_path(store, build_id)
-    if has_data:
-        write_flat(dest, old.memory_size, old.mapping, paths)
-        dest.chmod(0o444)
+    try:
+        if has_data:
+            write_flat(dest, snap, fds)
+            dest.chmod(0o444)
+    finally:
+        for fd in fds:
+            os.close(fd)
     header = Header(
         old.block_size,
         old.memory_size,
@@ -169,7 +176,8 @@ def verify(snapshot_dir: Path, store: Path | None = None) -> list[str]:
                 problems.append(f"{path}: not the same file as {twin}")
     fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)  # read every mapped byte
     try:
-        copy_mapped(snap.header.mapping, snap.generation_paths, fd)
+        with _generation_fds(snap) as fds:
+            copy_mapped(snap.header.mapping, fds, snap.generation_paths, fd)
     except GenerationError as e:
         problems.append(str(e))
     finally:

@@ -32,7 +32,7 @@ from wrennd.snapshot.header import Header
 from wrennd.snapshot.layout import fsync_dir, replacing, store_path
 from wrennd.snapshot.mapping import ENTRY_SIZE, Mapping
 from wrennd.snapshot.opened import resolve_generations
-from wrennd.snapshot.store import commit, read_header
+from wrennd.snapshot.store import collect_garbage, commit, commit_locked, locked, read_header
 
 log = logging.getLogger(__name__)
 
@@ -198,41 +198,30 @@ def prune_generations(
 
 
 def ingest_diff(memfile: Path, parent_dir: Path, snapshot_dir: Path, store: Path) -> Header:
-    """A Diff memfile on top of snapshot `parent_dir` becomes `snapshot_dir` (may be the same)."""
-    parent = read_header(parent_dir)
-    resolve_generations(parent_dir, store, parent)
+    """A Diff memfile on top of snapshot `parent_dir` becomes `snapshot_dir` (may be the same).
+
+    The memfile is scanned first, without the store lock; the overlay is done
+    under the lock on the parent's header as it is then, so a collapse that
+    finished meanwhile (same memory, other generations) is built upon rather
+    than undone or raced by its garbage collection."""
+    geometry = read_header(parent_dir)
     fd = _open_memfile(memfile)
     dest: Path | None = None
     try:
-        size = os.fstat(fd).st_size
-        if size > parent.memory_size or size % parent.block_size:
-            raise IngestError(
-                f"{memfile}: {size} bytes is larger than the parent's memory "
-                f"({parent.memory_size} bytes) or not a multiple of its block size "
-                f"{parent.block_size}"
-            )
-        check_allocation_unit(fd, parent.block_size, memfile)
-        build_id = uuid.uuid4()
-        source = len(parent.generations)
-        # Dirty all-zero blocks map to zero-fill but are not punched: a punch
-        # is a filesystem transaction each (most of a 1%-dirty ingest's time
-        # on ext4), and the few blocks they keep allocated go at collapse.
-        scan = scan_memfile(fd, size, parent.block_size, source, diff=True, punch=False)
-        merged = parent.mapping.overlay(scan.mapping).normalized()
-        mapping, generations = prune_generations(merged, (*parent.generations, build_id))
-        if build_id in generations:
-            os.fsync(fd)
-            dest = adopt_memfile(memfile, fd, store, build_id, scan.mapping, source)
-        header = Header(
-            parent.block_size,
-            parent.memory_size,
-            parent.generation + 1,
-            build_id,
-            parent.base_build_id,
-            generations,
-            mapping,
-        )
-        commit(snapshot_dir, store, header)
+        scan = _scan_diff(memfile, fd, geometry)
+        with locked(store):
+            parent = read_header(parent_dir)
+            if (parent.block_size, parent.memory_size) != (
+                geometry.block_size,
+                geometry.memory_size,
+            ):
+                raise IngestError(f"{parent_dir}: the parent's memory layout changed meanwhile")
+            resolve_generations(parent_dir, store, parent)
+            header = _diff_header(parent, scan.mapping, uuid.uuid4())
+            if header.build_id in header.generations:
+                os.fsync(fd)
+                dest = adopt_memfile(memfile, fd, store, header.build_id, scan.mapping, 0)
+            commit_locked(snapshot_dir, store, header)
     except BaseException:
         _restore(dest, memfile)
         raise
@@ -240,14 +229,47 @@ def ingest_diff(memfile: Path, parent_dir: Path, snapshot_dir: Path, store: Path
         os.close(fd)
     if dest is None:
         memfile.unlink()
+    collect_garbage(store)
     log.info(
         "diff memfile ingested",
         extra=kv(
             snapshot=snapshot_dir,
-            build_id=build_id,
+            build_id=header.build_id,
             generation=header.generation,
             dirty_bytes=scan.data_bytes + scan.zero_bytes,
-            entries=len(mapping),
+            entries=len(header.mapping),
         ),
     )
     return header
+
+
+def _scan_diff(memfile: Path, fd: int, parent: Header) -> ScanResult:
+    """Dirty runs of a Diff memfile, data mapped to source 0 (renumbered at overlay)."""
+    size = os.fstat(fd).st_size
+    if size > parent.memory_size or size % parent.block_size:
+        raise IngestError(
+            f"{memfile}: {size} bytes is larger than the parent's memory "
+            f"({parent.memory_size} bytes) or not a multiple of its block size "
+            f"{parent.block_size}"
+        )
+    check_allocation_unit(fd, parent.block_size, memfile)
+    # Dirty all-zero blocks map to zero-fill but are not punched: a punch is a
+    # filesystem transaction each (most of a 1%-dirty ingest's time on ext4),
+    # and the few blocks they keep allocated go at collapse.
+    return scan_memfile(fd, size, parent.block_size, 0, diff=True, punch=False)
+
+
+def _diff_header(parent: Header, dirty: Mapping, build_id: uuid.UUID) -> Header:
+    """The parent's mapping with the dirty runs (source 0 of `dirty`) on top, as generation+1."""
+    top = dirty.remapped([len(parent.generations)])
+    merged = parent.mapping.overlay(top).normalized()
+    mapping, generations = prune_generations(merged, (*parent.generations, build_id))
+    return Header(
+        parent.block_size,
+        parent.memory_size,
+        parent.generation + 1,
+        build_id,
+        parent.base_build_id,
+        generations,
+        mapping,
+    )

@@ -137,21 +137,27 @@ def commit(
     With `expect`, commit only if the current header is still exactly those
     bytes (ChainChangedError otherwise): a background collapse must not
     replace a header a newer pause wrote meanwhile."""
+    header.validate(str(snapshot_dir))
+    with locked(store):
+        if expect is not None and _current_header_bytes(snapshot_dir) != expect:
+            raise ChainChangedError(f"{snapshot_dir}: the header changed meanwhile; not replaced")
+        commit_locked(snapshot_dir, store, header)
+    if gc:
+        collect_garbage(store)
+
+
+def commit_locked(snapshot_dir: Path, store: Path, header: Header) -> None:
+    """`commit` for a caller that already holds ``locked(store)`` (no garbage collection)."""
     data = header.to_bytes()
     snapshot_dir.mkdir(parents=True, exist_ok=True)
     ldir = links_dir(snapshot_dir)
     ldir.mkdir(exist_ok=True)
-    with locked(store):
-        if expect is not None and _current_header_bytes(snapshot_dir) != expect:
-            raise ChainChangedError(f"{snapshot_dir}: the header changed meanwhile; not replaced")
-        for build_id in header.generations:
-            _link_generation(snapshot_dir, store, build_id)
-        fsync_dir(ldir)
-        fsync_dir(snapshot_dir)
-        atomic_write(header_path(snapshot_dir), data)
-        sweep(snapshot_dir, header)
-    if gc:
-        collect_garbage(store)
+    for build_id in header.generations:
+        _link_generation(snapshot_dir, store, build_id)
+    fsync_dir(ldir)
+    fsync_dir(snapshot_dir)
+    atomic_write(header_path(snapshot_dir), data)
+    sweep(snapshot_dir, header)
 
 
 def _current_header_bytes(snapshot_dir: Path) -> bytes | None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from wrennd.snapshot import IngestError, UnsupportedFilesystemError, open_snapshot
-from wrennd.snapshot.chain import collapse, export
+from wrennd.snapshot.chain import collapse, export, verify
 from wrennd.snapshot.errors import ChainChangedError
 from wrennd.snapshot.ingest import ingest_diff, ingest_full
 from wrennd.snapshot.layout import header_path, link_path
@@ -207,3 +208,33 @@ def test_memfile_with_other_links_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IngestError, match="no other hard links"):
         ingest_full(tmp_path / "full.mem", tmp_path / "s", tmp_path / "store")
     assert (tmp_path / "full.mem").exists()
+
+
+def test_concurrent_collapse_and_diff_ingest_lose_nothing(tmp_path: Path) -> None:
+    """A pause landing while a background collapse runs: either order must keep the diff."""
+    store, sdir = tmp_path / "store", tmp_path / "s"
+    memory = bytearray(full_memfile(tmp_path / "full.mem", dict.fromkeys(range(0, PAGES, 2), 1)))
+    ingest_full(tmp_path / "full.mem", sdir, store)
+    for round_ in range(12):
+        pages = {(round_ * 5 + k) % PAGES: round_ + 2 for k in range(3)}
+        diff_memfile(tmp_path / "d.mem", pages)
+        for p, v in pages.items():
+            memory[p * BS : (p + 1) * BS] = page(v)
+        outcome: list[str] = []
+
+        def collapse_quietly(outcome: list[str]) -> None:
+            try:
+                collapse(sdir, store)
+                outcome.append("collapsed")
+            except ChainChangedError:
+                outcome.append("collapse yielded")
+
+        worker = threading.Thread(target=collapse_quietly, args=(outcome,))
+        worker.start()
+        ingest_diff(tmp_path / "d.mem", sdir, sdir, store)
+        worker.join()
+        assert len(outcome) == 1
+        assert verify(sdir, store) == []
+        export(sdir, tmp_path / "out", store)
+        assert (tmp_path / "out").read_bytes() == bytes(memory), outcome
+        assert generation_files(store) == set(read_header(sdir).generations)
