@@ -21,12 +21,25 @@ from typing import Any
 
 from wrennd._native import ffi, lib
 from wrennd.log import kv
-from wrennd.snapshot.errors import GenerationError, SnapshotError
+from wrennd.snapshot.errors import ChainChangedError, GenerationError, SnapshotError
 from wrennd.snapshot.header import Header
-from wrennd.snapshot.layout import header_path, link_path, links_dir, replacing, store_path
+from wrennd.snapshot.layout import (
+    header_path,
+    link_path,
+    links_dir,
+    replacing,
+    staged,
+    store_path,
+)
 from wrennd.snapshot.mapping import Mapping
 from wrennd.snapshot.opened import OpenSnapshot, open_snapshot
-from wrennd.snapshot.store import commit, locked, read_header
+from wrennd.snapshot.store import (
+    collect_garbage,
+    commit_locked,
+    current_header_bytes,
+    locked,
+    read_header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +68,17 @@ def copy_mapped(mapping: Mapping, fds: Sequence[int], paths: Sequence[Path], out
         )
 
 
-def write_flat(path: Path, snap: OpenSnapshot, fds: Sequence[int]) -> None:
-    """Create `path` atomically as the snapshot's flat memory image (zero-fill left as holes)."""
-    with replacing(path) as out:
-        os.ftruncate(out, snap.memory_size)
-        copy_mapped(snap.header.mapping, fds, snap.generation_paths, out)
+def write_flat(out: int, snap: OpenSnapshot, fds: Sequence[int]) -> None:
+    """Write the snapshot's flat memory image into the empty file `out` (zero-fill as holes)."""
+    os.ftruncate(out, snap.memory_size)
+    copy_mapped(snap.header.mapping, fds, snap.generation_paths, out)
 
 
 def export(snapshot_dir: Path, out: Path, store: Path | None = None) -> None:
     """Write the flat raw memory file the chain describes (a Full memfile's equivalent)."""
     snap = open_snapshot(snapshot_dir, store)
-    with _generation_fds(snap) as fds:
-        write_flat(out, snap, fds)
+    with _generation_fds(snap) as fds, replacing(out) as out_fd:
+        write_flat(out_fd, snap, fds)
 
 
 def collapse(snapshot_dir: Path, store: Path) -> Header:
@@ -81,41 +93,49 @@ def collapse(snapshot_dir: Path, store: Path) -> Header:
         old_bytes = header_path(snapshot_dir).read_bytes()
         snap = open_snapshot(snapshot_dir, store)
         fds = snap.open_generations()
-    old = snap.header
-    build_id = uuid.uuid4()
-    mapping = old.mapping.flattened()
-    has_data = any(not e.is_zero for e in mapping)
-    dest = store_path(store, build_id)
     try:
-        if has_data:
-            write_flat(dest, snap, fds)
-            dest.chmod(0o444)
+        header = _write_collapsed(snapshot_dir, store, snap, fds, old_bytes)
     finally:
         for fd in fds:
             os.close(fd)
+    collect_garbage(store)
+    log.info(
+        "chain collapsed",
+        extra=kv(
+            snapshot=snapshot_dir,
+            generations=len(snap.generation_ids),
+            depth=snap.generation,
+            build_id=header.build_id,
+        ),
+    )
+    return header
+
+
+def _write_collapsed(
+    snapshot_dir: Path, store: Path, snap: OpenSnapshot, fds: Sequence[int], old_bytes: bytes
+) -> Header:
+    """Write the new generation under a temporary name, publish and commit it under the lock."""
+    build_id = uuid.uuid4()
+    mapping = snap.header.mapping.flattened()
+    has_data = any(not e.is_zero for e in mapping)
     header = Header(
-        old.block_size,
-        old.memory_size,
+        snap.block_size,
+        snap.memory_size,
         0,
         build_id,
         build_id,
         (build_id,) if has_data else (),
         mapping,
     )
-    try:
-        commit(snapshot_dir, store, header, expect=old_bytes)
-    except BaseException:
-        dest.unlink(missing_ok=True)
-        raise
-    log.info(
-        "chain collapsed",
-        extra=kv(
-            snapshot=snapshot_dir,
-            generations=len(old.generations),
-            depth=old.generation,
-            build_id=build_id,
-        ),
-    )
+    with staged(store_path(store, build_id), 0o444) as new:
+        if has_data:
+            write_flat(new.fd, snap, fds)
+        with locked(store):  # published and linked at once: no collection in between
+            if current_header_bytes(snapshot_dir) != old_bytes:
+                raise ChainChangedError(f"{snapshot_dir}: the header changed meanwhile")
+            if has_data:
+                new.publish()
+            commit_locked(snapshot_dir, store, header)
     return header
 
 

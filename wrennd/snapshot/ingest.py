@@ -32,7 +32,7 @@ from wrennd.snapshot.header import Header
 from wrennd.snapshot.layout import fsync_dir, replacing, store_path
 from wrennd.snapshot.mapping import ENTRY_SIZE, Mapping
 from wrennd.snapshot.opened import resolve_generations
-from wrennd.snapshot.store import collect_garbage, commit, commit_locked, locked, read_header
+from wrennd.snapshot.store import collect_garbage, commit_locked, locked, read_header
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,13 @@ def ingest_full(
         build_id = uuid.uuid4()
         scan = scan_memfile(fd, size, block_size, 0, diff=False, punch=True)
         os.fsync(fd)
-        generations: tuple[uuid.UUID, ...] = ()
-        if scan.data_bytes:
-            dest = adopt_memfile(memfile, fd, store, build_id, scan.mapping, 0)
-            generations = (build_id,)
+        generations = (build_id,) if scan.data_bytes else ()
         header = Header(block_size, size, 0, build_id, build_id, generations, scan.mapping)
-        commit(snapshot_dir, store, header)
+        header.validate(str(memfile))
+        with locked(store):  # adopted and linked at once: no collection in between
+            if scan.data_bytes:
+                dest = adopt_memfile(memfile, fd, store, build_id, scan.mapping, 0)
+            commit_locked(snapshot_dir, store, header)
     except BaseException:
         _restore(dest, memfile)
         raise
@@ -159,6 +160,7 @@ def ingest_full(
         os.close(fd)
     if dest is None:
         memfile.unlink()
+    collect_garbage(store)
     log.info(
         "full memfile ingested",
         extra=kv(

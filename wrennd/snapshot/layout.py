@@ -80,27 +80,46 @@ def _dir_locked(directory: Path) -> Iterator[None]:
         os.close(dfd)
 
 
-@contextlib.contextmanager
-def replacing(path: Path, mode: int = 0o644) -> Iterator[int]:
-    """Yield the fd of a new temporary file beside `path`.
+class Staged:
+    """A new file being written under a temporary name beside its final path."""
 
-    On normal exit the file is fsynced, renamed over `path` and the directory
-    fsynced; on an exception it is removed.  While open it holds an flock, so
-    `remove_stale_temps` leaves it alone; after a crash the lock is gone."""
+    def __init__(self, path: Path, tmp: Path, fd: int) -> None:
+        self.path, self.tmp, self.fd = path, tmp, fd
+        self.published = False
+
+    def publish(self) -> None:
+        """fsync, rename to the final path, fsync the directory."""
+        os.fsync(self.fd)
+        self.tmp.rename(self.path)
+        self.published = True
+        fsync_dir(self.path.parent)
+
+
+@contextlib.contextmanager
+def staged(path: Path, mode: int = 0o644) -> Iterator[Staged]:
+    """A temporary file beside `path`; removed on exit unless `publish()`ed.
+
+    While open it holds an flock, so `remove_stale_temps` leaves it alone;
+    after a crash the lock is gone and the file is cleaned up."""
     tmp = temp_name(path.parent, path.name)
     with _dir_locked(path.parent):
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         fcntl.flock(fd, fcntl.LOCK_EX)
+    st = Staged(path, tmp, fd)
     try:
-        yield fd
-        os.fsync(fd)
-        tmp.rename(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        yield st
     finally:
         os.close(fd)
-    fsync_dir(path.parent)
+        if not st.published:
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def replacing(path: Path, mode: int = 0o644) -> Iterator[int]:
+    """Yield the fd of a new temporary file that replaces `path` atomically on normal exit."""
+    with staged(path, mode) as st:
+        yield st.fd
+        st.publish()
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -139,7 +139,7 @@ def commit(
     replace a header a newer pause wrote meanwhile."""
     header.validate(str(snapshot_dir))
     with locked(store):
-        if expect is not None and _current_header_bytes(snapshot_dir) != expect:
+        if expect is not None and current_header_bytes(snapshot_dir) != expect:
             raise ChainChangedError(f"{snapshot_dir}: the header changed meanwhile; not replaced")
         commit_locked(snapshot_dir, store, header)
     if gc:
@@ -160,7 +160,7 @@ def commit_locked(snapshot_dir: Path, store: Path, header: Header) -> None:
     sweep(snapshot_dir, header)
 
 
-def _current_header_bytes(snapshot_dir: Path) -> bytes | None:
+def current_header_bytes(snapshot_dir: Path) -> bytes | None:
     try:
         return header_path(snapshot_dir).read_bytes()
     except FileNotFoundError:
