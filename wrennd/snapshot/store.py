@@ -11,7 +11,10 @@ the new header valid with every file it names; the extra links it may leave
 are removed by the next `sweep` of that directory.
 
 Every mutation takes an exclusive flock on ``<store>/.lock`` so a garbage
-collection never races a commit linking the file it is about to delete.
+collection never races a commit linking the file it is about to delete.  A
+new generation enters the store (rename) and gets its first link in one
+locked section; before that it is a flocked temporary file that cleanup
+skips.  Long work (scans, copies) runs outside the lock.
 """
 
 from __future__ import annotations
