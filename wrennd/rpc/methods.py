@@ -5,7 +5,8 @@ A method is declared once with:
 - ``params``: a JSON Schema (draft 2020-12) for the params *object*.  Methods
   that also accept params by position name them in ``positional``; an array
   is turned into an object with those names before validation, so handlers
-  always receive a dict.
+  always receive a dict; ``rest`` names a list that collects the remaining
+  positional params.
 - ``kind``: ``Kind.LIFECYCLE`` work (create, pause, resume, template, ...)
   is shielded from the client: it runs to completion (or its own rollback)
   even when the client disconnects or the request is abandoned, because a
@@ -97,6 +98,7 @@ class Method:
     kind: Kind = Kind.READ
     mutating: bool = False
     positional: tuple[str, ...] = ()
+    rest: str | None = None
     doc: str = ""
     validator: Validator = field(init=False, repr=False, compare=False)
 
@@ -113,12 +115,15 @@ class Method:
         if params is None:
             params = {}
         elif isinstance(params, list):
-            if len(params) > len(self.positional):
+            named = dict(zip(self.positional, params, strict=False))
+            if self.rest is not None:
+                named[self.rest] = params[len(self.positional) :]
+            elif len(params) > len(self.positional):
                 raise InvalidParams(
                     f"{self.name} takes at most {len(self.positional)} positional params",
                     errors=[{"path": "", "message": f"got {len(params)} positional params"}],
                 )
-            params = dict(zip(self.positional, params, strict=False))
+            params = named
         try:
             found = list(self.validator.iter_errors(params))
         except RecursionError:
@@ -166,12 +171,13 @@ class MethodTable:
         kind: Kind = Kind.READ,
         mutating: bool = False,
         positional: tuple[str, ...] = (),
+        rest: str | None = None,
         doc: str = "",
     ) -> Callable[[Handler], Handler]:
         """Decorator form of ``add``."""
 
         def decorate(handler: Handler) -> Handler:
-            self.add(Method(name, handler, params, kind, mutating, positional, doc))
+            self.add(Method(name, handler, params, kind, mutating, positional, rest, doc))
             return handler
 
         return decorate
