@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import select
 import socket
 import struct
 from collections.abc import Awaitable
@@ -159,12 +160,28 @@ class Connection(asyncio.Protocol):
         self._process_buffer()
 
     def eof_received(self) -> bool:
+        if self._peer_closed():
+            # The client is gone, not just done sending: its read work stops now.
+            return False
         # Half-close: a last message may lack its newline; answer everything, then close.
         self._eof = True
         if self._buf and not self._discarding:
             self._buf += b"\n"
         self._process_buffer()
         return True
+
+    def _peer_closed(self) -> bool:
+        """Whether the peer closed its socket (POLLHUP), rather than only shut its writing.
+
+        Both read as EOF; only a full close hangs up an AF_UNIX stream socket.
+        """
+        assert self.transport is not None
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLOUT)
+        return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
     def _close_if_done(self) -> None:
         if self._eof and self.inflight == 0 and not self._batches and not self._buf:

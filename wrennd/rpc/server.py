@@ -21,6 +21,7 @@ from wrennd.rpc.errors import ResourceExhausted, RpcError, ShuttingDown
 from wrennd.rpc.methods import MethodTable
 
 log = logging.getLogger("wrennd.rpc")
+BACKLOG = 4096
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,13 @@ class RpcServer:
         self._closed_all = asyncio.Event()
 
     async def serve(self, sock: socket.socket) -> None:
-        """Accept connections on a bound, listening AF_UNIX stream socket."""
+        """Accept connections on a bound AF_UNIX stream socket."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+        # The loop calls listen() again with this backlog (its default, 100, is too short
+        # for a burst of clients; the kernel caps it at net.core.somaxconn).
+        self._server = await loop.create_unix_server(
+            lambda: Connection(self), sock=sock, backlog=BACKLOG
+        )
 
     # -- connection bookkeeping (called by Connection) -----------------------
 
