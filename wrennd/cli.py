@@ -264,3 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_for_code(e.code)
     except KeyboardInterrupt:
         return Exit.INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
