@@ -35,7 +35,8 @@ class Listener:
     sock: socket.socket
     path: str
     activated: bool
-    inode: int = 0
+    # (st_dev, st_ino, st_ctime_ns) of the file this daemon created: inode numbers get reused.
+    identity: tuple[int, int, int] = (0, 0, 0)
 
     def remove(self) -> None:
         """Unlink the socket file if it is still the one this daemon created."""
@@ -43,10 +44,15 @@ class Listener:
             return  # systemd owns it
         try:
             path = Path(self.path)
-            if path.stat().st_ino == self.inode:
+            if _identity(path) == self.identity:
                 path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_ctime_ns
 
 
 def _in_use(path: Path) -> bool:
@@ -94,7 +100,7 @@ def create(path: Path, group: str) -> Listener:
         tmp.unlink(missing_ok=True)
         raise ListenerError(f"cannot listen on {path}: {e.strerror}") from e
     sock.setblocking(False)
-    return Listener(sock, str(path), activated=False, inode=path.stat().st_ino)
+    return Listener(sock, str(path), activated=False, identity=_identity(path))
 
 
 def open_listener(path: Path, group: str) -> Listener:
