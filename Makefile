@@ -51,6 +51,7 @@ pytest: install
 
 bench: install
 	$(PY) bench/zeroscan_bench.py
+	$(PY) bench/rpc_bench.py
 
 # systemd units and snippets (systemd/). BINDIR is where the wrennd script lives:
 # this checkout's venv by default. With DESTDIR set (packaging, tests) files are
