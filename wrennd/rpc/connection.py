@@ -112,6 +112,7 @@ class Connection(asyncio.Protocol):
         self.writing_paused = False
         self.reading_paused = False
         self._buf = bytearray()
+        self._scanned = 0
         self._discarding = False
         self._writable = asyncio.Event()
         self._writable.set()
@@ -191,13 +192,17 @@ class Connection(asyncio.Protocol):
     # -- framing and limits --------------------------------------------------
 
     def _process_buffer(self) -> None:
-        start = 0
         buf = self._buf
-        while not self.closed and self.inflight < self.limits.max_inflight:
-            if self.writing_paused:
+        start = 0
+        # Bytes before _scanned hold no newline: a message arriving in many reads is
+        # searched once, not once per read.
+        scan = self._scanned
+        while not self.closed and not self.writing_paused:
+            if self.inflight >= self.limits.max_inflight:
                 break
-            newline = buf.find(b"\n", start)
+            newline = buf.find(b"\n", max(start, scan))
             if newline < 0:
+                scan = len(buf)
                 break
             line = bytes(buf[start:newline])
             start = newline + 1
@@ -206,8 +211,11 @@ class Connection(asyncio.Protocol):
             elif line.strip():
                 self._handle_line(line)
         del buf[:start]
-        if b"\n" not in buf and len(buf) > self.limits.max_message_bytes:
+        self._scanned = max(0, scan - start)
+        if self._scanned == len(buf) and len(buf) > self.limits.max_message_bytes:
+            # No newline in sight and already too long: skip to the next newline.
             buf.clear()
+            self._scanned = 0
             self._discarding = True
             self._send_error(None, self._too_large())
         self._update_reading()
