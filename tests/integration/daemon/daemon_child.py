@@ -2,8 +2,9 @@
 
 test.sleep (read work) and test.lifecycle (lifecycle work) send a "started"
 progress notification, sleep, and the lifecycle one writes a marker file in
-$TEST_MARKER_DIR when it finishes.  The shutdown hook records which markers
-existed when it ran and the seconds left before the deadline.
+$TEST_MARKER_DIR when it finishes and counts itself in a host.stats section.
+The shutdown hook records which markers existed when it ran and the seconds
+left before the deadline.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ def record(remaining: float) -> None:
 
 
 def extend(d: daemon.Daemon) -> None:
+    finished = {"lifecycle_finished": 0}
+    d.stats.add("test", lambda: finished)
+    d.info.add("test", lambda: {"extended": True})
+
     @d.methods.register("test.sleep", params=SLEEP)
     async def sleep_read(ctx: CallContext, p: dict[str, Any]) -> str:
         await ctx.progress(stage="started")
@@ -45,6 +50,7 @@ def extend(d: daemon.Daemon) -> None:
         await asyncio.sleep(p["seconds"])
         marker = MARKERS / f"lifecycle-{p.get('tag', 'x')}"
         await asyncio.to_thread(marker.write_text, "done")
+        finished["lifecycle_finished"] += 1
         return "done"
 
     async def hook(ctx: daemon.ShutdownContext) -> None:

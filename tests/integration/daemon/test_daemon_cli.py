@@ -43,12 +43,17 @@ def test_host_info_table_and_json(daemon: Any) -> None:
     assert set(info["features"]) == {"root", "uffd", "netns", "dm", "kvm"}
 
 
-def test_host_stats_reports_this_daemon(daemon: Any) -> None:
+def test_host_stats_reports_this_daemon_and_its_components(daemon: Any) -> None:
+    wrennctl(daemon.socket_path, "call", "test.lifecycle", '{"seconds": 0}')
     out = wrennctl(daemon.socket_path, "--json", "host", "stats", "--lag-window", "30")
     stats = json.loads(out.stdout)
     assert stats["process"]["pid"] == daemon.proc.pid
     assert stats["rpc"]["connections"] == 1
+    assert stats["rpc"]["requests"] == 2
     assert stats["event_loop"]["samples"] > 0
+    assert stats["test"] == {"lifecycle_finished": 1}  # a component's provider section
+    info = json.loads(wrennctl(daemon.socket_path, "--json", "host", "info").stdout)
+    assert info["test"] == {"extended": True}
 
 
 def test_progress_is_drawn_and_the_result_printed(daemon: Any) -> None:

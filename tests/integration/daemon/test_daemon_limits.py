@@ -120,6 +120,19 @@ async def test_an_oversized_message_is_refused_and_the_connection_lives_on(
     writer.close()
 
 
+async def test_a_large_message_in_many_small_writes_is_accepted(
+    demo: Demo, start_server: Start
+) -> None:
+    _, path = await start_server(demo.table, max_message_bytes=2 << 20)
+    reader, writer = await asyncio.open_unix_connection(path)
+    line = request("sum", 1, values=[1] * 400_000)  # 1.2 MB
+    for off in range(0, len(line), 4096):
+        writer.write(line[off : off + 4096])
+        await writer.drain()
+    assert (await read_answer(reader))["result"] == 400_000
+    writer.close()
+
+
 async def test_calls_in_flight_are_limited_per_connection(demo: Demo, start_server: Start) -> None:
     server, path = await start_server(demo.table, max_inflight=2)
     reader, writer = await asyncio.open_unix_connection(path)
