@@ -88,7 +88,7 @@ class Daemon:
         )
         self._hooks: list[tuple[str, ShutdownHook]] = []
         self._stop: asyncio.Event | None = None
-        self._background: list[asyncio.Task[Any]] = []
+        self._background: set[asyncio.Future[Any]] = set()
 
     def on_shutdown(self, name: str, hook: ShutdownHook) -> None:
         """Run ``hook`` on SIGTERM after lifecycle calls finished, before the daemon exits."""
@@ -125,7 +125,9 @@ class Daemon:
         return await self._shutdown()
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
-        self._background.append(asyncio.ensure_future(coro))
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _watchdog(self, interval: float) -> None:
         # Pinged from the loop itself: a stuck loop misses pings and systemd restarts us.
@@ -178,9 +180,10 @@ class Daemon:
                 clean = False
                 logger.exception("shutdown hook failed", extra=kv(hook=name))
         await self.server.close(min(DRAIN_TIMEOUT, ctx.remaining()))
-        for task in self._background:
+        background = list(self._background)
+        for task in background:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*background, return_exceptions=True)
         logger.info("stopped", extra=kv(clean=clean))
         self.notifier.close()
         return 0 if clean else 1
