@@ -128,6 +128,10 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         self.peer = peer_credentials(transport.get_extra_info("socket"))
         transport.set_write_buffer_limits(high=self.limits.write_high_water)
+        log.debug(
+            "client connected",
+            extra=kv(conn=self.id, pid=self.peer.pid, uid=self.peer.uid, gid=self.peer.gid),
+        )
         if not self.server.admit(self):
             error = protocol.error_response(None, self.server.refusal())
             self.send(protocol.encode(error))
@@ -135,6 +139,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        log.debug("client disconnected", extra=kv(conn=self.id, error=exc))
         self._writable.set()  # wake streams waiting to write: they find the client gone
         for task in [*self._reads, *self._batches]:
             task.cancel()

@@ -10,6 +10,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,10 @@ Start = Any
 def request(method: str, rid: Any, **params: Any) -> bytes:
     message = {"jsonrpc": "2.0", "method": method, "id": rid, "params": params}
     return json.dumps(message).encode() + b"\n"
+
+
+def open_fds() -> int:
+    return sum(1 for _ in Path("/proc/self/fd").iterdir())
 
 
 async def eventually(predicate: Callable[[], bool], within: float = 10) -> None:
@@ -58,6 +63,7 @@ async def test_a_thousand_concurrent_connections(
     many_fds: None, demo: Demo, start_server: Start
 ) -> None:
     server, path = await start_server(demo.table)
+    fds_before = open_fds()
     conns = await asyncio.gather(*(asyncio.open_unix_connection(path) for _ in range(1000)))
     for i, (_, writer) in enumerate(conns):
         writer.write(request("sleep", i, seconds=0.5))
@@ -70,6 +76,12 @@ async def test_a_thousand_concurrent_connections(
     assert all(a["result"] == "slept" for a in answers)
     for _, writer in conns:
         writer.close()
+    await asyncio.gather(*(writer.wait_closed() for _, writer in conns))
+    # Nothing of the thousand connections stays behind on either side.
+    await eventually(lambda: server.stats()["connections"] == 0)
+    assert server.stats()["connections"] == 0
+    await eventually(lambda: open_fds() <= fds_before)
+    assert open_fds() <= fds_before
 
 
 async def test_a_client_that_stops_reading_does_not_delay_others(
