@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,27 @@ def test_a_bad_config_exits_with_the_config_status(spawn_daemon: Spawn) -> None:
     child = spawn_daemon(env={"WRENND_RPC_MAX_INFLIGHT": "-1"})
     assert child.proc.wait(20) == 2
     assert "rpc_max_inflight" in child.stderr()
+
+
+def test_a_bad_config_on_sighup_keeps_the_running_one(spawn_daemon: Spawn, tmp_path: Path) -> None:
+    conf = tmp_path / "wrennd.toml"
+    conf.write_text('log_level = "info"\n')
+    child = spawn_daemon(args=["--config", str(conf)])
+    child.notify.wait_for("READY")
+    conf.write_text('log_level = "loud"\n')
+    child.notify.messages.clear()
+    child.proc.send_signal(signal.SIGHUP)
+    child.notify.wait_for("READY")  # still serving
+    assert child.stop() == 0
+    log = child.stderr()
+    assert "reload failed; the running configuration stays" in log
+    assert "log_level='loud'" in log
+
+
+def test_console_scripts_are_installed() -> None:
+    bindir = Path(sys.executable).parent
+    for name in ("wrennd", "wrennctl"):
+        done = subprocess.run(
+            [str(bindir / name), "--help"], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert done.returncode == 0 and f"usage: {name}" in done.stdout
