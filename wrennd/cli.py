@@ -97,6 +97,10 @@ def render_table(rows: Sequence[Sequence[str]], out: TextIO, header: Sequence[st
         out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
+def render_nothing(result: Any, out: TextIO) -> None:
+    """For commands whose output was streamed while they ran."""
+
+
 def render_kv(result: Any, out: TextIO) -> None:
     render_table(_flatten(result), out)
 
@@ -127,6 +131,8 @@ class Command:
     render: Render = render_kv
     params: Callable[[argparse.Namespace], dict[str, Any] | None] = lambda _: None
     arguments: Callable[[argparse.ArgumentParser], None] = lambda _: None
+    # The exit status taken from the result (exec: the remote command's exit code).
+    exit_status: Callable[[Any], int] | None = None
 
 
 def _stats_args(parser: argparse.ArgumentParser) -> None:
@@ -232,6 +238,8 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(json.dumps(result, indent=2) + "\n")
     else:
         render(result, out)
+    if command is not None and command.exit_status is not None:
+        return command.exit_status(result)
     return Exit.OK
 
 

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import sys
+from asyncio.subprocess import DEVNULL, PIPE
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,11 @@ SLEEP = {
     "additionalProperties": False,
 }
 MARKERS = Path(os.environ["TEST_MARKER_DIR"])
+
+
+async def relay(ctx: CallContext, name: str, pipe: asyncio.StreamReader) -> None:
+    while chunk := await pipe.read(4096):
+        await ctx.notify("stream", {"stream": name, "data": chunk.decode(errors="replace")})
 
 
 def record(remaining: float) -> None:
@@ -52,6 +58,32 @@ def extend(d: daemon.Daemon) -> None:
         await asyncio.to_thread(marker.write_text, "done")
         finished["lifecycle_finished"] += 1
         return "done"
+
+    @d.methods.register(
+        "test.exec",
+        params={
+            "type": "object",
+            "properties": {"script": {"type": "string"}},
+            "required": ["script"],
+            "additionalProperties": False,
+        },
+    )
+    async def run(ctx: CallContext, p: dict[str, Any]) -> dict[str, int]:
+        # A real process, its output streamed; killed if the call is cancelled.
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", p["script"], stdout=PIPE, stderr=PIPE, stdin=DEVNULL
+        )
+        (MARKERS / "exec.pid").write_text(str(proc.pid))
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            await asyncio.gather(
+                relay(ctx, "stdout", proc.stdout), relay(ctx, "stderr", proc.stderr)
+            )
+            return {"exit_code": await proc.wait()}
+        except asyncio.CancelledError:
+            proc.kill()
+            await proc.wait()
+            raise
 
     async def hook(ctx: daemon.ShutdownContext) -> None:
         ctx.status("stopping: test hook")

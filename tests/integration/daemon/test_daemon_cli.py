@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -12,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from wrennd import cli
 from wrennd.cli import Exit
+from wrennd.rpc.client import Client, ClientError
 
 Spawn = Any
 
@@ -94,3 +97,48 @@ def test_permission_denied_on_the_socket(daemon: Any) -> None:
     out = wrennctl(daemon.socket_path, "host", "info", prefix=nobody)
     assert out.returncode == Exit.PERMISSION, out.stderr
     assert "permission denied" in out.stderr
+
+
+def test_a_streamed_command_writes_as_it_runs_and_exits_with_the_remote_code(
+    daemon: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # How the lifecycle's `wrennctl sandbox exec` is declared, here for the test method.
+    exec_command = cli.Command(
+        ("test", "exec"),
+        "test.exec",
+        "run a shell script",
+        render=cli.render_nothing,
+        params=lambda a: {"script": a.script},
+        arguments=lambda p: p.add_argument("script"),
+        exit_status=lambda result: int(result["exit_code"]),
+    )
+    monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, exec_command])
+    script = "echo out1; echo err1 >&2; echo out2; exit 7"
+    status = cli.main(["--socket", str(daemon.socket_path), "test", "exec", script])
+    captured = capsys.readouterr()
+    assert status == 7
+    assert captured.out == "out1\nout2\n"
+    assert "err1\n" in captured.err
+
+
+async def test_a_stream_whose_client_leaves_kills_its_process(daemon: Any) -> None:
+    client = await Client.connect(daemon.socket_path)
+    started = asyncio.Event()
+    call = asyncio.ensure_future(
+        client.call("test.exec", {"script": "echo up; exec sleep 60"}, lambda m, p: started.set())
+    )
+    await asyncio.wait_for(started.wait(), 10)
+    pid = int((daemon.marker_dir / "exec.pid").read_text())
+    await client.close()
+    with pytest.raises(ClientError):
+        await call
+    for _ in range(500):
+        if not exists(pid):
+            break
+        await asyncio.sleep(0.01)
+    assert not exists(pid), "the streamed process outlived its client"
+
+
+def exists(pid: int) -> bool:
+    """Whether the process exists at all (a zombie not yet reaped still does)."""
+    return Path(f"/proc/{pid}").exists()
