@@ -184,6 +184,8 @@ async def test_read_work_stops_with_its_client_but_lifecycle_work_does_not(
     # The read call was cancelled at once; the lifecycle call ran to its end, its
     # last progress notification going nowhere.
     assert demo.calls == [("sleep-cancelled", "r"), ("lifecycle-finished", ("l", False, False))]
+    # The handler recorded itself just before returning: its task ends right after.
+    await eventually(lambda: server.stats()["lifecycle_running"] == 0)
     assert server.stats()["lifecycle_running"] == 0
 
 
