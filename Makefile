@@ -10,7 +10,7 @@ SAN_FLAGS := -std=c11 -O1 -g -Wall -Wextra -Werror -fno-omit-frame-pointer \
 SAN_DIR := build/sanitize
 NATIVE_TESTS := $(patsubst native/tests/%.c,$(SAN_DIR)/%,$(wildcard native/tests/test_*.c))
 
-.PHONY: install debs test lint typecheck sanitize pytest bench clean
+.PHONY: install debs test lint typecheck sanitize pytest bench clean install-systemd
 
 install: debs $(STAMP) $(NATIVE_STAMP)
 
@@ -52,6 +52,26 @@ pytest: install
 bench: install
 	$(PY) bench/zeroscan_bench.py
 	$(PY) bench/snapshot_bench.py
+	$(PY) bench/rpc_bench.py
+
+# systemd units and snippets (systemd/). BINDIR is where the wrennd script lives:
+# this checkout's venv by default. With DESTDIR set (packaging, tests) files are
+# only copied; without it the group and directories are created and systemd reloaded.
+BINDIR ?= $(abspath $(VENV))/bin
+UNITDIR ?= /etc/systemd/system
+SYSUSERSDIR ?= /etc/sysusers.d
+TMPFILESDIR ?= /etc/tmpfiles.d
+install-systemd:
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR)
+	sed 's|@BINDIR@|$(BINDIR)|g' systemd/wrennd.service > $(DESTDIR)$(UNITDIR)/wrennd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/wrennd.service
+	install -m 0644 systemd/wrennd.socket $(DESTDIR)$(UNITDIR)/wrennd.socket
+	install -m 0644 systemd/wrennd.sysusers $(DESTDIR)$(SYSUSERSDIR)/wrennd.conf
+	install -m 0644 systemd/wrennd.tmpfiles $(DESTDIR)$(TMPFILESDIR)/wrennd.conf
+	if [ -z "$(DESTDIR)" ]; then \
+		systemd-sysusers $(SYSUSERSDIR)/wrennd.conf && \
+		systemd-tmpfiles --create $(TMPFILESDIR)/wrennd.conf && \
+		systemctl daemon-reload; fi
 
 clean:
 	rm -rf build $(VENV) wrennd/_native*.so $(NATIVE_STAMP) *.egg-info

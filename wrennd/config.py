@@ -115,6 +115,13 @@ class Settings:
     )
     ttl_action: str = _setting("pause", _choice(*TTL_ACTIONS), "pause or destroy")
     use_jailer: bool = _setting(False, _bool, "true or false")
+    # JSON-RPC server limits (wrennd.rpc): per message, per connection, per daemon.
+    rpc_max_message_bytes: int = _setting(4 << 20, _pos_int, "a positive integer (bytes)")
+    rpc_max_inflight: int = _setting(64, _pos_int, "a positive integer (calls per connection)")
+    rpc_max_connections: int = _setting(4096, _pos_int, "a positive integer")
+    # Seconds SIGTERM may take (finish lifecycle calls, pause sandboxes); keep it below
+    # the unit's TimeoutStopSec.
+    shutdown_timeout: int = _setting(150, _pos_int, "a positive integer (seconds)")
 
     # Derived paths (DESIGN.md §3).
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,3 +99,39 @@ def kvm() -> Feature:
 
 def all_features() -> list[Feature]:
     return [root(), userfaultfd(), netns(), device_mapper(), kvm()]
+
+
+@dataclass(frozen=True)
+class Binary:
+    """An executable the daemon drives (Firecracker, fcsim, the jailer) and its version."""
+
+    path: str
+    present: bool
+    version: str = ""
+    reason: str = ""
+
+
+def binary_version(path: Path, timeout: float = 5.0) -> Binary:
+    """Run ``path --version`` and keep the first line it prints.
+
+    Blocks for up to ``timeout`` seconds: call it from an executor.
+    """
+    if not path.is_file() or not os.access(path, os.X_OK):
+        return Binary(str(path), False, reason=f"{path} is not an executable file")
+    try:
+        done = subprocess.run(
+            [str(path), "--version"],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return Binary(str(path), True, reason=f"{path} --version did not answer in {timeout} s")
+    except OSError as e:
+        return Binary(str(path), False, reason=f"{path} cannot be run: {e.strerror}")
+    output = (done.stdout or done.stderr).decode(errors="replace")
+    first = next((line.strip() for line in output.splitlines() if line.strip()), "")
+    if done.returncode != 0:
+        return Binary(str(path), True, first, f"{path} --version exited {done.returncode}")
+    return Binary(str(path), True, first)

@@ -1,0 +1,278 @@
+"""wrennctl: the command-line client of wrennd.
+
+Subcommands mirror the daemon's methods (``wrennctl host info`` calls
+``host.info``); ``wrennctl call METHOD [PARAMS]`` reaches any method.  Output
+is a human table by default, ``--json`` for scripts.  While a call runs,
+``progress`` notifications are drawn on stderr and ``stream`` notifications
+(``{"stream": "stdout"|"stderr", "data": ...}``) are written to the matching
+output.  Each error class has its own exit status (see EXIT_CODES).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import enum
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from wrennd import config
+from wrennd.rpc import errors
+from wrennd.rpc.client import Client, ClientError, DaemonNotRunning, PermissionDenied, RemoteError
+
+Render = Callable[[Any, TextIO], None]
+
+
+class Exit(enum.IntEnum):
+    """wrennctl's exit status, one per error class (``exec`` exits with the remote code)."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    NOT_RUNNING = 3
+    PERMISSION = 4
+    CONNECTION = 5
+    BAD_REQUEST = 6
+    INTERNAL = 7
+    SHUTTING_DOWN = 8
+    SANDBOX_NOT_FOUND = 10
+    WRONG_STATE = 11
+    TEMPLATE_IN_USE = 12
+    RESOURCE_EXHAUSTED = 13
+    VMM_FAILURE = 14
+    GUEST_FAILURE = 15
+    NOT_FOUND = 16
+    INTERRUPTED = 130
+
+
+_EXIT_FOR_CODE = {
+    errors.PARSE_ERROR: Exit.BAD_REQUEST,
+    errors.INVALID_REQUEST: Exit.BAD_REQUEST,
+    errors.METHOD_NOT_FOUND: Exit.BAD_REQUEST,
+    errors.INVALID_PARAMS: Exit.BAD_REQUEST,
+    errors.MESSAGE_TOO_LARGE: Exit.BAD_REQUEST,
+    errors.INTERNAL_ERROR: Exit.INTERNAL,
+    errors.SHUTTING_DOWN: Exit.SHUTTING_DOWN,
+    errors.SANDBOX_NOT_FOUND: Exit.SANDBOX_NOT_FOUND,
+    errors.WRONG_STATE: Exit.WRONG_STATE,
+    errors.TEMPLATE_IN_USE: Exit.TEMPLATE_IN_USE,
+    errors.RESOURCE_EXHAUSTED: Exit.RESOURCE_EXHAUSTED,
+    errors.VMM_FAILURE: Exit.VMM_FAILURE,
+    errors.GUEST_FAILURE: Exit.GUEST_FAILURE,
+    errors.NOT_FOUND: Exit.NOT_FOUND,
+}
+
+
+def exit_for_code(code: int) -> Exit:
+    return _EXIT_FOR_CODE.get(code, Exit.FAILURE)
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    if isinstance(value, dict) and value:
+        rows: list[tuple[str, str]] = []
+        for key, item in value.items():
+            rows += _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if isinstance(value, list):
+        shown = (
+            ", ".join(str(v) for v in value)
+            if all(not isinstance(v, dict | list) for v in value)
+            else json.dumps(value)
+        )
+        return [(prefix, shown)]
+    return [(prefix, "" if value is None else str(value))]
+
+
+def render_table(rows: Sequence[Sequence[str]], out: TextIO, header: Sequence[str] = ()) -> None:
+    all_rows = [list(header), *map(list, rows)] if header else [list(r) for r in rows]
+    if not all_rows:
+        return
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(all_rows[0]))]
+    for row in all_rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def render_nothing(result: Any, out: TextIO) -> None:
+    """For commands whose output was streamed while they ran."""
+
+
+def render_kv(result: Any, out: TextIO) -> None:
+    render_table(_flatten(result), out)
+
+
+def render_info(result: Any, out: TextIO) -> None:
+    rest = {k: v for k, v in result.items() if k != "features"}
+    render_kv(rest, out)
+    out.write("\n")
+    rows = [
+        (name, "yes" if f["available"] else "no", f.get("reason", ""))
+        for name, f in result.get("features", {}).items()
+    ]
+    render_table(rows, out, header=("FEATURE", "AVAILABLE", "REASON"))
+
+
+def render_methods(result: Any, out: TextIO) -> None:
+    rows = [(m["name"], m["kind"], "yes" if m["mutating"] else "no", m["doc"]) for m in result]
+    render_table(rows, out, header=("METHOD", "KIND", "MUTATING", "DESCRIPTION"))
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: the words that name it, its method, and how to show the answer."""
+
+    words: tuple[str, ...]
+    method: str
+    help: str
+    render: Render = render_kv
+    params: Callable[[argparse.Namespace], dict[str, Any] | None] = lambda _: None
+    arguments: Callable[[argparse.ArgumentParser], None] = lambda _: None
+    # The exit status taken from the result (exec: the remote command's exit code).
+    exit_status: Callable[[Any], int] | None = None
+
+
+def _stats_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lag-window", type=float, help="event-loop lag over the last N seconds")
+
+
+COMMANDS: list[Command] = [
+    Command(("host", "info"), "host.info", "versions, features, configuration", render_info),
+    Command(
+        ("host", "stats"),
+        "host.stats",
+        "resource use and counters",
+        params=lambda a: {"lag_window_s": a.lag_window} if a.lag_window else None,
+        arguments=_stats_args,
+    ),
+    Command(("host", "methods"), "host.methods", "the methods the daemon answers", render_methods),
+]
+
+
+class Progress:
+    """Draws progress notifications on stderr and writes streamed output."""
+
+    def __init__(self, err: TextIO, out: TextIO) -> None:
+        self.err = err
+        self.out = out
+        self.tty = err.isatty()
+        self.drawn = False
+
+    def __call__(self, method: str, params: dict[str, Any]) -> None:
+        if method == "stream":
+            target = self.err if params.get("stream") == "stderr" else self.out
+            target.write(str(params.get("data", "")))
+            target.flush()
+        elif method == "progress":
+            self._draw(params)
+
+    def _draw(self, params: dict[str, Any]) -> None:
+        parts = [str(params.get("stage", ""))]
+        if "done" in params and "total" in params:
+            parts.append(f"{params['done']}/{params['total']}")
+        if params.get("message"):
+            parts.append(str(params["message"]))
+        line = " ".join(p for p in parts if p)
+        if self.tty:
+            self.err.write(f"\r\033[K{line}")
+            self.drawn = True
+        else:
+            self.err.write(line + "\n")
+        self.err.flush()
+
+    def finish(self) -> None:
+        if self.drawn:
+            self.err.write("\r\033[K")
+            self.err.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wrennctl", description="Talk to the wrennd daemon.")
+    parser.add_argument("--socket", type=Path, help="API socket (default: run_dir/wrennd.sock)")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON result")
+    sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
+    for command in COMMANDS:
+        group, name = command.words
+        if group not in groups:
+            groups[group] = sub.add_parser(group, help=f"{group}.* methods").add_subparsers(
+                dest="name", required=True, metavar="SUBCOMMAND"
+            )
+        p = groups[group].add_parser(name, help=command.help)
+        command.arguments(p)
+        p.set_defaults(command=command)
+    call = sub.add_parser("call", help="call any method with JSON params")
+    call.add_argument("method")
+    call.add_argument("params", nargs="?", help="JSON object or array")
+    call.set_defaults(command=None)
+    return parser
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    if args.socket is not None:
+        return Path(args.socket)
+    if os.environ.get("WRENND_SOCKET"):
+        return Path(os.environ["WRENND_SOCKET"])
+    return config.load().socket_path
+
+
+async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    command: Command | None = args.command
+    if command is None:
+        method = args.method
+        params = json.loads(args.params) if args.params else None
+        render: Render = render_kv
+    else:
+        method, params, render = command.method, command.params(args), command.render
+    client = await Client.connect(_socket_path(args))
+    progress = Progress(err, out)
+    try:
+        result = await client.call(method, params, on_notification=progress)
+    finally:
+        progress.finish()
+        await client.close()
+    if args.json or (command is None and not isinstance(result, dict | list)):
+        out.write(json.dumps(result, indent=2) + "\n")
+    else:
+        render(result, out)
+    if command is not None and command.exit_status is not None:
+        return command.exit_status(result)
+    return Exit.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out, err = sys.stdout, sys.stderr
+    try:
+        return asyncio.run(_run(args, out, err))
+    except json.JSONDecodeError as e:
+        err.write(f"wrennctl: params are not valid JSON: {e}\n")
+        return Exit.USAGE
+    except config.ConfigError as e:
+        err.write(f"wrennctl: {e}\n")
+        return Exit.USAGE
+    except DaemonNotRunning as e:
+        err.write(f"wrennctl: {e}\n")
+        return Exit.NOT_RUNNING
+    except PermissionDenied as e:
+        err.write(f"wrennctl: {e}\n")
+        return Exit.PERMISSION
+    except ClientError as e:
+        err.write(f"wrennctl: {e}\n")
+        return Exit.CONNECTION
+    except RemoteError as e:
+        if args.json:
+            err.write(json.dumps({"code": e.code, "message": e.message, "data": e.data}) + "\n")
+        else:
+            details = ", ".join(f"{k}={v}" for k, v in e.data.items() if k != "type")
+            err.write(f"wrennctl: {e.message}" + (f" ({details})" if details else "") + "\n")
+        return exit_for_code(e.code)
+    except KeyboardInterrupt:
+        return Exit.INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""wrennd: wiring, configuration, systemd notifications, signals and graceful shutdown.
+
+Startup: load the settings, open the API socket (or take systemd's), probe
+the VMM binary, register the methods, serve, then tell systemd READY=1.
+
+SIGTERM/SIGINT: STOPPING=1; stop accepting; read work ends with ShuttingDown
+answers; lifecycle calls run to completion; then the shutdown hooks run in
+registration order (the sandbox manager pauses every sandbox there), all
+within ``shutdown_timeout`` seconds.  SIGHUP re-reads the configuration and
+applies the log level; other settings take effect at the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import resource
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from wrennd import __version__, config, features, log
+from wrennd.listener import Listener, ListenerError, open_listener
+from wrennd.log import kv
+from wrennd.metrics import LoopLag, Sections
+from wrennd.rpc import host
+from wrennd.rpc.methods import MethodTable
+from wrennd.rpc.server import Limits, RpcServer
+from wrennd.systemd import Notifier, watchdog_interval
+
+logger = logging.getLogger("wrennd.daemon")
+# Exit status for a configuration error: the unit's RestartPreventExitStatus.
+EXIT_CONFIG = 2
+# Seconds read work gets to send its ShuttingDown answers, and open connections to drain.
+DRAIN_TIMEOUT = 2.0
+
+
+@dataclasses.dataclass
+class ShutdownContext:
+    """What a shutdown hook gets: the deadline (time.monotonic) and a way to tell systemd."""
+
+    deadline: float
+    notifier: Notifier
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def status(self, text: str) -> None:
+        self.notifier.status(text)
+
+
+ShutdownHook = Callable[[ShutdownContext], Awaitable[None]]
+
+
+class Daemon:
+    """The running daemon; components extend ``methods``, ``info``, ``stats`` and hooks."""
+
+    def __init__(
+        self,
+        settings: config.Settings,
+        listener: Listener,
+        notifier: Notifier,
+        config_path: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.listener = listener
+        self.notifier = notifier
+        self.config_path = config_path
+        self.methods = MethodTable()
+        self.info = Sections()
+        self.stats = Sections()
+        self.lag = LoopLag()
+        self.started = time.monotonic()
+        self.server = RpcServer(
+            self.methods,
+            Limits(
+                max_message_bytes=settings.rpc_max_message_bytes,
+                max_inflight=settings.rpc_max_inflight,
+                max_connections=settings.rpc_max_connections,
+            ),
+        )
+        self._hooks: list[tuple[str, ShutdownHook]] = []
+        self._stop: asyncio.Event | None = None
+        self._background: set[asyncio.Future[Any]] = set()
+
+    def on_shutdown(self, name: str, hook: ShutdownHook) -> None:
+        """Run ``hook`` on SIGTERM after lifecycle calls finished, before the daemon exits."""
+        self._hooks.append((name, hook))
+
+    def request_stop(self) -> None:
+        if self._stop is not None and not self._stop.is_set():
+            logger.info("stop requested")
+            self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        await self.server.serve(self.listener.sock)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload()))
+        self._spawn(self.lag.run())
+        interval = watchdog_interval()
+        if interval is not None:
+            self._spawn(self._watchdog(interval))
+        status = f"serving on {self.listener.path}"
+        self.notifier.ready(status)
+        logger.info(
+            "ready",
+            extra=kv(
+                socket=self.listener.path,
+                activated=self.listener.activated,
+                methods=len(self.methods),
+                watchdog_s=interval,
+            ),
+        )
+        await self._stop.wait()
+        return await self._shutdown()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _watchdog(self, interval: float) -> None:
+        # Pinged from the loop itself: a stuck loop misses pings and systemd restarts us.
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _reload(self) -> None:
+        self.notifier.reloading()
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.run_in_executor(None, config.load, self.config_path)
+        except config.ConfigError as e:
+            logger.error("reload failed; the running configuration stays", extra=kv(error=e))
+        else:
+            if new.log_level != self.settings.log_level:
+                log.set_level(new.log_level)
+                logger.info(
+                    "log level changed", extra=kv(old=self.settings.log_level, new=new.log_level)
+                )
+            later = [
+                f.name
+                for f in dataclasses.fields(new)
+                if f.name != "log_level" and getattr(new, f.name) != getattr(self.settings, f.name)
+            ]
+            if later:
+                logger.warning("changed settings apply at restart", extra=kv(keys=",".join(later)))
+            self.settings = dataclasses.replace(self.settings, log_level=new.log_level)
+        self.notifier.ready(f"serving on {self.listener.path}")
+
+    async def _shutdown(self) -> int:
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        ctx = ShutdownContext(deadline, self.notifier)
+        self.notifier.stopping("stopping: finishing calls")
+        logger.info("stopping", extra=kv(timeout_s=self.settings.shutdown_timeout))
+        self.server.stop_accepting()
+        self.listener.remove()
+        await self.server.stop_reads(min(DRAIN_TIMEOUT, ctx.remaining()))
+        clean = await self.server.wait_lifecycle(ctx.remaining()) == 0
+        if not clean:
+            logger.error("lifecycle calls still running at the shutdown deadline")
+        for name, hook in self._hooks:
+            ctx.status(f"stopping: {name}")
+            try:
+                await asyncio.wait_for(hook(ctx), ctx.remaining())
+            except TimeoutError:
+                clean = False
+                logger.error("shutdown hook ran out of time", extra=kv(hook=name))
+            except Exception:
+                clean = False
+                logger.exception("shutdown hook failed", extra=kv(hook=name))
+        await self.server.close(min(DRAIN_TIMEOUT, ctx.remaining()))
+        background = list(self._background)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        logger.info("stopped", extra=kv(clean=clean))
+        self.notifier.close()
+        return 0 if clean else 1
+
+
+def raise_fd_limit() -> None:
+    """Every connection and sandbox costs fds: use the whole hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def wire(daemon: Daemon) -> None:
+    """Register every component's methods, sections and hooks (components add theirs here)."""
+    settings = daemon.settings
+    vmm = features.binary_version(settings.firecracker_bin)
+    jailer = None
+    if settings.use_jailer and settings.jailer_bin is not None:
+        jailer = features.binary_version(settings.jailer_bin)
+    facts = host.HostFacts(settings, daemon.listener.path, daemon.listener.activated, vmm, jailer)
+    host.register(
+        daemon.methods, facts, daemon.server, daemon.lag, daemon.info, daemon.stats, daemon.started
+    )
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="wrennd", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="TOML settings file")
+    parser.add_argument("--version", action="version", version=f"wrennd {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, extend: Callable[[Daemon], None] | None = None) -> int:
+    """Run the daemon until it is stopped; ``extend`` adds methods/hooks (used by tests)."""
+    args = _parse_args(argv)
+    try:
+        settings = config.load(args.config)
+    except config.ConfigError as e:
+        print(f"wrennd: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    log.setup(settings.log_level)
+    raise_fd_limit()
+    notifier = Notifier.from_env()
+    try:
+        listener = open_listener(settings.socket_path, settings.socket_group)
+    except ListenerError as e:
+        logger.error("cannot start", extra=kv(error=e))
+        return 1
+    daemon = Daemon(settings, listener, notifier, args.config)
+    # Blocking probes (VMM --version) run here, before the loop and before READY=1.
+    wire(daemon)
+    if extend is not None:
+        extend(daemon)
+    result: int = uvloop.run(daemon.run())
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
