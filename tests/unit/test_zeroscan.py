@@ -141,41 +141,43 @@ def test_file_range_past_eof(tmp_path: Path) -> None:
 
 
 def test_scan_releases_the_gil() -> None:
-    """A Python thread keeps running while another thread is inside the C scan."""
+    """A Python thread keeps running while another thread is inside the C scan.
+
+    The main thread timestamps its own loop; the worker records when each scan
+    ran.  With the GIL held through the C call, no main-thread timestamp could
+    fall inside a scan.  Counting samples (not the largest gap) keeps the test
+    valid on a loaded machine, where the main thread is descheduled at times.
+    """
     size = 512 << 20
     buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     # Real zeroed pages: the shared zero page would scan from cache in a blink.
     for off in range(0, size, 64 << 20):
         buf[off : off + (64 << 20)] = bytes(64 << 20)
-    t0 = time.perf_counter()
-    zeroscan.scan_buffer(buf, 4096)
-    one_scan = time.perf_counter() - t0
 
     done = threading.Event()
+    scans: list[tuple[float, float]] = []
 
     def scan() -> None:
         for _ in range(3):
+            t0 = time.perf_counter()
             zeroscan.scan_buffer(buf, 4096)
+            scans.append((t0, time.perf_counter()))
         done.set()
 
     worker = threading.Thread(target=scan)
+    samples: list[float] = []
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-4)  # so GIL hand-offs between Python threads stay short
     try:
-        last = time.perf_counter()
-        max_gap = 0.0
         worker.start()
         while not done.is_set():
-            now = time.perf_counter()
-            max_gap = max(max_gap, now - last)
-            last = now
+            samples.append(time.perf_counter())
         worker.join()
     finally:
         sys.setswitchinterval(interval)
         buf.close()
-    # With the GIL held, this loop would stall for a whole scan at a time.
-    assert one_scan > 0.01, "scan too fast to tell"
-    assert max_gap < one_scan / 2, (max_gap, one_scan)
+    inside = sum(1 for t in samples if any(a < t < b for a, b in scans))
+    assert inside >= 10, (inside, scans)
 
 
 def test_scan_fd_of_anonymous_memory(tmp_path: Path) -> None:
