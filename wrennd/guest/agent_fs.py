@@ -7,7 +7,6 @@ guest; a temporary directory in tests); ``..`` never climbs above that root.
 
 # Paths arrive as strings from the wire and are resolved under the agent root as
 # strings; pathlib would only wrap and unwrap them.
-# ruff: noqa: PTH101, PTH102, PTH103, PTH104, PTH106, PTH108, PTH112, PTH115, PTH116, PTH208
 
 from __future__ import annotations
 

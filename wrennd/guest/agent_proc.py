@@ -7,7 +7,6 @@ signal or a vanished client reaches everything it started.
 
 # Paths arrive as strings from the wire and are resolved under the agent root as
 # strings; pathlib would only wrap and unwrap them.
-# ruff: noqa: PTH110, PTH112
 
 from __future__ import annotations
 
