@@ -51,10 +51,26 @@ def _close_objects(node: Any) -> None:
             _close_objects(value)
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where Off/On/Yes/No are booleans; the spec means
+    strings (the logger level enum has ``Off``). Booleans are true/false only,
+    as in YAML 1.2."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 @functools.cache
 def load_document() -> dict[str, Any]:
     text = resources.files("wrennd.fcsim").joinpath(SPEC_RESOURCE).read_text()
-    doc = yaml.safe_load(text)
+    doc = yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass
     if not isinstance(doc, dict) or doc.get("swagger") != "2.0":
         raise RuntimeError(f"{SPEC_RESOURCE}: not a Swagger 2.0 document")
     return doc
