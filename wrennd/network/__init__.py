@@ -1,0 +1,1 @@
+"""Per-sandbox networking: slots, namespaces, veth, TAP, NAT (DESIGN.md §7)."""
