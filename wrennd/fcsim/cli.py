@@ -15,6 +15,7 @@ from aiohttp import web
 
 from wrennd.fcsim import FIRECRACKER_VERSION
 from wrennd.fcsim.control import ControlServer
+from wrennd.fcsim.guest import GuestRunner
 from wrennd.fcsim.machine import Machine
 from wrennd.fcsim.server import ApiServer
 from wrennd.fcsim.spec import api_spec
@@ -57,7 +58,16 @@ async def serve(args: argparse.Namespace) -> int:
     log = VmmLog(args.id, args.level, args.show_level)
     if args.log_path is not None:
         log.reopen(args.log_path)
-    machine = Machine(args.id, log)
+    loop = asyncio.get_running_loop()
+    # A signal number, or 0 when the guest shut down (Firecracker exits then too).
+    stop: asyncio.Future[int] = loop.create_future()
+
+    def finish(code: int) -> None:
+        if not stop.done():
+            stop.set_result(code)
+
+    guest = GuestRunner(args.api_sock.parent, log, on_exit=lambda rc: finish(0))
+    machine = Machine(args.id, log, guest)
     if args.metrics_path is not None:
         machine.put_metrics({"metrics_path": str(args.metrics_path)})
     api = ApiServer(machine, api_spec())
@@ -68,15 +78,8 @@ async def serve(args: argparse.Namespace) -> int:
         args.api_sock.unlink()
     site = web.UnixSite(runner, str(args.api_sock))
     control = ControlServer(machine, args.control_sock or Path(f"{args.api_sock}.ctl"))
-    loop = asyncio.get_running_loop()
-    stop: asyncio.Future[int] = loop.create_future()
-
-    def on_signal(sig: int) -> None:
-        if not stop.done():
-            stop.set_result(sig)
-
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(sig, finish, sig)
     try:
         await control.start()
         await site.start()
@@ -103,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:
         print(f"fcsim: {e}", file=sys.stderr)
         sys.exit(1)
+    if sig == 0:
+        sys.exit(0)
     # Die by the signal that stopped us, as Firecracker (no handler) would.
     signal.signal(sig, signal.SIG_DFL)
     os.kill(os.getpid(), sig)
