@@ -20,6 +20,7 @@ from wrennd.fcsim import FIRECRACKER_VERSION
 from wrennd.fcsim.memory import GuestMemory, GuestMemoryError
 from wrennd.fcsim.snapshot import SnapshotFileError, read_vmstate, write_memory, write_vmstate
 from wrennd.fcsim.vmmlog import VmmLog
+from wrennd.uffd.vmm import UffdGuest
 
 DEFAULT_MACHINE: dict[str, Any] = {
     "vcpu_count": 1,
@@ -28,6 +29,19 @@ DEFAULT_MACHINE: dict[str, Any] = {
     "track_dirty_pages": False,
     "huge_pages": "None",
 }
+
+
+async def uffd_memory(socket_path: Path, size: int, page_size: int) -> GuestMemory:
+    """The Uffd backend, as Firecracker does it: anonymous memory registered with a
+    new uffd (EVENT_REMOVE negotiated), handed to the handler listening on
+    ``socket_path`` with the region list; the socket stays open while fcsim lives."""
+    guest = await asyncio.to_thread(UffdGuest, [size], page_size)
+    try:
+        await asyncio.to_thread(guest.handshake, socket_path)
+    except BaseException:
+        guest.close()
+        raise
+    return GuestMemory(guest.memories[0].address, size, page_size, "Uffd", guest.close)
 
 
 class Guest(Protocol):
@@ -88,7 +102,6 @@ class Machine:
         self.lock = asyncio.Lock()
         self.guest = guest
         self.guest_booted = False
-        self._uffd_session: Any = None
 
     # --- helpers ----------------------------------------------------------------
     def usable(self) -> None:
@@ -405,14 +418,12 @@ class Machine:
     async def _map_snapshot_memory(
         self, backend: dict[str, str], state: dict[str, Any]
     ) -> GuestMemory:
+        size, page_size = state["mem_size"], state["page_size"]
         if backend["backend_type"] == "File":
             return await asyncio.to_thread(
-                GuestMemory.from_file,
-                Path(backend["backend_path"]),
-                state["mem_size"],
-                state["page_size"],
+                GuestMemory.from_file, Path(backend["backend_path"]), size, page_size
             )
-        raise ApiFault("the Uffd backend is not in this build of fcsim yet")
+        return await uffd_memory(Path(backend["backend_path"]), size, page_size)
 
     async def close(self) -> None:
         if self.guest is not None and self.guest_booted:
@@ -423,6 +434,3 @@ class Machine:
         if self.memory is not None:
             self.memory.close()
             self.memory = None
-        if self._uffd_session is not None:
-            self._uffd_session.close()
-            self._uffd_session = None
