@@ -54,3 +54,11 @@ bench: install
 
 clean:
 	rm -rf build $(VENV) wrennd/_native*.so $(NATIVE_STAMP) *.egg-info
+
+# Guest rootfs and kernel (images/, README "Guest agent and image").
+.PHONY: image kernel
+image:
+	images/build-image build/base.ext4
+
+kernel:
+	images/fetch-kernel build/vmlinux
