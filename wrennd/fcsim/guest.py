@@ -70,6 +70,19 @@ def parse_boot_args(cmdline: str) -> BootArgs:
     return BootArgs(**fields)
 
 
+def guest_netns_name(own: Path) -> str:
+    """``<sandbox namespace>-g`` when fcsim runs in a named namespace (the network
+    manager's name for a guest namespace, so its startup cleanup knows a stale
+    one), else ``fcsim-<pid>-g``."""
+    ino = own.stat().st_ino
+    with contextlib.suppress(OSError):
+        for entry in Path("/run/netns").iterdir():
+            with contextlib.suppress(OSError):
+                if entry.stat().st_ino == ino:
+                    return f"{entry.name}-g"
+    return f"fcsim-{os.getpid()}-g"
+
+
 def _cgroup2_root() -> Path:
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         left, _, right = line.partition(" - ")
@@ -127,9 +140,8 @@ class GuestRunner:
             kw["guest_address"] = boot.address
         if boot.gateway is not None:
             kw["gateway"] = boot.gateway
-        self.standin = await GuestStandIn.start(
-            Path(f"/proc/{os.getpid()}/ns/net"), f"fcsim-{os.getpid()}", **kw
-        )
+        own = Path(f"/proc/{os.getpid()}/ns/net")
+        self.standin = await GuestStandIn.start(own, guest_netns_name(own), **kw)
         return self.standin.guest_netns_path
 
     def _make_cgroup(self) -> Path:

@@ -119,6 +119,7 @@ async def test_guest_boots_answers_freezes_and_shuts_down(sandbox: str, tmp_path
         # PID 1 of its own PID namespace, hostname from ip= in its own UTS namespace.
         assert "pid=1 host=fcguest" in body
         assert loop_devices_of(image), "the rootfs is mounted through a loop device"
+        assert f"{sandbox}-g" in nsutil.list_named(), "guest namespace named after the sandbox's"
 
         await sim.client.pause()
         with pytest.raises(TimeoutError):
@@ -131,7 +132,7 @@ async def test_guest_boots_answers_freezes_and_shuts_down(sandbox: str, tmp_path
         assert await asyncio.wait_for(sim.proc.wait(), 15) == 0
     finally:
         await sim.close()
-    assert not any(n.startswith("fcsim-") for n in nsutil.list_named())
+    assert f"{sandbox}-g" not in nsutil.list_named()
     assert not loop_devices_of(image), "the loop device must detach with the guest"
     assert not leftover_cgroups()
 
@@ -145,5 +146,5 @@ async def test_stopping_fcsim_stops_its_guest(sandbox: str, tmp_path: Path) -> N
     await boot_guest(sim, image, kernel)
     await wait_health(sim, sandbox)
     await sim.close()
-    assert not any(n.startswith("fcsim-") for n in nsutil.list_named())
+    assert f"{sandbox}-g" not in nsutil.list_named()
     assert not loop_devices_of(image)
