@@ -49,6 +49,7 @@ class MemfileHandler(threading.Thread):
         self.faults = 0
         self.regions: list[handshake.Region] = []
         self.error: BaseException | None = None
+        self.ready = threading.Event()
 
     def run(self) -> None:
         try:
@@ -61,6 +62,7 @@ class MemfileHandler(threading.Thread):
     def _receive(self, conn: socket.socket) -> int:
         msg, ancdata, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(4))
         self.regions = handshake.parse(msg)
+        self.ready.set()
         fds = array.array("i")
         for level, kind, data in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -104,12 +106,12 @@ class MemfileHandler(threading.Thread):
             region = next(r for r in self.regions if r.contains_address(page_addr))
             offset = region.offset + page_addr - region.base_host_virt_addr
             copy = struct.pack("=QQQQq", page_addr, src_addr + offset, PAGE, 0, 0)
+            self.faults += 1  # counted before the copy wakes the faulting thread
             try:
                 fcntl.ioctl(uffd, UFFDIO_COPY, copy)
             except OSError as e:
                 if e.errno != errno.EEXIST:  # already present: nothing to do
                     raise
-            self.faults += 1
 
 
 async def boot(sim: SimHandle, tmp_path: Path) -> None:
@@ -162,6 +164,7 @@ async def test_full_and_diff_through_the_uffd_backend(launch: Any, tmp_path: Pat
     )
     info = await second.control.call("info")
     assert info["backend"] == "Uffd" and info["state"] == "Paused"
+    assert handler.ready.wait(10), "fcsim sent no handshake"
     assert handler.regions[0].size == MEM_MIB << 20
     assert await second.control.checksum() == booted
     assert handler.faults >= (MEM_MIB << 20) // PAGE, "every page came through the handler"
