@@ -262,6 +262,7 @@ static int serve_queue(struct wr_engine *e)
 static void *fault_main(void *arg)
 {
     struct wr_engine *e = arg;
+    pthread_setname_np(pthread_self(), "wr-uffd-fault");
     struct pollfd p[2] = {{.fd = e->uffd, .events = POLLIN}, {.fd = e->ctl_fd, .events = POLLIN}};
     int err = 0;
     while (!atomic_load(&e->stopping)) {

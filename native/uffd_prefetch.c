@@ -63,6 +63,7 @@ static int prefetch_range(struct wr_engine *e, struct wr_range r)
 void *wr_prefetch_main(void *arg)
 {
     struct wr_engine *e = arg;
+    pthread_setname_np(pthread_self(), "wr-uffd-pf");
     int rc = 0;
     for (uint64_t i = 0; i < e->nprefetch && rc == 0 && !atomic_load(&e->stopping); i++)
         rc = prefetch_range(e, e->prefetch[i]);
