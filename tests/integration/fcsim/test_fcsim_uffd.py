@@ -1,117 +1,62 @@
 """boot -> pause -> Full -> load (Uffd) -> resume -> pause -> Diff -> load (Uffd), checksums equal.
 
-The page-fault side is a small real handler: it accepts fcsim's handshake
-(parsed with wrennd.uffd.handshake), then serves every fault with
-UFFDIO_COPY from the memory file, in a thread, until fcsim closes the socket.
+The fault side is the project's UFFD engine (wrennd.uffd.server.UffdServer):
+the first load is served from the Full memory file, the second from the
+two-generation chain Full + Diff (the Diff's data runs, found with
+SEEK_DATA/SEEK_HOLE, overlaid on the Full), without merging any file.
 """
 
 from __future__ import annotations
 
-import array
-import ctypes
-import errno
-import fcntl
-import mmap
+import asyncio
 import os
-import select
-import shutil
-import socket
-import struct
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from wrennd.fcsim.harness import SimHandle
-from wrennd.uffd import handshake
+from wrennd.uffd.engine import MapEntry
+from wrennd.uffd.server import ServeResult, SnapshotMemory, UffdServer
 from wrennd.vm.api import MemBackend
 from wrennd.vm.errors import FirecrackerError
 
 pytestmark = [pytest.mark.uffd]
 
-UFFD_EVENT_PAGEFAULT = 0x12
-UFFDIO_COPY = 0xC028AA03  # _IOWR(0xAA, 0x03, struct uffdio_copy)
-MSG_SIZE = 32  # sizeof(struct uffd_msg)
 MEM_MIB = 32
+MEM = MEM_MIB << 20
 PAGE = 4096
 
 
-class MemfileHandler(threading.Thread):
-    """Serves one VMM's faults from a memory file until the VMM closes the socket."""
-
-    def __init__(self, socket_path: Path, memfile: Path) -> None:
-        super().__init__(daemon=True)
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(socket_path))
-        self.listener.listen(1)
-        self.memfile = memfile
-        self.faults = 0
-        self.regions: list[handshake.Region] = []
-        self.error: BaseException | None = None
-        self.ready = threading.Event()
-
-    def run(self) -> None:
-        try:
-            self._serve()
-        except BaseException as e:
-            self.error = e
-        finally:
-            self.listener.close()
-
-    def _receive(self, conn: socket.socket) -> int:
-        msg, ancdata, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(4))
-        self.regions = handshake.parse(msg)
-        self.ready.set()
-        fds = array.array("i")
-        for level, kind, data in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(data[:4])
-        assert len(fds) == 1, "the uffd comes with the handshake"
-        return fds[0]
-
-    def _serve(self) -> None:
-        conn, _ = self.listener.accept()
-        uffd = self._receive(conn)
-        with open(self.memfile, "rb") as f:
-            # A private writable mapping, so ctypes can give its address.
-            src = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        pin = ctypes.c_char.from_buffer(src)
-        try:
-            poller = select.poll()
-            poller.register(uffd, select.POLLIN)
-            poller.register(conn, select.POLLIN)
-            while True:
-                for fd, _ in poller.poll(1000):
-                    if fd == conn.fileno() and not conn.recv(1):
-                        return  # EOF: the VMM is gone
-                    if fd == uffd:
-                        self._drain(uffd, ctypes.addressof(pin))
-        finally:
-            del pin
-            src.close()
-            os.close(uffd)
-            conn.close()
-
-    def _drain(self, uffd: int, src_addr: int) -> None:
-        try:
-            data = os.read(uffd, MSG_SIZE * 64)
-        except BlockingIOError:
-            return
-        for i in range(0, len(data), MSG_SIZE):
-            if data[i] != UFFD_EVENT_PAGEFAULT:
-                continue
-            (address,) = struct.unpack_from("=Q", data, i + 16)  # msg.arg.pagefault.address
-            page_addr = address & ~(PAGE - 1)
-            region = next(r for r in self.regions if r.contains_address(page_addr))
-            offset = region.offset + page_addr - region.base_host_virt_addr
-            copy = struct.pack("=QQQQq", page_addr, src_addr + offset, PAGE, 0, 0)
-            self.faults += 1  # counted before the copy wakes the faulting thread
+def data_runs(path: Path) -> list[tuple[int, int]]:
+    """(offset, length) of a sparse file's data, by SEEK_DATA/SEEK_HOLE."""
+    runs = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size, pos = os.fstat(fd).st_size, 0
+        while pos < size:
             try:
-                fcntl.ioctl(uffd, UFFDIO_COPY, copy)
-            except OSError as e:
-                if e.errno != errno.EEXIST:  # already present: nothing to do
-                    raise
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            pos = os.lseek(fd, start, os.SEEK_HOLE)
+            runs.append((start, pos - start))
+    finally:
+        os.close(fd)
+    return runs
+
+
+def chain(diff_runs: list[tuple[int, int]]) -> list[MapEntry]:
+    """Source 0 (the Full) everywhere except the Diff's runs, which come from source 1."""
+    entries, pos = [], 0
+    for off, length in diff_runs:
+        if off > pos:
+            entries.append(MapEntry(pos, off - pos, pos, 0))
+        entries.append(MapEntry(off, length, off, 1))
+        pos = off + length
+    if pos < MEM:
+        entries.append(MapEntry(pos, MEM - pos, pos, 0))
+    return entries
 
 
 async def boot(sim: SimHandle, tmp_path: Path) -> None:
@@ -122,52 +67,38 @@ async def boot(sim: SimHandle, tmp_path: Path) -> None:
     await sim.client.start()
 
 
-async def load_uffd(sim: SimHandle, vmstate: Path, memfile: Path, sock: Path) -> MemfileHandler:
-    handler = MemfileHandler(sock, memfile)
-    handler.start()
+async def load_uffd(
+    sim: SimHandle, vmstate: Path, memory: SnapshotMemory, sock: Path
+) -> tuple[UffdServer, asyncio.Task[ServeResult]]:
+    server = UffdServer(sock, memory, prefetch=False)
+    await server.start()
+    serving = asyncio.ensure_future(server.serve())
     await sim.client.load_snapshot(
         str(vmstate), MemBackend("Uffd", str(sock)), track_dirty_pages=True
     )
-    return handler
+    await asyncio.wait_for(server.ready.wait(), 10)
+    return server, serving
 
 
-def overlay(diff: Path, base: Path) -> None:
-    """Write a Diff's data runs (SEEK_DATA/SEEK_HOLE) over its base."""
-    with open(diff, "rb") as src, open(base, "r+b") as dst:
-        size = os.fstat(src.fileno()).st_size
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(src.fileno(), pos, os.SEEK_DATA)
-            except OSError:
-                break
-            end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
-            dst.seek(start)
-            dst.write(os.pread(src.fileno(), end - start, start))
-            pos = end
-
-
-async def test_full_and_diff_through_the_uffd_backend(launch: Any, tmp_path: Path) -> None:
+async def test_full_and_diff_through_the_uffd_engine(launch: Any, tmp_path: Path) -> None:
+    full_mem, diff_mem = tmp_path / "full.mem", tmp_path / "diff.mem"
     first: SimHandle = await launch("uf-a")
     await boot(first, tmp_path)
     await first.control.call("dirty", fraction=0.3, seed=11)
     await first.client.pause()
     booted = await first.control.checksum()
-    await first.client.create_snapshot(
-        str(tmp_path / "full.vmstate"), str(tmp_path / "full.mem"), "Full"
-    )
+    await first.client.create_snapshot(str(tmp_path / "full.vmstate"), str(full_mem), "Full")
     await first.close()
 
     second: SimHandle = await launch("uf-b")
-    handler = await load_uffd(
-        second, tmp_path / "full.vmstate", tmp_path / "full.mem", tmp_path / "uffd-b.sock"
+    full = SnapshotMemory(MEM, PAGE, [MapEntry(0, MEM, 0, 0)], [full_mem])
+    server, serving = await load_uffd(
+        second, tmp_path / "full.vmstate", full, tmp_path / "uffd-b.sock"
     )
+    assert server.regions[0].size == MEM
     info = await second.control.call("info")
     assert info["backend"] == "Uffd" and info["state"] == "Paused"
-    assert handler.ready.wait(10), "fcsim sent no handshake"
-    assert handler.regions[0].size == MEM_MIB << 20
     assert await second.control.checksum() == booted
-    assert handler.faults >= (MEM_MIB << 20) // PAGE, "every page came through the handler"
     await second.client.resume()
     await second.control.call("dirty", fraction=0.05, seed=12)
     touched = await second.control.call("touch", count=500, order="random", seed=5, write=True)
@@ -175,25 +106,22 @@ async def test_full_and_diff_through_the_uffd_backend(launch: Any, tmp_path: Pat
     await second.client.pause()
     after_diff = await second.control.checksum()
     assert after_diff != booted
-    await second.client.create_snapshot(
-        str(tmp_path / "diff.vmstate"), str(tmp_path / "diff.mem"), "Diff"
-    )
+    await second.client.create_snapshot(str(tmp_path / "diff.vmstate"), str(diff_mem), "Diff")
     await second.close()
-    handler.join(10)
-    assert not handler.is_alive(), "fcsim's exit must close the handshake socket (EOF)"
-    assert handler.error is None
+    result = await asyncio.wait_for(serving, 10)
+    assert result.reason == "peer-closed", "fcsim's exit closes the handshake socket"
+    assert result.stats.copy_bytes + result.stats.zero_bytes == MEM, "all memory was served"
 
-    merged = tmp_path / "merged.mem"
-    shutil.copyfile(tmp_path / "full.mem", merged)
-    overlay(tmp_path / "diff.mem", merged)
+    runs = data_runs(diff_mem)
+    assert runs and sum(length for _, length in runs) < MEM // 4
     third: SimHandle = await launch("uf-c")
-    handler3 = await load_uffd(third, tmp_path / "diff.vmstate", merged, tmp_path / "uffd-c.sock")
+    diff = SnapshotMemory(MEM, PAGE, chain(runs), [full_mem, diff_mem])
+    _, serving3 = await load_uffd(third, tmp_path / "diff.vmstate", diff, tmp_path / "uffd-c.sock")
     assert await third.control.checksum() == after_diff
     await third.client.resume()
     assert (await third.client.describe_instance())["state"] == "Running"
     await third.close()
-    handler3.join(10)
-    assert handler3.error is None
+    assert (await asyncio.wait_for(serving3, 10)).reason == "peer-closed"
 
 
 async def test_uffd_load_without_a_handler_is_refused(launch: Any, tmp_path: Path) -> None:
