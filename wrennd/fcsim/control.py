@@ -5,7 +5,9 @@ One JSON object per line in each direction. Requests: ``{"op": ...}`` with
 - ``write`` (offset, data: base64) and ``read`` (offset, length);
 - ``checksum``: sha256 of the whole guest memory;
 - ``dirty`` (fraction, seed): write seed-derived bytes into that fraction of pages;
-- ``touch`` (count, order: sequential|random, seed, write): touch pages, timed.
+- ``touch`` (count, order: sequential|random|strided, arg: the random seed or the
+  stride, write): touch pages once each with the native toucher; answers pages,
+  seconds and the p50/p99/max latency of one touch in ns.
 Answers: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 
 Writes and touches are the guest running, so they need the VM Running;
@@ -20,6 +22,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -122,10 +125,10 @@ class ControlServer:
                     mem.touch,
                     _int(req, "count"),
                     str(req.get("order", "sequential")),
-                    _int(req, "seed", 0),
+                    _int(req, "arg", 0),
                     bool(req.get("write", False)),
                 )
-                return {"pages": result.pages, "seconds": result.seconds}
+                return dataclasses.asdict(result)
         raise ControlError(f"unknown op {op!r}")
 
     def _info(self) -> dict[str, Any]:

@@ -147,6 +147,9 @@ async def test_guest_writes_need_a_running_vm(launch: Any, tmp_path: Path) -> No
     await sim.client.resume()
     assert (await sim.control.call("write", offset=4096, data="aGVsbG8="))["written"] == 5
     assert (await sim.control.call("read", offset=4096, length=5))["data"] == "aGVsbG8="
-    touched = await sim.control.call("touch", count=100, order="random", seed=3, write=True)
+    touched = await sim.control.call("touch", count=100, order="strided", arg=2, write=True)
     assert touched["pages"] == 100
+    assert 0 < touched["p50_ns"] <= touched["p99_ns"] <= touched["max_ns"]
+    with pytest.raises(ControlError, match="unknown touch pattern"):
+        await sim.control.call("touch", count=1, order="zigzag")
     assert (await sim.control.call("info"))["dirty_pages"] == 101

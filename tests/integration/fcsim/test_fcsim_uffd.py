@@ -101,7 +101,7 @@ async def test_full_and_diff_through_the_uffd_engine(launch: Any, tmp_path: Path
     assert await second.control.checksum() == booted
     await second.client.resume()
     await second.control.call("dirty", fraction=0.05, seed=12)
-    touched = await second.control.call("touch", count=500, order="random", seed=5, write=True)
+    touched = await second.control.call("touch", count=500, order="random", arg=5, write=True)
     assert touched["pages"] == 500
     await second.client.pause()
     after_diff = await second.control.checksum()
