@@ -109,6 +109,10 @@ class Settings:
     host_network: ipaddress.IPv4Network = _setting(
         ipaddress.IPv4Network("10.11.0.0/16"), _network16, "an IPv4 network of /16 or larger"
     )
+    # Per-slot /30 point-to-point links between the host and each sandbox namespace.
+    veth_network: ipaddress.IPv4Network = _setting(
+        ipaddress.IPv4Network("10.12.0.0/16"), _network16, "an IPv4 network of /16 or larger"
+    )
     ttl_action: str = _setting("pause", _choice(*TTL_ACTIONS), "pause or destroy")
     use_jailer: bool = _setting(False, _bool, "true or false")
 

@@ -56,8 +56,8 @@ def ns_mark(name: str, host_ns: int) -> str | None:
         return None
     try:
         with links.iproute() as ipr:
-            index = links.index_of(ipr, "lo")
-            return links.alias_of(ipr, index) if index is not None else ""
+            found = links.lookup(ipr, "lo")
+            return found[1] if found else ""
     finally:
         nsutil.enter_fd(host_ns)
 
@@ -69,9 +69,9 @@ def _refuse_collisions(ipr: Any, host: HostContext, slot: int, host_ns: int) -> 
         owner = "a stale wrennd namespace" if mark == links.MARK_SANDBOX else "not made by wrennd"
         raise NameCollision("network namespace", ns, owner)
     veth = host.naming.host_veth(slot)
-    index = links.index_of(ipr, veth)
-    if index is not None:
-        mark = links.alias_of(ipr, index)
+    found = links.lookup(ipr, veth)
+    if found is not None:
+        mark = found[1]
         owner = "a stale wrennd link" if mark == links.MARK_HOST_VETH else "not made by wrennd"
         raise NameCollision("link", veth, owner)
 
@@ -134,6 +134,10 @@ def _create_steps(
     nsutil.create_and_enter(ns)
     undo.push("remove namespace", lambda: nsutil.remove(ns))
     nsutil.write_sysctl("net/ipv4/ip_forward", "1")
+    # The plan is IPv4 only: no IPv6 on the sandbox's links, so a guest's IPv6
+    # goes nowhere (and no DAD or router solicitations run for nothing).
+    _disable_ipv6("default")
+    _disable_ipv6("all")
     with links.iproute() as nipr, Nft() as nnft:
         undo.step = "namespace links and NAT"
         _build_namespace(nipr, nnft, host, addrs)
@@ -158,16 +162,24 @@ def _create_steps(
     hipr.addr("add", index=index, address=str(hv.ip), prefixlen=hv.network.prefixlen)
     hipr.route("add", dst=f"{addrs.host_address}/32", gateway=str(sb.ip), oif=index)
     nsutil.write_sysctl(f"net/ipv4/conf/{veth}/forwarding", "1")
+    _disable_ipv6(veth)
     undo.step = "host nftables elements"
     hnft.run(ruleset.add_sandbox(naming.table, veth, addrs.host_address))
 
 
+def _disable_ipv6(interface: str) -> None:
+    # Absent on a kernel built without IPv6: nothing to disable then.
+    with contextlib.suppress(FileNotFoundError):
+        nsutil.write_sysctl(f"net/ipv6/conf/{interface}/disable_ipv6", "1")
+
+
 def _delete_marked_veth(ipr: Any, name: str, *, force: bool = False) -> str:
     """Delete host veth ``name`` if wrennd made it; say what happened."""
-    index = links.index_of(ipr, name)
-    if index is None:
+    found = links.lookup(ipr, name)
+    if found is None:
         return "absent"
-    if not force and links.alias_of(ipr, index) != links.MARK_HOST_VETH:
+    index, alias = found
+    if not force and alias != links.MARK_HOST_VETH:
         log.warning("link not made by wrennd left alone", extra=kv(link=name))
         return "foreign"
     links.delete_link(ipr, index)

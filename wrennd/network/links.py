@@ -28,33 +28,51 @@ def iproute() -> Iterator[Any]:
     """An IPRoute whose socket lives in the calling thread's current namespace."""
     ipr = IPRoute()
     try:
-        ipr.link_lookup(ifname="lo")  # opens the socket now, in this namespace
+        ipr.link("get", index=1)  # opens the socket now, in this namespace (lo is index 1)
         yield ipr
     finally:
         ipr.close()
 
 
+def lookup(ipr: Any, name: str) -> tuple[int, str] | None:
+    """(index, alias) of link ``name``, or None: one RTM_GETLINK, not a dump of all links."""
+    try:
+        (link,) = ipr.link("get", ifname=name)
+    except NetlinkError as e:
+        if e.code == errno.ENODEV:
+            return None
+        raise
+    return int(link["index"]), str(link.get_attr("IFLA_IFALIAS") or "")
+
+
 def index_of(ipr: Any, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return int(found[0]) if found else None
-
-
-def alias_of(ipr: Any, index: int) -> str:
-    links = ipr.get_links(index)
-    return str(links[0].get_attr("IFLA_IFALIAS") or "") if links else ""
+    found = lookup(ipr, name)
+    return found[0] if found else None
 
 
 def link_names(ipr: Any) -> dict[str, int]:
-    return {str(link.get_attr("IFLA_IFNAME")): int(link["index"]) for link in ipr.get_links()}
+    return {name: index for name, (index, _) in links_with_alias(ipr).items()}
+
+
+def links_with_alias(ipr: Any) -> dict[str, tuple[int, str]]:
+    """Every link's index and alias, from one dump (no racy second lookup per link)."""
+    return {
+        str(link.get_attr("IFLA_IFNAME")): (
+            int(link["index"]),
+            str(link.get_attr("IFLA_IFALIAS") or ""),
+        )
+        for link in ipr.get_links()
+    }
 
 
 def mark_and_up(ipr: Any, name: str, mark: str | None = None) -> int:
     index = index_of(ipr, name)
     if index is None:
         raise OSError(errno.ENODEV, f"no link {name!r}")
-    if mark is not None:
-        ipr.link("set", index=index, ifalias=mark)
-    ipr.link("set", index=index, state="up")
+    if mark is None:
+        ipr.link("set", index=index, state="up")
+    else:
+        ipr.link("set", index=index, state="up", ifalias=mark)
     return index
 
 

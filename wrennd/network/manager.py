@@ -190,6 +190,19 @@ def _cleanup(host: build.HostContext, plan: AddressPlan, live: frozenset[int]) -
     with build.host_fd(host) as hfd:
         if host.netns is not None:
             nsutil.enter_fd(hfd)
+        # Veths first, deleted synchronously: a removed namespace takes its
+        # veth pair down only later, in the kernel's own time.
+        with links.iproute() as ipr, Nft() as nft:
+            for name, (index, alias) in links.links_with_alias(ipr).items():
+                slot = naming.slot_of_host_veth(name)
+                if slot is None or slot in live:
+                    continue
+                if alias == links.MARK_HOST_VETH:
+                    links.delete_link(ipr, index)
+                    report.links.append(name)
+                else:
+                    report.left_alone.append(name)
+            _cleanup_elements(nft, naming, plan, live, report)
         for name in nsutil.list_named():
             for slot_of, mark in (
                 (naming.slot_of_netns, links.MARK_SANDBOX),
@@ -200,17 +213,6 @@ def _cleanup(host: build.HostContext, plan: AddressPlan, live: frozenset[int]) -
                     continue
                 outcome = build.remove_namespace(name, mark, hfd)
                 (report.namespaces if outcome == "deleted" else report.left_alone).append(name)
-        with links.iproute() as ipr, Nft() as nft:
-            for name, index in links.link_names(ipr).items():
-                slot = naming.slot_of_host_veth(name)
-                if slot is None or slot in live:
-                    continue
-                if links.alias_of(ipr, index) == links.MARK_HOST_VETH:
-                    links.delete_link(ipr, index)
-                    report.links.append(name)
-                else:
-                    report.left_alone.append(name)
-            _cleanup_elements(nft, naming, plan, live, report)
     return report
 
 

@@ -11,6 +11,7 @@ there keep their namespace wherever they are used afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import os
@@ -180,7 +181,9 @@ async def run_async(fn: Callable[[], T], netns: Path | str | None = None) -> T:
             ok = True
         except BaseException as e:
             value, ok = e, False
-        loop.call_soon_threadsafe(settle, ok, value)
+        # RuntimeError: the loop closed while we worked, nobody is waiting.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, ok, value)
 
     threading.Thread(target=body, name="wrennd-netns", daemon=True).start()
     return await asyncio.shield(fut)

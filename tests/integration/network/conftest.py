@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -17,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from wrennd.network import links, nsutil
+from wrennd.network import nsutil
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import Naming
+from wrennd.network.testbed import TestBed
 
 
 @pytest.fixture
@@ -30,38 +30,6 @@ def prefix() -> Iterator[str]:
     for name in nsutil.list_named():
         if name.startswith(p):
             nsutil.remove(name)
-
-
-UPLINK = "up0"
-HOST_UPLINK_ADDRESS = "198.18.0.1"
-OUTSIDE_ADDRESS = "198.18.0.2"
-
-
-def _make_outside(name: str) -> None:
-    nsutil.create_and_enter(name)
-    with links.iproute() as ipr:
-        links.mark_and_up(ipr, "lo")
-
-
-def _make_host(name: str, outside: str) -> None:
-    """A namespace playing the host: its uplink is a veth to ``outside``, its default route."""
-    nsutil.create_and_enter(name)
-    with links.iproute() as ipr:
-        links.mark_and_up(ipr, "lo")
-        fd = os.open(nsutil.netns_path(outside), os.O_RDONLY)
-        try:
-            ipr.link("add", ifname=UPLINK, kind="veth", peer={"ifname": "down0", "net_ns_fd": fd})
-        finally:
-            os.close(fd)
-        index = links.mark_and_up(ipr, UPLINK)
-        ipr.addr("add", index=index, address=HOST_UPLINK_ADDRESS, prefixlen=24)
-        ipr.route("add", dst="0.0.0.0/0", gateway=OUTSIDE_ADDRESS, oif=index)
-
-
-def _outside_end(name: str) -> None:
-    with links.iproute() as ipr:
-        index = links.mark_and_up(ipr, "down0")
-        ipr.addr("add", index=index, address=OUTSIDE_ADDRESS, prefixlen=24)
 
 
 @dataclasses.dataclass
@@ -80,10 +48,9 @@ class World:
 
 @pytest.fixture
 async def world(prefix: str) -> AsyncIterator[World]:
-    host, outside = f"{prefix}host", f"{prefix}out"
-    nsutil.run_in_thread(lambda: _make_outside(outside))
-    nsutil.run_in_thread(lambda: _make_host(host, outside))
-    nsutil.run_in_thread(lambda: _outside_end(outside), netns=nsutil.netns_path(outside))
+    bed = TestBed(prefix)
+    bed.build()
+    host, outside = bed.host, bed.outside
     manager = NetworkManager(
         naming=Naming(prefix=prefix, table="wrennd_test"), host_netns=nsutil.netns_path(host)
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -31,9 +32,14 @@ async def _echo_once(server: socket.socket) -> None:
         await loop.sock_sendall(conn, data.upper())
 
 
+def _fds() -> list[str]:
+    return sorted(p.name for p in Path("/proc/self/fd").iterdir())
+
+
 async def test_guest_namespace_is_reachable_through_tap0(prefix: str) -> None:
     sandbox = f"{prefix}sb"
     await nsutil.run_async(lambda: _sandbox_ns(sandbox))
+    fds = _fds()
     async with await GuestStandIn.start(sandbox, f"{prefix}g") as standin:
         assert standin.guest_netns_path.exists()
         server = nsutil.socket_in(standin.guest_netns, socket.AF_INET, socket.SOCK_STREAM)
@@ -60,6 +66,7 @@ async def test_guest_namespace_is_reachable_through_tap0(prefix: str) -> None:
         assert gw == [str(ipaddress.IPv4Address("169.254.0.22"))]
     assert not standin.running
     assert not nsutil.exists(f"{prefix}g")
+    assert _fds() == fds
 
 
 async def test_missing_sandbox_tap_is_an_error_and_leaves_nothing(prefix: str) -> None:

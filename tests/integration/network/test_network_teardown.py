@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,29 @@ async def test_slot_outside_the_plan_is_a_typed_error(world) -> None:
         await world.manager.create(0)
     with pytest.raises(SlotError):
         await world.manager.create(world.manager.plan.capacity + 1)
+
+
+@pytest.mark.parametrize("delay", [0, 0.001, 0.004])
+async def test_cancelled_create_leaves_nothing(world, delay: float) -> None:
+    before = _snapshot(world)
+    task = asyncio.ensure_future(world.manager.create(9))
+    await asyncio.sleep(delay)
+    assert not task.done()  # a create takes tens of milliseconds
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _snapshot(world) == before
+
+
+async def test_restart_keeps_live_elements_and_uninstall_drops_the_table(world) -> None:
+    await world.manager.create(2)
+    # A daemon restart rewrites the rules atomically and keeps the live sandbox's elements.
+    await world.manager.start()
+    state = _snapshot(world)
+    elems = {s.get("name"): s.get("elem") for s in state["nft"]}
+    assert elems[ruleset.ADDRS] == ["10.11.0.2"]
+    assert sum(1 for s in state["nft"] if "expr" in s) == 8  # rules were not duplicated
+    await world.manager.remove(2)
+    await world.manager.uninstall()
+    assert _snapshot(world)["nft"] == []
+    await world.manager.uninstall()  # idempotent
