@@ -300,7 +300,7 @@ class Machine:
                     self.guest_booted = True
                 else:
                     await self.guest.thaw()
-            except OSError as e:
+            except Exception as e:  # any boot failure is the request's answer, not a crash
                 raise ApiFault(f"Cannot run the guest: {e}") from e
         self.state = VmState.RUNNING
 

@@ -61,10 +61,10 @@ class FirecrackerArgs:
     level: str = "Info"
     extra: Sequence[str] = field(default_factory=tuple)
 
-    def argv(self, api_socket: Path | None = None, log_file: Path | None = None) -> list[str]:
-        """Paths default to the host paths; the jailer passes paths inside its chroot."""
+    def flags(self, api_socket: Path | None = None, log_file: Path | None = None) -> list[str]:
+        """The flags alone (what follows the jailer's ``--``). Paths default to the
+        host paths; under the jailer they are paths inside its chroot."""
         return [
-            str(self.binary),
             "--api-sock",
             str(api_socket or self.files.api_socket),
             "--id",
@@ -77,6 +77,9 @@ class FirecrackerArgs:
             "--show-log-origin",
             *self.extra,
         ]
+
+    def argv(self) -> list[str]:
+        return [str(self.binary), *self.flags()]
 
 
 def tail_lines(path: Path, n: int = LOG_TAIL_LINES, max_bytes: int = 64 * 1024) -> list[str]:

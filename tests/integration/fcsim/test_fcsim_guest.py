@@ -20,6 +20,7 @@ import pytest
 from wrennd.fcsim import harness
 from wrennd.fcsim.harness import SimHandle
 from wrennd.network import links, nsutil, tap
+from wrennd.vm.errors import FirecrackerError
 
 pytestmark = [pytest.mark.netns]
 
@@ -148,3 +149,24 @@ async def test_stopping_fcsim_stops_its_guest(sandbox: str, tmp_path: Path) -> N
     await sim.close()
     assert f"{sandbox}-g" not in nsutil.list_named()
     assert not loop_devices_of(image)
+
+
+async def test_missing_tap_fails_the_boot_and_leaves_nothing(sandbox: str, tmp_path: Path) -> None:
+    image = tmp_path / "rootfs.ext4"
+    await asyncio.to_thread(make_rootfs, image, tmp_path)
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"kernel")
+    sim = await harness.launch(tmp_path / "vm", "guest3", netns=nsutil.netns_path(sandbox))
+    try:
+        c = sim.client
+        await c.put_boot_source(str(kernel), BOOT_ARGS)
+        await c.put_drive("rootfs", str(image), is_root_device=True)
+        await c.put_network_interface("eth0", "tap9")
+        with pytest.raises(FirecrackerError, match=r"Cannot run the guest: .*tap9"):
+            await c.start()
+        assert (await c.describe_instance())["state"] == "Not started"
+        assert not loop_devices_of(image)
+        assert not leftover_cgroups()
+        assert f"{sandbox}-g" not in nsutil.list_named()
+    finally:
+        await sim.close()

@@ -141,3 +141,17 @@ def test_place_files_across_filesystems_is_refused(tmp_path: Path) -> None:
             place_files(spec(tmp_path), {"/vmlinux": src})
     finally:
         subprocess.run(["umount", other_fs], check=True)
+
+
+def test_firecracker_flags_inside_the_jail_use_jail_paths(tmp_path: Path) -> None:
+    from wrennd.vm.launcher import FirecrackerArgs, VmmFiles
+
+    s = spec(tmp_path, netns=Path("/run/netns/wrn-1"))
+    files = VmmFiles.under(s.host_path(PurePosixPath("/run")))
+    fc = FirecrackerArgs(s.exec_file, s.vm_id, files)
+    argv = s.argv(fc.flags(api_socket=Path("/run/api.sock"), log_file=Path("/vmm.log")))
+    tail = argv[argv.index("--") + 1 :]
+    assert tail[tail.index("--api-sock") + 1] == "/run/api.sock"
+    assert tail[tail.index("--log-path") + 1] == "/vmm.log"
+    # The daemon waits for the socket where the jail puts it on the host.
+    assert s.host_path(PurePosixPath("/run/api.sock")) == files.api_socket
