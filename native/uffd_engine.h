@@ -1,0 +1,113 @@
+/* The native UFFD engine (DESIGN.md §5): serves a Firecracker's guest page
+ * faults from a snapshot's generation files, in batches, on its own threads.
+ * See zeroscan.h for the CDEF rules.  Functions return 0 or a negative errno.
+ *
+ * Life cycle: wr_engine_create (maps the generation files read-only, checks
+ * the mapping: done before the VMM is told to load, so a bad snapshot fails
+ * early), optionally wr_engine_set_prefetch, wr_engine_start (takes the uffd
+ * and the handshake's regions, starts the fault thread, plus the prefetch
+ * thread when a prefetch map is set), then wr_engine_stats / wr_engine_working_set at any time,
+ * wr_engine_stop (joins the threads) and wr_engine_destroy (unmaps, closes).
+ *
+ * Memory offsets are positions in the flat guest memory file: the handshake
+ * regions map host addresses to them, the mapping entries map them to
+ * generation files.
+ */
+#ifndef WRENND_UFFD_ENGINE_H
+#define WRENND_UFFD_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mapping.h"
+
+/* CDEF-BEGIN */
+
+#define WR_LAT_BUCKETS 40
+
+/* One handshake region: host [base, base+size) is memory [offset, offset+size). */
+struct wr_region {
+    uint64_t base;
+    uint64_t size;
+    uint64_t offset;
+};
+
+/* A memory range [offset, offset+length): prefetch maps and working sets. */
+struct wr_range {
+    uint64_t offset;
+    uint64_t length;
+};
+
+struct wr_engine_config {
+    uint64_t memory_size;          /* == sum of region sizes == mapping end */
+    uint64_t page_size;            /* install unit: the base page or 2 MiB */
+    uint64_t batch_bytes;          /* largest run installed per demand fault */
+    uint64_t prefetch_batch_bytes; /* largest run installed per prefetch step */
+};
+
+struct wr_engine_stats {
+    uint64_t faults;         /* page-fault messages handled */
+    uint64_t copy_pages;     /* pages installed by UFFDIO_COPY (demand + prefetch) */
+    uint64_t copy_bytes;
+    uint64_t zero_pages;     /* pages installed as zeros */
+    uint64_t zero_bytes;
+    uint64_t batches;        /* install ioctls that installed something */
+    uint64_t prefetch_pages; /* pages installed by the prefetch thread */
+    uint64_t prefetch_batches;
+    uint64_t prefetch_yields; /* times prefetch waited for demand faults */
+    uint64_t eexist;
+    uint64_t eagain;
+    uint64_t removes;        /* UFFD_EVENT_REMOVE messages */
+    uint64_t removed_pages;  /* pages marked removed by them */
+    uint64_t removed_faults; /* faults on removed pages (served zeros) */
+    uint64_t wakes;          /* UFFDIO_WAKE for faults on present pages */
+    uint64_t lat_count;      /* fault service time: read -> installed */
+    uint64_t lat_sum_ns;
+    uint64_t lat_max_ns;
+    uint64_t lat_hist[40];   /* bucket i counts times in [2^i, 2^(i+1)) ns */
+    int32_t running;         /* fault thread alive */
+    int32_t prefetch_running;
+    int32_t stop_error;      /* 0, or the negative errno that stopped the engine */
+    int32_t prefetch_error;  /* 0, or the negative errno that ended prefetch */
+};
+
+struct wr_engine;
+
+/* Build an engine.  `source_fds[i]` is generation file i (source index i in
+ * the entries); the engine maps each read-only and does not keep the fd.
+ * Entries must be sorted, contiguous, cover [0, memory_size), be aligned to
+ * the base page size, and fit in their source file (else -ERANGE). */
+int wr_engine_create(const struct wr_engine_config *cfg, const struct wr_map_entry *entries,
+                     uint64_t nentries, const int *source_fds, uint32_t nsources,
+                     struct wr_engine **out);
+
+/* Ranges to install in the background, in order (before wr_engine_start). */
+int wr_engine_set_prefetch(struct wr_engine *e, const struct wr_range *ranges, uint64_t n);
+
+/* Start serving `uffd` for the handshake's regions, which must be
+ * page-aligned, contiguous in offset from 0 and sum to memory_size.  On
+ * success the engine owns the fd (closed by wr_engine_destroy); on failure
+ * the caller keeps it. */
+int wr_engine_start(struct wr_engine *e, int uffd, const struct wr_region *regions,
+                    uint32_t nregions);
+
+/* An eventfd that becomes readable when the fault thread has ended (stop
+ * requested, the VMM gone, or an error: see stats.stop_error). */
+int wr_engine_done_fd(const struct wr_engine *e);
+
+void wr_engine_stats(const struct wr_engine *e, struct wr_engine_stats *out);
+
+/* The working-set record: ranges installed by demand faults, in first-touch
+ * order (adjacent runs merged).  Copies up to `cap` ranges into `out`;
+ * returns the total count. */
+uint64_t wr_engine_working_set(struct wr_engine *e, struct wr_range *out, uint64_t cap);
+
+/* Stop and join both threads; idempotent. */
+int wr_engine_stop(struct wr_engine *e);
+
+/* Stop, unmap the sources, close the uffd and the eventfds, free. */
+void wr_engine_destroy(struct wr_engine *e);
+
+/* CDEF-END */
+
+#endif

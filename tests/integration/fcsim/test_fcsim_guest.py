@@ -1,0 +1,172 @@
+"""fcsim boots a rootfs as its guest: own PID/UTS/mount namespaces, networked through tap0.
+
+The rootfs here is a minimal ext4 made by the test (static busybox, a shell
+init that serves /health over busybox httpd), so this runs without the
+project's Debian guest image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from wrennd.fcsim import harness
+from wrennd.fcsim.harness import SimHandle
+from wrennd.network import links, nsutil, tap
+from wrennd.vm.errors import FirecrackerError
+
+pytestmark = [pytest.mark.netns]
+
+BOOT_ARGS = "console=ttyS0 reboot=k ip=169.254.0.21::169.254.0.22:255.255.255.252:fcguest:eth0:off"
+INIT = """#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+echo "pid=$$ host=$(/bin/busybox hostname)" > /www/health
+trap '/bin/busybox kill $httpd; exit 0' TERM INT
+/bin/busybox httpd -f -p 49983 -h /www &
+httpd=$!
+wait
+"""
+
+
+def make_rootfs(path: Path, work: Path) -> None:
+    busybox = shutil.which("busybox")
+    assert busybox is not None, "busybox-static is in deps/debian-packages.txt"
+    tree = work / "tree"
+    for d in ("bin", "sbin", "proc", "www", "dev"):
+        (tree / d).mkdir(parents=True)
+    shutil.copy(busybox, tree / "bin" / "busybox")
+    init = tree / "sbin" / "init"
+    init.write_text(INIT)
+    init.chmod(0o755)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(path), "16M"], check=True)
+
+
+def _sandbox_ns(name: str) -> None:
+    nsutil.create_and_enter(name)
+    tap.create_persistent_tap("tap0")
+    with links.iproute() as ipr:
+        links.mark_and_up(ipr, "lo")
+        index = links.mark_and_up(ipr, "tap0")
+        ipr.addr("add", index=index, address="169.254.0.22", prefixlen=30)
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[str]:
+    name = f"fct-{secrets.token_hex(3)}"
+    await nsutil.run_async(lambda: _sandbox_ns(name))
+    yield name
+    nsutil.remove(name)
+
+
+async def http_get(netns: str, path: str, limit: float = 5.0) -> str:
+    loop = asyncio.get_running_loop()
+    with nsutil.socket_in(netns, socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setblocking(False)
+        await asyncio.wait_for(loop.sock_connect(s, ("169.254.0.21", 49983)), limit)
+        await loop.sock_sendall(s, f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        chunks = []
+        async with asyncio.timeout(limit):
+            while chunk := await loop.sock_recv(s, 4096):
+                chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+async def wait_health(sim: SimHandle, netns: str) -> str:
+    for _ in range(100):
+        assert sim.proc.running, "\n".join(sim.proc.log_tail())
+        try:
+            return await http_get(netns, "/health", 1.0)
+        except (OSError, TimeoutError):
+            await asyncio.sleep(0.1)
+    raise AssertionError("the guest's /health never answered")
+
+
+def loop_devices_of(image: Path) -> str:
+    return subprocess.run(
+        ["losetup", "-j", str(image)], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def leftover_cgroups() -> list[Path]:
+    return list(Path("/sys/fs/cgroup").rglob("fcsim-guest-*"))
+
+
+async def boot_guest(sim: SimHandle, image: Path, kernel: Path) -> None:
+    c = sim.client
+    await c.put_machine_config(1, 16, track_dirty_pages=True)
+    await c.put_boot_source(str(kernel), BOOT_ARGS)
+    await c.put_drive("rootfs", str(image), is_root_device=True)
+    await c.put_network_interface("eth0", "tap0", "06:00:AC:10:00:02")
+    await c.start()
+
+
+async def test_guest_boots_answers_freezes_and_shuts_down(sandbox: str, tmp_path: Path) -> None:
+    image = tmp_path / "rootfs.ext4"
+    await asyncio.to_thread(make_rootfs, image, tmp_path)
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"kernel")
+    sim = await harness.launch(tmp_path / "vm", "guest1", netns=nsutil.netns_path(sandbox))
+    try:
+        await boot_guest(sim, image, kernel)
+        body = await wait_health(sim, sandbox)
+        # PID 1 of its own PID namespace, hostname from ip= in its own UTS namespace.
+        assert "pid=1 host=fcguest" in body
+        assert loop_devices_of(image), "the rootfs is mounted through a loop device"
+        assert f"{sandbox}-g" in nsutil.list_named(), "guest namespace named after the sandbox's"
+
+        await sim.client.pause()
+        with pytest.raises(TimeoutError):
+            await http_get(sandbox, "/health", 0.5)  # frozen: no answer
+        await sim.client.resume()
+        assert "pid=1" in await wait_health(sim, sandbox)
+
+        # Ctrl-Alt-Del: init exits, and fcsim exits with it, as Firecracker does.
+        await sim.client.action("SendCtrlAltDel")
+        assert await asyncio.wait_for(sim.proc.wait(), 15) == 0
+    finally:
+        await sim.close()
+    assert f"{sandbox}-g" not in nsutil.list_named()
+    assert not loop_devices_of(image), "the loop device must detach with the guest"
+    assert not leftover_cgroups()
+
+
+async def test_stopping_fcsim_stops_its_guest(sandbox: str, tmp_path: Path) -> None:
+    image = tmp_path / "rootfs.ext4"
+    await asyncio.to_thread(make_rootfs, image, tmp_path)
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"kernel")
+    sim = await harness.launch(tmp_path / "vm", "guest2", netns=nsutil.netns_path(sandbox))
+    await boot_guest(sim, image, kernel)
+    await wait_health(sim, sandbox)
+    await sim.close()
+    assert f"{sandbox}-g" not in nsutil.list_named()
+    assert not loop_devices_of(image)
+
+
+async def test_missing_tap_fails_the_boot_and_leaves_nothing(sandbox: str, tmp_path: Path) -> None:
+    image = tmp_path / "rootfs.ext4"
+    await asyncio.to_thread(make_rootfs, image, tmp_path)
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"kernel")
+    sim = await harness.launch(tmp_path / "vm", "guest3", netns=nsutil.netns_path(sandbox))
+    try:
+        c = sim.client
+        await c.put_boot_source(str(kernel), BOOT_ARGS)
+        await c.put_drive("rootfs", str(image), is_root_device=True)
+        await c.put_network_interface("eth0", "tap9")
+        with pytest.raises(FirecrackerError, match=r"Cannot run the guest: .*tap9"):
+            await c.start()
+        assert (await c.describe_instance())["state"] == "Not started"
+        assert not loop_devices_of(image)
+        assert not leftover_cgroups()
+        assert f"{sandbox}-g" not in nsutil.list_named()
+    finally:
+        await sim.close()

@@ -1,0 +1,330 @@
+"""UffdServer: serve one Firecracker's guest memory from a snapshot (DESIGN.md §5).
+
+Order of events, which the caller relies on:
+
+1. ``await server.start()`` maps the generation files (a bad snapshot fails
+   here, before the VMM is told anything) and listens on the socket.
+2. The caller sends ``PUT /snapshot/load`` with that socket as the backend
+   path and, concurrently, awaits ``server.serve()``: it accepts one peer,
+   reads the one handshake message (JSON regions + the uffd), checks it, and
+   starts the engine.  ``server.ready`` is set once faults are being served:
+   the load request itself faults, so the engine must be up before it returns.
+3. ``serve()`` returns when the peer closes its end (Firecracker exited), the
+   engine stops on its own (the VMM is gone, or an error), or ``stop()`` is
+   called.  The engine's threads are joined, its fds closed, files unmapped.
+
+A malformed handshake (bad JSON, no fd, several fds, not a userfaultfd,
+regions that do not match the snapshot) raises HandshakeError: the peer is
+disconnected, received fds are closed, nothing is served.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wrennd.log import kv
+from wrennd.uffd import handshake
+from wrennd.uffd.engine import (
+    DEFAULT_BATCH_BYTES,
+    DEFAULT_PREFETCH_BATCH_BYTES,
+    Engine,
+    EngineConfigError,
+    EngineStats,
+    MapEntryLike,
+    check_regions,
+)
+from wrennd.uffd.handshake import HandshakeError, Region
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_BUFSIZE = 1 << 20  # far beyond any region list; one recvmsg reads it all
+MAX_FDS = 8  # room to notice (and close) more fds than the one expected
+USERFAULTFD_LINK = "anon_inode:[userfaultfd]"
+
+
+@dataclass(frozen=True)
+class SnapshotMemory:
+    """What the server serves: a snapshot's memory mapping and its generation files."""
+
+    memory_size: int
+    page_size: int
+    entries: Sequence[MapEntryLike]
+    generations: Sequence[Path]  # in source-index order
+    prefetch: Sequence[tuple[int, int]] = ()
+
+
+@dataclass
+class ServeResult:
+    """Why serving ended, and the engine's final numbers."""
+
+    reason: str  # "peer-closed", "engine-stopped" or "stopped"
+    stats: EngineStats
+    working_set: list[tuple[int, int]] = field(default_factory=list)
+    stop_error: str = ""
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
+            fds.extend(arr)
+    return fds
+
+
+def _check_uffd(fd: int) -> None:
+    try:
+        link = str(Path(f"/proc/self/fd/{fd}").readlink())
+    except OSError as e:
+        raise HandshakeError(f"cannot inspect the received fd {fd}: {e}") from None
+    if link != USERFAULTFD_LINK:
+        raise HandshakeError(f"the received fd is {link!r}, not a userfaultfd")
+
+
+class UffdServer:
+    """Accepts one peer speaking Firecracker's uffd protocol and serves it."""
+
+    def __init__(
+        self,
+        socket_path: Path,
+        memory: SnapshotMemory,
+        *,
+        batch_bytes: int = DEFAULT_BATCH_BYTES,
+        prefetch: bool = True,
+        prefetch_batch_bytes: int = DEFAULT_PREFETCH_BATCH_BYTES,
+        handshake_timeout: float = 30.0,
+    ) -> None:
+        self.socket_path = socket_path
+        self.memory = memory
+        self.batch_bytes = batch_bytes
+        self.prefetch = prefetch
+        self.prefetch_batch_bytes = prefetch_batch_bytes
+        self.handshake_timeout = handshake_timeout
+        self.ready = asyncio.Event()
+        self.regions: list[Region] = []
+        self.peer_pid: int | None = None
+        self._engine: Engine | None = None
+        self._listener: socket.socket | None = None
+        self._stop = asyncio.Event()
+        self._final: EngineStats | None = None
+
+    async def start(self) -> None:
+        """Map the snapshot and listen.  Blocking file work runs off the loop."""
+        if self._listener is not None:
+            raise RuntimeError("server already started")
+        loop = asyncio.get_running_loop()
+        m = self.memory
+        self._engine = await loop.run_in_executor(
+            None,
+            lambda: Engine(
+                memory_size=m.memory_size,
+                page_size=m.page_size,
+                entries=m.entries,
+                sources=m.generations,
+                batch_bytes=self.batch_bytes,
+                prefetch_batch_bytes=self.prefetch_batch_bytes,
+                prefetch=m.prefetch if self.prefetch else (),
+            ),
+        )
+        try:
+            self._listener = self._listen()
+        except BaseException:
+            self._engine.close()
+            self._engine = None
+            raise
+
+    def _listen(self) -> socket.socket:
+        path = self.socket_path
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise FileExistsError(errno.EEXIST, f"{path} exists and is not a socket")
+            path.unlink()  # a stale socket from an earlier run
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(os.fspath(path))
+            sock.listen(1)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    @property
+    def engine(self) -> Engine | None:
+        return self._engine
+
+    def stats(self) -> EngineStats | None:
+        """Current engine stats (after serve() ended: the final ones)."""
+        if self._engine is not None and self._engine.started:
+            return self._engine.stats()
+        return self._final
+
+    async def serve(self) -> ServeResult:
+        """Accept one peer, serve it until it goes away; see the module doc."""
+        if self._listener is None or self._engine is None:
+            raise RuntimeError("start() the server first")
+        loop = asyncio.get_running_loop()
+        conn, _ = await loop.sock_accept(self._listener)
+        try:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            self.peer_pid = int.from_bytes(creds[:4], "little")
+            try:
+                async with asyncio.timeout(self.handshake_timeout):
+                    regions, uffd = await self._receive_handshake(conn)
+            except TimeoutError:
+                raise HandshakeError(
+                    f"no handshake within {self.handshake_timeout} s of connecting"
+                ) from None
+            try:
+                self._engine.start(uffd, regions)
+            except EngineConfigError as e:
+                os.close(uffd)
+                raise HandshakeError(f"regions do not match the snapshot: {e}") from None
+            except BaseException:
+                os.close(uffd)
+                raise
+            self.regions = regions
+            self.ready.set()
+            log.info(
+                "uffd serving",
+                extra=kv(socket=self.socket_path, peer_pid=self.peer_pid, regions=len(regions)),
+            )
+            reason = await self._wait_end(conn)
+        finally:
+            conn.close()
+        return await self._finish(reason)
+
+    async def _receive_handshake(self, conn: socket.socket) -> tuple[list[Region], int]:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                msg, anc, flags, _ = conn.recvmsg(
+                    HANDSHAKE_BUFSIZE, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+                )
+                break
+            except BlockingIOError:
+                readable = loop.create_future()
+                loop.add_reader(conn.fileno(), readable.set_result, None)
+                try:
+                    await readable
+                finally:
+                    loop.remove_reader(conn.fileno())
+        fds = _received_fds(anc)
+        try:
+            if flags & socket.MSG_CTRUNC:
+                raise HandshakeError(
+                    "handshake carried more file descriptors than fit (expected 1)"
+                )
+            if not msg and not fds:
+                raise HandshakeError("peer closed the connection before sending the handshake")
+            if len(fds) != 1:
+                raise HandshakeError(
+                    f"handshake carried {len(fds)} file descriptors, expected exactly 1 (the uffd)"
+                )
+            _check_uffd(fds[0])
+            regions = handshake.parse(msg)
+            try:
+                check_regions(regions, self.memory.memory_size, self.memory.page_size)
+            except EngineConfigError as e:
+                raise HandshakeError(f"regions do not match the snapshot: {e}") from None
+        except BaseException:
+            _close_all(fds)
+            raise
+        return regions, fds[0]
+
+    async def _wait_end(self, conn: socket.socket) -> str:
+        """Until the peer closes, the engine stops by itself, or stop() is called."""
+        assert self._engine is not None
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+
+        def on_peer() -> None:
+            try:
+                data = conn.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data and not ended.done():  # Firecracker sends nothing more: EOF
+                ended.set_result("peer-closed")
+
+        def on_engine() -> None:
+            if not ended.done():
+                ended.set_result("engine-stopped")
+
+        conn.setblocking(False)
+        loop.add_reader(conn.fileno(), on_peer)
+        loop.add_reader(self._engine.done_fd, on_engine)
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait([ended, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            loop.remove_reader(conn.fileno())
+            loop.remove_reader(self._engine.done_fd)
+            stop_wait.cancel()
+        return ended.result() if ended.done() else "stopped"
+
+    async def _finish(self, reason: str) -> ServeResult:
+        engine = self._engine
+        assert engine is not None
+        await asyncio.get_running_loop().run_in_executor(None, engine.stop)
+        stats = engine.stats()
+        self._final = stats
+        result = ServeResult(
+            reason=reason,
+            stats=stats,
+            working_set=engine.working_set(),
+            stop_error=os.strerror(-stats.stop_error) if stats.stop_error else "",
+        )
+        log.info(
+            "uffd served",
+            extra=kv(
+                socket=self.socket_path,
+                reason=reason,
+                faults=stats.faults,
+                pages=stats.copy_pages + stats.zero_pages,
+                error=result.stop_error,
+            ),
+        )
+        self._close_engine()
+        return result
+
+    def stop(self) -> None:
+        """Ask a running serve() to end (it joins the engine and returns)."""
+        self._stop.set()
+
+    def _close_engine(self) -> None:
+        if self._engine is not None:
+            if self._engine.started and self._final is None:
+                self._final = self._engine.stats()
+            self._engine.close()
+            self._engine = None
+
+    async def close(self) -> None:
+        """Stop serving, release everything, remove the socket file."""
+        if self._engine is not None:
+            engine = self._engine
+            await asyncio.get_running_loop().run_in_executor(None, engine.stop)
+            self._close_engine()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
