@@ -20,7 +20,10 @@ CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden
 
 
 def cdef_text(header: Path) -> str:
+    """The header's CDEF block; empty for internal headers, which have none."""
     text = header.read_text()
+    if "/* CDEF-BEGIN */" not in text:
+        return ""
     begin = text.index("/* CDEF-BEGIN */") + len("/* CDEF-BEGIN */")
     end = text.index("/* CDEF-END */")
     return text[begin:end]

@@ -1,6 +1,7 @@
 /* Memfile scanning and copying for snapshot ingest, collapse and export. */
 #define _GNU_SOURCE
 #include "snapshot_io.h"
+#include "fdio.h"
 #include "zeroscan.h"
 
 #include <errno.h>
@@ -40,24 +41,6 @@ static int push(struct builder *b, uint64_t off, uint64_t len, uint32_t source)
     return 0;
 }
 
-static int pread_full(int fd, uint8_t *dst, uint64_t n, uint64_t off)
-{
-    while (n > 0) {
-        ssize_t r = pread(fd, dst, n, (off_t)off);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (r == 0)
-            return -EIO;
-        dst += r;
-        n -= (uint64_t)r;
-        off += (uint64_t)r;
-    }
-    return 0;
-}
-
 struct scan {
     int fd;
     uint64_t block_size;
@@ -86,7 +69,7 @@ static int scan_data(struct scan *s, uint64_t pos, uint64_t end)
     uint64_t zero_start = 0, zero_len = 0; /* pending run to punch */
     while (pos < end) {
         uint64_t n = end - pos < chunk_len ? end - pos : chunk_len;
-        int rc = pread_full(s->fd, s->chunk, n, pos);
+        int rc = wr_pread_full(s->fd, s->chunk, n, pos);
         if (rc < 0) {
             s->res->bad_offset = pos;
             return rc;
@@ -205,7 +188,7 @@ static int copy_rw(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t 
 {
     while (len > 0) {
         uint64_t n = len < buf_len ? len : buf_len;
-        int rc = pread_full(in, buf, n, in_off);
+        int rc = wr_pread_full(in, buf, n, in_off);
         if (rc < 0)
             return rc;
         for (uint64_t done = 0; done < n;) {

@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "zeroscan.h"
+#include "fdio.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -119,25 +120,6 @@ static void mark_range(uint8_t *bitmap, uint64_t first, uint64_t count)
         set_bit(bitmap, first + i, 1);
 }
 
-/* Read [off, off + n) fully; returns 0 or -errno (-EIO on a short file). */
-static int pread_full(int fd, uint8_t *dst, uint64_t n, uint64_t off)
-{
-    while (n > 0) {
-        ssize_t r = pread(fd, dst, n, (off_t)off);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (r == 0)
-            return -EIO;
-        dst += r;
-        n -= (uint64_t)r;
-        off += (uint64_t)r;
-    }
-    return 0;
-}
-
 /* Scan the data region [pos, end) (block-aligned pos) chunk by chunk. */
 static int64_t scan_data(int fd, uint8_t *chunk, uint64_t pos, uint64_t end,
                          uint64_t base, uint64_t block_size, uint8_t *bitmap)
@@ -148,7 +130,7 @@ static int64_t scan_data(int fd, uint8_t *chunk, uint64_t pos, uint64_t end,
         chunk_len = block_size;
     while (pos < end) {
         uint64_t n = end - pos < chunk_len ? end - pos : chunk_len;
-        int rc = pread_full(fd, chunk, n, pos);
+        int rc = wr_pread_full(fd, chunk, n, pos);
         if (rc < 0)
             return rc;
         zeros += scan_span(chunk, n, block_size, bitmap,
