@@ -43,9 +43,10 @@ struct wr_engine {
     uint8_t **src_maps;
     uint64_t *src_sizes;
     uint32_t nsources;
-    uint8_t *zeros; /* read-only anonymous zeros, zeros_len bytes */
+    /* Huge units only: one unit of zeros, then the bounce unit (one mapping). */
+    uint8_t *zeros;
     uint64_t zeros_len;
-    uint8_t *bounce; /* one unit, for huge units that span entries */
+    uint8_t *bounce;
 
     /* Guarded by `lock`: the state map and every install, so a REMOVE read
      * and marked by the fault thread cannot interleave with a prefetch copy
