@@ -95,13 +95,18 @@ async def test_hugetlb_every_byte_and_remove(tmp_path: Path, kit: Any, hugetlb_p
     leaks.check()
 
 
-async def test_transparent_huge_pages(tmp_path: Path, kit: Any, snapshot_factory: Any) -> None:
+@pytest.fixture
+def thp_available() -> None:
     try:
         mode = THP_ENABLED.read_text()
     except OSError as e:
         pytest.skip(f"THP: kernel without transparent huge pages ({THP_ENABLED}: {e})")
     if "[never]" in mode:
         pytest.skip(f"THP: disabled on this host ({THP_ENABLED} = {mode.strip()})")
+
+
+@pytest.mark.usefixtures("thp_available")
+async def test_transparent_huge_pages(tmp_path: Path, kit: Any, snapshot_factory: Any) -> None:
     snap = snapshot_factory(8 << 20)
     server = UffdServer(tmp_path / "u.sock", snap.memory)
     await server.start()
