@@ -153,7 +153,10 @@ async def test_stats_readable_while_serving_and_stop(
         await child.expect_line("waiting")
         s = server.stats()
         assert s is not None and s.running
-        assert s.copy_bytes + s.zero_bytes == MiB
+        # counters settle just after the ioctl that woke the reader
+        await kit.until(lambda: (s := server.stats()) is not None and s.lat_count == s.faults)
+        s = server.stats()
+        assert s is not None and s.copy_bytes + s.zero_bytes == MiB
         assert kit.engine_threads() == ["wr-uffd-fault"]
         server.stop()  # the daemon stops serving while the VMM still runs
         result = await serving
