@@ -51,6 +51,7 @@ pytest: install
 
 bench: install
 	$(PY) bench/zeroscan_bench.py
+	$(PY) bench/snapshot_bench.py
 
 clean:
 	rm -rf build $(VENV) wrennd/_native*.so $(NATIVE_STAMP) *.egg-info
