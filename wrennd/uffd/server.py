@@ -35,6 +35,7 @@ from pathlib import Path
 from wrennd.log import kv
 from wrennd.uffd import handshake
 from wrennd.uffd.engine import (
+    BASE_PAGE_SIZE,
     DEFAULT_BATCH_BYTES,
     DEFAULT_PREFETCH_BATCH_BYTES,
     Engine,
@@ -42,6 +43,7 @@ from wrennd.uffd.engine import (
     EngineStats,
     MapEntryLike,
     check_regions,
+    check_snapshot,
 )
 from wrennd.uffd.handshake import HandshakeError, Region
 
@@ -57,10 +59,13 @@ class SnapshotMemory:
     """What the server serves: a snapshot's memory mapping and its generation files."""
 
     memory_size: int
-    page_size: int
-    entries: Sequence[MapEntryLike]
+    # None: take the page size the VMM's handshake announces (the snapshot
+    # header records only its block size)
+    page_size: int | None
+    entries: Sequence[MapEntryLike]  # or a cffi struct wr_map_entry[] ...
     generations: Sequence[Path]  # in source-index order
     prefetch: Sequence[tuple[int, int]] = ()
+    entry_count: int | None = None  # ... with this many entries used
 
 
 @dataclass
@@ -126,29 +131,39 @@ class UffdServer:
         self._final: EngineStats | None = None
 
     async def start(self) -> None:
-        """Map the snapshot and listen.  Blocking file work runs off the loop."""
+        """Map the snapshot (or, with the page size still unknown, check its
+        files) and listen.  Blocking file work runs off the loop."""
         if self._listener is not None:
             raise RuntimeError("server already started")
         loop = asyncio.get_running_loop()
         m = self.memory
-        self._engine = await loop.run_in_executor(
-            None,
-            lambda: Engine(
-                memory_size=m.memory_size,
-                page_size=m.page_size,
-                entries=m.entries,
-                sources=m.generations,
-                batch_bytes=self.batch_bytes,
-                prefetch_batch_bytes=self.prefetch_batch_bytes,
-                prefetch=m.prefetch if self.prefetch else (),
-            ),
-        )
+        if m.page_size is not None:
+            self._engine = await loop.run_in_executor(None, self._make_engine, m.page_size)
+        else:
+            await loop.run_in_executor(None, self._check_files)
         try:
             self._listener = self._listen()
         except BaseException:
-            self._engine.close()
-            self._engine = None
+            self._close_engine()
             raise
+
+    def _make_engine(self, page_size: int) -> Engine:
+        m = self.memory
+        return Engine(
+            memory_size=m.memory_size,
+            page_size=page_size,
+            entries=m.entries,
+            entry_count=m.entry_count,
+            sources=m.generations,
+            batch_bytes=self.batch_bytes,
+            prefetch_batch_bytes=self.prefetch_batch_bytes,
+            prefetch=m.prefetch if self.prefetch else (),
+        )
+
+    def _check_files(self) -> None:
+        m = self.memory
+        sizes = [p.stat().st_size for p in m.generations]
+        check_snapshot(m.memory_size, BASE_PAGE_SIZE, m.entries, sizes, m.entry_count)
 
     def _listen(self) -> socket.socket:
         path = self.socket_path
@@ -178,7 +193,7 @@ class UffdServer:
 
     async def serve(self) -> ServeResult:
         """Accept one peer, serve it until it goes away; see the module doc."""
-        if self._listener is None or self._engine is None:
+        if self._listener is None:
             raise RuntimeError("start() the server first")
         loop = asyncio.get_running_loop()
         conn, _ = await loop.sock_accept(self._listener)
@@ -193,6 +208,9 @@ class UffdServer:
                     f"no handshake within {self.handshake_timeout} s of connecting"
                 ) from None
             try:
+                if self._engine is None:
+                    page_size = regions[0].page_size
+                    self._engine = await loop.run_in_executor(None, self._make_engine, page_size)
                 self._engine.start(uffd, regions)
             except EngineConfigError as e:
                 os.close(uffd)
@@ -240,8 +258,9 @@ class UffdServer:
                 )
             _check_uffd(fds[0])
             regions = handshake.parse(msg)
+            page_size = self.memory.page_size or regions[0].page_size
             try:
-                check_regions(regions, self.memory.memory_size, self.memory.page_size)
+                check_regions(regions, self.memory.memory_size, page_size)
             except EngineConfigError as e:
                 raise HandshakeError(f"regions do not match the snapshot: {e}") from None
         except BaseException:
