@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -210,7 +211,7 @@ class Bench:
     async def engine(
         self, pattern: str, write: bool, batch: int, prefetch: Any = (), prefetch_run: bool = False
     ) -> dict[str, Any]:
-        memory = SnapshotMemory(**{**self.fx.memory.__dict__, "prefetch": list(prefetch)})
+        memory = dataclasses.replace(self.fx.memory, prefetch=list(prefetch))
         server = UffdServer(self.workdir / "uffd.sock", memory, batch_bytes=batch)
         await server.start()
         serving = asyncio.ensure_future(server.serve())

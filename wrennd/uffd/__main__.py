@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import json
 import signal
@@ -74,7 +75,7 @@ def _report(args: argparse.Namespace, server: UffdServer, result: ServeResult) -
         "reason": result.reason,
         "stop_error": result.stop_error,
         "peer_pid": server.peer_pid,
-        "regions": [r.__dict__ for r in server.regions],
+        "regions": [dataclasses.asdict(r) for r in server.regions],
         "stats": result.stats.as_dict(),
         "latency_p50_ns": result.stats.latency_percentile_ns(0.5),
         "latency_p99_ns": result.stats.latency_percentile_ns(0.99),

@@ -4,6 +4,7 @@ memory and touches it (uffd_child.py), this process serves it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import struct
@@ -94,10 +95,15 @@ async def test_remove_then_retouch_reads_zeros(
     await server.close()
 
 
-async def test_remove_racing_faults(tmp_path: Path, snapshot_factory: Factory, kit: Any) -> None:
+@pytest.mark.parametrize("prefetch", [False, True])
+async def test_remove_racing_faults(
+    tmp_path: Path, snapshot_factory: Factory, kit: Any, prefetch: bool
+) -> None:
     npages = 2048
     snap = snapshot_factory(npages * P, zero_share=0.0)
-    server = await started(tmp_path, snap, batch_bytes=64 * 1024)
+    if prefetch:  # the prefetch thread races the REMOVEs too
+        snap.memory = dataclasses.replace(snap.memory, prefetch=[(0, npages * P)])
+    server = await started(tmp_path, snap, batch_bytes=64 * 1024, prefetch_batch_bytes=16 * P)
     discards = list(range(3, npages, 7))
     ops = [
         {"op": "race", "pages": npages, "discards": discards, "out": "race"},
@@ -116,6 +122,7 @@ async def test_remove_racing_faults(tmp_path: Path, snapshot_factory: Factory, k
         # after the race: stale snapshot data never comes back for a removed page
         assert got == (bytes(P) if p in removed else snapshot_page), p
     assert result.stats.removes == len(discards)
+    assert result.stats.prefetch_error == 0
     await server.close()
 
 
@@ -180,7 +187,7 @@ async def test_prefetch_and_working_set(
     assert first.working_set == [(40 * P, 2 * P), (900 * P, P), (3 * P, P), (1500 * P, P)]
 
     # the next resume prefetches that record: the same touches fault no more
-    memory = snap.memory.__class__(**{**snap.memory.__dict__, "prefetch": first.working_set})
+    memory = dataclasses.replace(snap.memory, prefetch=first.working_set)
     server = UffdServer(tmp_path / "uffd2.sock", memory, batch_bytes=P)
     await server.start()
     ops = [{"op": "wait"}, {"op": "touch", "region": 0, "pages": order}]
@@ -213,7 +220,7 @@ async def test_no_prefetch_flag_ignores_the_map(
     tmp_path: Path, snapshot_factory: Factory, kit: Any
 ) -> None:
     snap = snapshot_factory(MiB)
-    memory = snap.memory.__class__(**{**snap.memory.__dict__, "prefetch": [(0, MiB)]})
+    memory = dataclasses.replace(snap.memory, prefetch=[(0, MiB)])
     server = UffdServer(tmp_path / "u.sock", memory, prefetch=False)
     await server.start()
     ops = [{"op": "read", "offset": 0, "length": MiB, "out": "all"}]
