@@ -6,7 +6,9 @@
 #include "check.h"
 
 #include <errno.h>
+#include <linux/userfaultfd.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,6 +119,40 @@ static void test_serve_in_process(int g0, int g1)
     CHECK_EQ(wr_vmm_unmap(addr, NPAGES * page), 0);
 }
 
+/* A page the kernel has but the state map does not (installed behind the
+ * engine's back): the run that covers it meets EEXIST, marks it and goes on. */
+static void test_eexist_is_marked_and_skipped(int g0)
+{
+    uint64_t addr = 0;
+    CHECK_EQ(wr_vmm_map(32 * page, page, 0, &addr), 0);
+    int uffd = wr_uffd_create(NULL);
+    CHECK_EQ(wr_uffd_register(uffd, addr, 32 * page, NULL), 0);
+    int other = dup(uffd);
+    struct uffdio_zeropage z = {.range = {.start = addr + 5 * page, .len = page}};
+    CHECK_EQ(ioctl(other, UFFDIO_ZEROPAGE, &z), 0);
+    close(other);
+    struct wr_map_entry ent = {.offset = 0, .length = 32 * page, .source = 0};
+    struct wr_engine_config cfg = {.memory_size = 32 * page, .page_size = page,
+                                   .batch_bytes = 16 * page};
+    struct wr_engine *e = NULL;
+    CHECK_EQ(wr_engine_create(&cfg, &ent, 1, &g0, 1, &e), 0);
+    struct wr_region reg = {.base = addr, .size = 32 * page, .offset = 0};
+    CHECK_EQ(wr_engine_start(e, uffd, &reg, 1), 0);
+    const volatile uint8_t *mem = (const volatile uint8_t *)(uintptr_t)addr;
+    CHECK_EQ(mem[0], 1);              /* page 0 of generation 1: byte 0*7+1 */
+    CHECK_EQ(mem[5 * page], 0);       /* the page installed behind our back */
+    CHECK_EQ(mem[6 * page], 6 * 7 + 1); /* the rest of the run was installed */
+    CHECK_EQ(mem[20 * page], 20 * 7 + 1);
+    CHECK_EQ(wr_engine_stop(e), 0);
+    struct wr_engine_stats s;
+    wr_engine_stats(e, &s);
+    CHECK_EQ(s.eexist, 1);
+    CHECK_EQ(s.copy_pages, 31);
+    CHECK_EQ(s.faults, 2);
+    wr_engine_destroy(e);
+    CHECK_EQ(wr_vmm_unmap(addr, 32 * page), 0);
+}
+
 int main(void)
 {
     page = (uint64_t)sysconf(_SC_PAGESIZE);
@@ -127,6 +163,7 @@ int main(void)
     if (probe >= 0) {
         close(probe);
         test_serve_in_process(g0, g1);
+        test_eexist_is_marked_and_skipped(g0);
     } else {
         printf("test_uffd_engine: userfaultfd unusable (%s): in-process serving skipped\n",
                strerror(-probe));
