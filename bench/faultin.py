@@ -329,7 +329,9 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             rows.append(r)
             print(f"{h:9} {p:10} {rw:5} {cache}: {r['seconds'] * 1e3:9.1f} ms", file=sys.stderr)
         # prefetch off (records the working set) vs on (prefetches that record)
+        await loop.run_in_executor(None, warm, [fx.flat, *fx.memory.generations])
         off = await b.engine("ws10", False, batch, prefetch_run=True)
+        await loop.run_in_executor(None, warm, [fx.flat, *fx.memory.generations])
         on = await b.engine("ws10", False, batch, prefetch=off["working_set"], prefetch_run=True)
         for name, r in (("prefetch-off", off), ("prefetch-on", on)):
             r.update(handler="engine", pattern="ws10", rw="read", cache="warm", variant=name)

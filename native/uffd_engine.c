@@ -165,7 +165,7 @@ int wr_engine_set_prefetch(struct wr_engine *e, const struct wr_range *ranges, u
     free(e->prefetch);
     e->prefetch = copy;
     e->nprefetch = n;
-    return 0;
+    return wr_prefetch_sort(e);
 }
 
 static int queue_push(struct wr_engine *e, uint64_t addr, uint64_t t)
@@ -432,6 +432,7 @@ void wr_engine_destroy(struct wr_engine *e)
     free(e->state);
     free(e->queue);
     free(e->prefetch);
+    free(e->pf_sorted);
     free(e->ws);
     free(e);
 }

@@ -232,6 +232,8 @@ int wr_serve_fault(struct wr_engine *e, uint64_t addr)
     int rc = install_run(e, r, lo, hi - lo, en ? entry_src(e, en, lo) : NULL, false, &done);
     if (done && st == ST_ABSENT)
         record_touch(e, lo * ps, done * ps);
+    if (rc == 0 && st == ST_ABSENT)
+        rc = wr_prefetch_follow(e, off);
     return rc;
 }
 
