@@ -52,6 +52,7 @@ pytest: install
 bench: install
 	$(PY) bench/zeroscan_bench.py
 	$(PY) bench/snapshot_bench.py
+	$(PY) bench/faultin.py
 
 clean:
 	rm -rf build $(VENV) wrennd/_native*.so $(NATIVE_STAMP) *.egg-info
