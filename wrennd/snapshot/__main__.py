@@ -34,8 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    def command(name: str, help: str, store: bool = True) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help)
+    def command(name: str, summary: str, store: bool = True) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=summary)
         c.add_argument("--snapshot", type=Path, required=True, help="snapshot directory")
         if store:
             c.add_argument(

@@ -34,7 +34,6 @@ from wrennd.snapshot.layout import (
 from wrennd.snapshot.mapping import Mapping
 from wrennd.snapshot.opened import OpenSnapshot, open_snapshot
 from wrennd.snapshot.store import (
-    collect_garbage,
     commit_locked,
     current_header_bytes,
     locked,
@@ -98,7 +97,6 @@ def collapse(snapshot_dir: Path, store: Path) -> Header:
     finally:
         for fd in fds:
             os.close(fd)
-    collect_garbage(store)
     log.info(
         "chain collapsed",
         extra=kv(

@@ -54,7 +54,8 @@ EntryV1 = Struct(
     "source" / Int32ul,
     "reserved" / Int32ul,
 )
-assert EntryV1.sizeof() == ENTRY_SIZE
+if EntryV1.sizeof() != ENTRY_SIZE:  # the record must be struct wr_map_entry byte for byte
+    raise ImportError(f"EntryV1 is {EntryV1.sizeof()} bytes, struct wr_map_entry {ENTRY_SIZE}")
 
 Prefix = Struct("magic" / Bytes(8), "version" / Int32ul)
 

@@ -32,7 +32,7 @@ from wrennd.snapshot.header import Header
 from wrennd.snapshot.layout import fsync_dir, replacing, store_path
 from wrennd.snapshot.mapping import ENTRY_SIZE, Mapping
 from wrennd.snapshot.opened import resolve_generations
-from wrennd.snapshot.store import collect_garbage, commit_locked, locked, read_header
+from wrennd.snapshot.store import commit_locked, locked, read_header
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,6 @@ def ingest_full(
         os.close(fd)
     if dest is None:
         memfile.unlink()
-    collect_garbage(store)
     log.info(
         "full memfile ingested",
         extra=kv(
@@ -231,7 +230,6 @@ def ingest_diff(memfile: Path, parent_dir: Path, snapshot_dir: Path, store: Path
         os.close(fd)
     if dest is None:
         memfile.unlink()
-    collect_garbage(store)
     log.info(
         "diff memfile ingested",
         extra=kv(

@@ -2,8 +2,10 @@
 
 Generation files live once in the store, named by build id, immutable.  A
 snapshot directory holds a hard link to each generation its header names
-(layout.py), so a store file's link count says how many headers name it:
-`collect_garbage` deletes store files with a link count of 1.  `commit`
+(layout.py), so a store file's link count says how many headers name it.
+A commit or delete checks the generations it unlinks and deletes those whose
+store file is left with link count 1; `collect_garbage` (startup recovery)
+does the same over the whole store.  `commit`
 keeps the invariant "links in a snapshot dir == generations its header
 names": it links first, renames the new header into place, then removes the
 links the new header no longer names.  A crash in between leaves the old or
@@ -32,7 +34,6 @@ from wrennd.snapshot.errors import ChainChangedError, GenerationError, SnapshotE
 from wrennd.snapshot.header import Header, parse_header
 from wrennd.snapshot.layout import (
     HEADER_NAME,
-    LINKS_DIR,
     PREFETCH_NAME,
     atomic_write,
     fsync_dir,
@@ -128,29 +129,47 @@ def collect_garbage(store: Path) -> list[uuid.UUID]:
     return removed
 
 
+def _release_locked(store: Path, build_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+    """Delete those of `build_ids` whose store file no snapshot links any more."""
+    removed = []
+    for build_id in build_ids:
+        path = store_path(store, build_id)
+        try:
+            if path.stat().st_nlink == 1:
+                path.unlink()
+                removed.append(build_id)
+        except FileNotFoundError:
+            continue
+    if removed:
+        fsync_dir(store)
+    return removed
+
+
 def commit(
     snapshot_dir: Path,
     store: Path,
     header: Header,
-    gc: bool = True,
     expect: bytes | None = None,
-) -> None:
+) -> list[uuid.UUID]:
     """Make `header` the snapshot's header, with a link to every generation it names.
 
     With `expect`, commit only if the current header is still exactly those
     bytes (ChainChangedError otherwise): a background collapse must not
-    replace a header a newer pause wrote meanwhile."""
+    replace a header a newer pause wrote meanwhile.  Returns the generations
+    deleted from the store because no header names them any more."""
     header.validate(str(snapshot_dir))
     with locked(store):
         if expect is not None and current_header_bytes(snapshot_dir) != expect:
             raise ChainChangedError(f"{snapshot_dir}: the header changed meanwhile; not replaced")
-        commit_locked(snapshot_dir, store, header)
-    if gc:
-        collect_garbage(store)
+        return commit_locked(snapshot_dir, store, header)
 
 
-def commit_locked(snapshot_dir: Path, store: Path, header: Header) -> None:
-    """`commit` for a caller that already holds ``locked(store)`` (no garbage collection)."""
+def commit_locked(snapshot_dir: Path, store: Path, header: Header) -> list[uuid.UUID]:
+    """`commit` for a caller that already holds ``locked(store)``.
+
+    Only the generations this directory stops naming can have become garbage,
+    so only their store files are checked: the cost does not grow with the
+    store."""
     data = header.to_bytes()
     snapshot_dir.mkdir(parents=True, exist_ok=True)
     ldir = links_dir(snapshot_dir)
@@ -160,7 +179,8 @@ def commit_locked(snapshot_dir: Path, store: Path, header: Header) -> None:
     fsync_dir(ldir)
     fsync_dir(snapshot_dir)
     atomic_write(header_path(snapshot_dir), data)
-    sweep(snapshot_dir, header)
+    dropped = [b for p in sweep(snapshot_dir, header) if (b := parse_build_id(p.name))]
+    return _release_locked(store, dropped)
 
 
 def current_header_bytes(snapshot_dir: Path) -> bytes | None:
@@ -170,20 +190,23 @@ def current_header_bytes(snapshot_dir: Path) -> bytes | None:
         return None
 
 
-def delete_snapshot(snapshot_dir: Path, store: Path) -> None:
+def delete_snapshot(snapshot_dir: Path, store: Path) -> list[uuid.UUID]:
     """Remove the snapshot's memory files (header first), then unreferenced generations.
 
     Other files in the directory (vmstate, ...) belong to other components and
-    stay; the directory itself is removed when nothing else is left in it."""
+    stay; the directory itself is removed when nothing else is left in it.
+    Returns the generations deleted from the store."""
     with locked(store):
         header_path(snapshot_dir).unlink(missing_ok=True)
         fsync_dir(snapshot_dir)
         (snapshot_dir / PREFETCH_NAME).unlink(missing_ok=True)
-        shutil.rmtree(snapshot_dir / LINKS_DIR, ignore_errors=True)
+        ldir = links_dir(snapshot_dir)
+        held = [b for p in ldir.iterdir() if (b := parse_build_id(p.name))] if ldir.is_dir() else []
+        shutil.rmtree(ldir, ignore_errors=True)
         remove_stale_temps(snapshot_dir)
         with contextlib.suppress(OSError):
             snapshot_dir.rmdir()
-    collect_garbage(store)
+        return _release_locked(store, held)
 
 
 def generation_files(store: Path) -> set[uuid.UUID]:

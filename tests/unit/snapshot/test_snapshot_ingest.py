@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,13 @@ from wrennd.snapshot.chain import collapse, export, verify
 from wrennd.snapshot.errors import ChainChangedError
 from wrennd.snapshot.ingest import ingest_diff, ingest_full
 from wrennd.snapshot.layout import header_path, link_path
-from wrennd.snapshot.store import commit, generation_files, read_header, recover
+from wrennd.snapshot.store import (
+    collect_garbage,
+    commit,
+    generation_files,
+    read_header,
+    recover,
+)
 
 BS = 4096
 PAGES = 32
@@ -238,3 +245,19 @@ def test_concurrent_collapse_and_diff_ingest_lose_nothing(tmp_path: Path) -> Non
         export(sdir, tmp_path / "out", store)
         assert (tmp_path / "out").read_bytes() == bytes(memory), outcome
         assert generation_files(store) == set(read_header(sdir).generations)
+
+
+def test_commits_check_only_what_they_unlink(tmp_path: Path) -> None:
+    """A pause must not cost a walk of the whole store; recovery does that."""
+    store = tmp_path / "store"
+    store.mkdir()
+    orphan = store / "00000000-0000-0000-0000-00000000abcd"
+    orphan.write_bytes(page(1))
+    full_memfile(tmp_path / "full.mem", {1: 1})
+    ingest_full(tmp_path / "full.mem", tmp_path / "a", store)
+    diff_memfile(tmp_path / "d.mem", {1: 2})
+    h = ingest_diff(tmp_path / "d.mem", tmp_path / "a", tmp_path / "a", store)
+    assert orphan.exists()
+    assert generation_files(store) == {*h.generations, uuid.UUID(orphan.name)}
+    assert collect_garbage(store) == [uuid.UUID(orphan.name)]
+    assert generation_files(store) == set(h.generations)
