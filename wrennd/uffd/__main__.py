@@ -33,7 +33,7 @@ from wrennd.snapshot import SnapshotError, open_snapshot
 from wrennd.snapshot.layout import atomic_write
 from wrennd.uffd.engine import EngineConfigError
 from wrennd.uffd.handshake import HandshakeError
-from wrennd.uffd.server import ServeResult, SnapshotMemory, UffdServer
+from wrennd.uffd.server import ServeResult, ServeStopped, SnapshotMemory, UffdServer
 
 
 def _positive(text: str) -> int:
@@ -107,6 +107,9 @@ async def serve(args: argparse.Namespace, settings: config.Settings) -> int:
         loop.add_signal_handler(sig, server.stop)
     try:
         result = await server.serve()
+    except ServeStopped as e:
+        print(f"{args.socket}: {e}", file=sys.stderr)
+        return 0
     finally:
         await server.close()
     if args.stats_json is not None:

@@ -11,7 +11,8 @@ Order of events, which the caller relies on:
    the load request itself faults, so the engine must be up before it returns.
 3. ``serve()`` returns when the peer closes its end (Firecracker exited), the
    engine stops on its own (the VMM is gone, or an error), or ``stop()`` is
-   called.  The engine's threads are joined, its fds closed, files unmapped.
+   called (before any peer connected: it raises ServeStopped).  The
+   engine's threads are joined, its fds closed, files unmapped.
 
 A malformed handshake (bad JSON, no fd, several fds, not a userfaultfd,
 regions that do not match the snapshot) raises HandshakeError: the peer is
@@ -52,6 +53,10 @@ log = logging.getLogger(__name__)
 HANDSHAKE_BUFSIZE = 1 << 20  # far beyond any region list; one recvmsg reads it all
 MAX_FDS = 8  # room to notice (and close) more fds than the one expected
 USERFAULTFD_LINK = "anon_inode:[userfaultfd]"
+
+
+class ServeStopped(Exception):
+    """stop() was called before any peer connected: nothing was served."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +201,7 @@ class UffdServer:
         if self._listener is None:
             raise RuntimeError("start() the server first")
         loop = asyncio.get_running_loop()
-        conn, _ = await loop.sock_accept(self._listener)
+        conn = await self._accept()
         try:
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
             self.peer_pid = int.from_bytes(creds[:4], "little")
@@ -228,6 +233,23 @@ class UffdServer:
         finally:
             conn.close()
         return await self._finish(reason)
+
+    async def _accept(self) -> socket.socket:
+        """The peer's connection, unless stop() comes first (ServeStopped)."""
+        assert self._listener is not None
+        accept = asyncio.ensure_future(asyncio.get_running_loop().sock_accept(self._listener))
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait([accept, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+            if not accept.done():
+                accept.cancel()
+                await asyncio.wait([accept])
+        if accept.cancelled():
+            raise ServeStopped("stopped before a VMM connected")
+        conn, _ = accept.result()
+        return conn
 
     async def _receive_handshake(self, conn: socket.socket) -> tuple[list[Region], int]:
         loop = asyncio.get_running_loop()
@@ -326,7 +348,8 @@ class UffdServer:
         return result
 
     def stop(self) -> None:
-        """Ask a running serve() to end (it joins the engine and returns)."""
+        """Ask serve() to end: it joins the engine and returns, or, with no peer
+        connected yet, raises ServeStopped."""
         self._stop.set()
 
     def _close_engine(self) -> None:

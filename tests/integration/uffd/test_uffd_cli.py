@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,19 @@ async def test_usage_error(tmp_path: Path) -> None:
     proc = await run("-m", "wrennd.uffd", "serve", "--socket", str(tmp_path / "s"))
     _, err = await proc.communicate()
     assert proc.returncode == 2 and "--snapshot" in err.decode()
+
+
+async def test_sigterm_before_any_peer_exits_cleanly(tmp_path: Path, kit: Any) -> None:
+    snap, store, _ = await ingest(tmp_path)
+    sock = tmp_path / "fc.sock"
+    server = await run(
+        "-m", "wrennd.uffd", "serve", "--socket", str(sock), "--snapshot", str(snap),
+        "--store", str(store),
+    )  # fmt: skip
+    async with asyncio.timeout(30):
+        await kit.until(sock.exists)
+        server.send_signal(signal.SIGTERM)
+        _, err = await server.communicate()
+    assert server.returncode == 0, err.decode()
+    assert "stopped before a VMM connected" in err.decode()
+    assert not sock.exists()

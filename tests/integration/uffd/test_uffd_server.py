@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from wrennd.uffd.server import UffdServer
+from wrennd.uffd.server import ServeStopped, UffdServer
 
 pytestmark = pytest.mark.uffd
 MiB = 1 << 20
@@ -238,3 +238,16 @@ async def test_bad_snapshot_fails_at_start(
     with pytest.raises(ValueError, match="generation 1, which has 4096 bytes"):
         await server.start()
     assert not (tmp_path / "u.sock").exists()
+
+
+async def test_stop_before_any_peer(tmp_path: Path, snapshot_factory: Factory, kit: Any) -> None:
+    leaks = kit.LeakCheck(tmp_path)
+    server = await started(tmp_path, snapshot_factory(MiB))
+    serving = asyncio.ensure_future(server.serve())
+    await asyncio.sleep(0.01)
+    server.stop()
+    with pytest.raises(ServeStopped, match="before a VMM connected"):
+        await serving
+    await server.close()
+    assert not server.socket_path.exists()
+    leaks.check()
