@@ -53,6 +53,7 @@ bench: install
 	$(PY) bench/zeroscan_bench.py
 	$(PY) bench/snapshot_bench.py
 	$(PY) bench/rpc_bench.py
+	$(PY) bench/faultin.py
 
 # systemd units and snippets (systemd/). BINDIR is where the wrennd script lives:
 # this checkout's venv by default. With DESTDIR set (packaging, tests) files are

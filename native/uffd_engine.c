@@ -78,21 +78,18 @@ static int map_sources(struct wr_engine *e, const int *fds)
 static int alloc_buffers(struct wr_engine *e)
 {
     uint64_t ps = e->cfg.page_size;
-    e->zeros_len = e->cfg.batch_bytes > e->cfg.prefetch_batch_bytes ? e->cfg.batch_bytes
-                                                                     : e->cfg.prefetch_batch_bytes;
-    /* never written: every page reads as the shared zero page */
-    e->zeros = mmap(NULL, e->zeros_len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                    -1, 0);
-    if (e->zeros == MAP_FAILED) {
-        e->zeros = NULL;
-        return -errno;
-    }
     if (ps > e->base_page) {
-        e->bounce = mmap(NULL, ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (e->bounce == MAP_FAILED) {
-            e->bounce = NULL;
+        /* hugetlb has no zeropage: zeros and assembled units are copied from
+         * these buffers, written once so they are faulted in (see
+         * entry_span in uffd_install.c) */
+        e->zeros_len = ps;
+        e->zeros = mmap(NULL, 2 * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (e->zeros == MAP_FAILED) {
+            e->zeros = NULL;
             return -errno;
         }
+        memset(e->zeros, 0, 2 * ps);
+        e->bounce = e->zeros + ps;
     }
     e->state = calloc(e->nunits, 1);
     e->ctl_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -168,7 +165,7 @@ int wr_engine_set_prefetch(struct wr_engine *e, const struct wr_range *ranges, u
     free(e->prefetch);
     e->prefetch = copy;
     e->nprefetch = n;
-    return 0;
+    return wr_prefetch_sort(e);
 }
 
 static int queue_push(struct wr_engine *e, uint64_t addr, uint64_t t)
@@ -421,9 +418,7 @@ void wr_engine_destroy(struct wr_engine *e)
         if (e->src_maps[i])
             munmap(e->src_maps[i], e->src_sizes[i]);
     if (e->zeros)
-        munmap(e->zeros, e->zeros_len);
-    if (e->bounce)
-        munmap(e->bounce, e->cfg.page_size);
+        munmap(e->zeros, 2 * e->zeros_len);
     int fds[3] = {e->uffd, e->ctl_fd, e->done_fd};
     for (int i = 0; i < 3; i++)
         if (fds[i] >= 0)
@@ -437,6 +432,7 @@ void wr_engine_destroy(struct wr_engine *e)
     free(e->state);
     free(e->queue);
     free(e->prefetch);
+    free(e->pf_sorted);
     free(e->ws);
     free(e);
 }

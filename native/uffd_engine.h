@@ -52,7 +52,7 @@ struct wr_engine_stats {
     uint64_t zero_pages;     /* pages installed as zeros */
     uint64_t zero_bytes;
     uint64_t batches;        /* install ioctls that installed something */
-    uint64_t prefetch_pages; /* pages installed by the prefetch thread */
+    uint64_t prefetch_pages; /* pages installed from the prefetch map (thread or readahead) */
     uint64_t prefetch_batches;
     uint64_t prefetch_yields; /* times prefetch waited for demand faults */
     uint64_t eexist;

@@ -27,6 +27,11 @@ struct stats_atomic {
 
 #define STAT_ADD(e, field, n) atomic_fetch_add_explicit(&(e)->st.field, (n), memory_order_relaxed)
 
+/* A prefetch range by offset: [offset, end) is prefetch range `index`. */
+struct pf_key {
+    uint64_t offset, end, index;
+};
+
 /* A fault message waiting to be served (deferred ones are retried). */
 struct pending_fault {
     uint64_t address;
@@ -43,9 +48,10 @@ struct wr_engine {
     uint8_t **src_maps;
     uint64_t *src_sizes;
     uint32_t nsources;
-    uint8_t *zeros; /* read-only anonymous zeros, zeros_len bytes */
+    /* Huge units only: one unit of zeros, then the bounce unit (one mapping). */
+    uint8_t *zeros;
     uint64_t zeros_len;
-    uint8_t *bounce; /* one unit, for huge units that span entries */
+    uint8_t *bounce;
 
     /* Guarded by `lock`: the state map and every install, so a REMOVE read
      * and marked by the fault thread cannot interleave with a prefetch copy
@@ -69,6 +75,7 @@ struct wr_engine {
 
     struct wr_range *prefetch;
     uint64_t nprefetch;
+    struct pf_key *pf_sorted; /* the prefetch ranges sorted by offset */
 
     pthread_mutex_t ws_lock;
     struct wr_range *ws;
@@ -92,5 +99,8 @@ void wr_mark_removed(struct wr_engine *e, uint64_t start, uint64_t end);
 
 /* uffd_prefetch.c */
 void *wr_prefetch_main(void *arg);
+int wr_prefetch_sort(struct wr_engine *e);
+/* Readahead along the recorded order, from the fault thread (lock held). */
+int wr_prefetch_follow(struct wr_engine *e, uint64_t off);
 
 #endif

@@ -56,7 +56,7 @@ static int64_t install_ioctl(struct wr_engine *e, uint64_t dst, const uint8_t *s
         rc = ioctl(e->uffd, UFFDIO_ZEROPAGE, &z);
         res = z.zeropage;
     } else {
-        /* hugetlb has no zeropage: copy from the (never written) zero buffer */
+        /* hugetlb has no zeropage: copy from the (faulted-in) zero unit */
         if (src == NULL && len > e->zeros_len)
             len = e->zeros_len;
         struct uffdio_copy c = {.dst = dst,
@@ -114,11 +114,16 @@ static int install_run(struct wr_engine *e, const struct wr_region *r, uint64_t 
     return 0;
 }
 
-/* A huge unit whose bytes come from more than one entry: assemble it. */
+/* A huge unit: assemble its bytes (from one or more entries) in the bounce
+ * buffer, which is faulted in, then copy it. */
 static int install_mixed(struct wr_engine *e, const struct wr_region *r, uint64_t unit,
                          bool prefetch, uint64_t *done)
 {
     uint64_t ps = e->cfg.page_size, pos = unit * ps, end = pos + ps;
+    int64_t first = wr_map_lookup(e->entries, e->nentries, pos);
+    if (first >= 0 && e->entries[first].source == WR_SOURCE_ZERO &&
+        e->entries[first].offset + e->entries[first].length >= end)
+        return install_run(e, r, unit, 1, NULL, prefetch, done); /* all zeros */
     while (pos < end) {
         int64_t i = wr_map_lookup(e->entries, e->nentries, pos);
         if (i < 0)
@@ -137,15 +142,17 @@ static int install_mixed(struct wr_engine *e, const struct wr_region *r, uint64_
     return install_run(e, r, unit, 1, e->bounce, prefetch, done);
 }
 
-/* Units [lo, hi) of the entry holding unit, clipped to [wlo, whi); false
- * when the unit straddles an entry boundary (a huge unit). */
-static bool entry_span(const struct wr_engine *e, const struct wr_map_entry *en, uint64_t unit,
+/* Clip the window [wlo, whi) to the units of entry `en`.  False
+ * for huge units, which are always assembled in the bounce buffer: hugetlb's
+ * UFFDIO_COPY from a source that is not yet faulted in falls back to a
+ * temporary huge page and fails with ENOMEM when the pool has none spare. */
+static bool entry_span(const struct wr_engine *e, const struct wr_map_entry *en,
                        uint64_t *wlo, uint64_t *whi)
 {
     uint64_t ps = e->cfg.page_size;
-    uint64_t lo = (en->offset + ps - 1) / ps, hi = (en->offset + en->length) / ps;
-    if (unit < lo || unit >= hi)
+    if (ps > e->base_page)
         return false;
+    uint64_t lo = en->offset / ps, hi = (en->offset + en->length) / ps;
     if (*wlo < lo)
         *wlo = lo;
     if (*whi > hi)
@@ -210,7 +217,7 @@ int wr_serve_fault(struct wr_engine *e, uint64_t addr)
         if (i < 0)
             return -EFAULT;
         en = &e->entries[i];
-        if (!entry_span(e, en, unit, &wlo, &whi)) {
+        if (!entry_span(e, en, &wlo, &whi)) {
             int rc = install_mixed(e, r, unit, false, &done);
             if (done)
                 record_touch(e, off, ps);
@@ -225,6 +232,8 @@ int wr_serve_fault(struct wr_engine *e, uint64_t addr)
     int rc = install_run(e, r, lo, hi - lo, en ? entry_src(e, en, lo) : NULL, false, &done);
     if (done && st == ST_ABSENT)
         record_touch(e, lo * ps, done * ps);
+    if (rc == 0 && st == ST_ABSENT)
+        rc = wr_prefetch_follow(e, off);
     return rc;
 }
 
@@ -245,7 +254,7 @@ int wr_install_absent(struct wr_engine *e, uint64_t off, uint64_t end, uint64_t 
         uint64_t rhi = (r->offset + r->size) / ps;
         uint64_t lo = unit, hi = last < rhi ? last : rhi, done = 0;
         int rc;
-        if (!entry_span(e, en, unit, &lo, &hi)) {
+        if (!entry_span(e, en, &lo, &hi)) {
             rc = install_mixed(e, r, unit, true, &done);
             hi = unit + 1;
         } else {

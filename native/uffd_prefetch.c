@@ -1,10 +1,12 @@
 /* The prefetch thread: installs the snapshot's prefetch map (ranges in
  * first-touch order) in large batches, and gets out of the way of demand
  * faults: before every batch it checks for pending uffd events and for a busy
- * fault thread, and waits until both are clear. */
+ * fault thread, and waits until both are clear.  When the guest outruns it,
+ * the fault thread reads ahead along the same order (wr_prefetch_follow). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "uffd_engine_int.h"
@@ -56,6 +58,72 @@ static int prefetch_range(struct wr_engine *e, struct wr_range r)
         if (rc < 0)
             return rc;
         pos = stop;
+    }
+    return 0;
+}
+
+static int key_cmp(const void *a, const void *b)
+{
+    const struct pf_key *x = a, *y = b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+int wr_prefetch_sort(struct wr_engine *e)
+{
+    free(e->pf_sorted);
+    e->pf_sorted = malloc((e->nprefetch ? e->nprefetch : 1) * sizeof *e->pf_sorted);
+    if (e->pf_sorted == NULL)
+        return -ENOMEM;
+    for (uint64_t i = 0; i < e->nprefetch; i++)
+        e->pf_sorted[i] = (struct pf_key){.offset = e->prefetch[i].offset,
+                                          .end = e->prefetch[i].offset + e->prefetch[i].length,
+                                          .index = i};
+    qsort(e->pf_sorted, e->nprefetch, sizeof *e->pf_sorted, key_cmp);
+    return 0;
+}
+
+/* The prefetch range holding memory offset `off`, or -1. */
+static int64_t range_of(const struct wr_engine *e, uint64_t off)
+{
+    uint64_t lo = 0, hi = e->nprefetch; /* last key with offset <= off is below hi */
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (e->pf_sorted[mid].offset <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0 || off >= e->pf_sorted[lo - 1].end)
+        return -1;
+    return (int64_t)e->pf_sorted[lo - 1].index;
+}
+
+/* A demand fault inside prefetch range j while the prefetch thread is still
+ * working means the guest has run ahead of it: install what the recorded
+ * first-touch order says comes next (one prefetch batch, from the fault on)
+ * now, instead of faulting on each of those ranges in turn.  The faulting
+ * thread is already awake; this costs only the fault thread's time. */
+int wr_prefetch_follow(struct wr_engine *e, uint64_t off)
+{
+    if (e->nprefetch == 0 || !atomic_load(&e->prefetch_running))
+        return 0;
+    int64_t j = range_of(e, off);
+    if (j < 0)
+        return 0;
+    uint64_t ps = e->cfg.page_size, budget = e->cfg.prefetch_batch_bytes;
+    for (uint64_t i = (uint64_t)j; i < e->nprefetch && budget > 0; i++) {
+        struct wr_range r = e->prefetch[i];
+        uint64_t lo = (i == (uint64_t)j ? off : r.offset) / ps * ps;
+        uint64_t hi = (r.offset + r.length + ps - 1) / ps * ps;
+        if (hi > e->cfg.memory_size)
+            hi = e->cfg.memory_size;
+        if (hi - lo > budget)
+            hi = lo + budget;
+        uint64_t done = 0;
+        int rc = wr_install_absent(e, lo, hi, &done);
+        if (rc < 0)
+            return rc;
+        budget -= hi - lo;
     }
     return 0;
 }

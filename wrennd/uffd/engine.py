@@ -99,9 +99,16 @@ _SCALAR_STATS = [f.name for f in fields(EngineStats) if f.name != "lat_hist"]
 
 
 def check_snapshot(
-    memory_size: int, page_size: int, entries: Sequence[MapEntryLike], source_sizes: Sequence[int]
+    memory_size: int,
+    page_size: int,
+    entries: Sequence[MapEntryLike],
+    source_sizes: Sequence[int],
+    count: int | None = None,
 ) -> None:
-    """Raise EngineConfigError naming the first thing in the mapping the engine cannot serve."""
+    """Raise EngineConfigError naming the first thing in the mapping the engine cannot serve.
+
+    `entries` may also be a cffi ``struct wr_map_entry[]`` with `count` entries used.
+    """
     if page_size < BASE_PAGE_SIZE or page_size & (page_size - 1):
         raise EngineConfigError(f"page size {page_size} is not a power of two >= {BASE_PAGE_SIZE}")
     if memory_size <= 0 or memory_size % page_size:
@@ -109,7 +116,8 @@ def check_snapshot(
             f"memory size {memory_size} is not a positive multiple of the page size {page_size}"
         )
     offset = 0
-    for i, e in enumerate(entries):
+    for i in range(len(entries) if count is None else count):
+        e = entries[i]
         if e.offset != offset or e.length <= 0 or e.length % BASE_PAGE_SIZE:
             raise EngineConfigError(
                 f"mapping entry {i} at {e.offset:#x}+{e.length:#x}: expected a page-aligned entry"
@@ -177,7 +185,10 @@ class Engine:
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         prefetch_batch_bytes: int = DEFAULT_PREFETCH_BATCH_BYTES,
         prefetch: Iterable[tuple[int, int]] = (),
+        entry_count: int | None = None,
     ) -> None:
+        """`entries` is a sequence of entries or a cffi ``struct wr_map_entry[]``
+        (as wrennd.snapshot's OpenSnapshot.entries, with its entry_count)."""
         if batch_bytes <= 0 or prefetch_batch_bytes <= 0:
             raise EngineConfigError("batch sizes must be positive")
         fds: list[int] = []
@@ -185,9 +196,10 @@ class Engine:
             for p in sources:
                 fds.append(os.open(p, os.O_RDONLY | os.O_CLOEXEC))
             sizes = [os.fstat(fd).st_size for fd in fds]
-            check_snapshot(memory_size, page_size, entries, sizes)
+            count = len(entries) if entry_count is None else entry_count
+            check_snapshot(memory_size, page_size, entries, sizes, count)
             self._ptr = self._create(
-                memory_size, page_size, batch_bytes, prefetch_batch_bytes, entries, fds
+                memory_size, page_size, batch_bytes, prefetch_batch_bytes, entries, count, fds
             )
         finally:
             for fd in fds:
@@ -211,6 +223,7 @@ class Engine:
         batch_bytes: int,
         prefetch_batch_bytes: int,
         entries: Sequence[MapEntryLike],
+        count: int,
         fds: Sequence[int],
     ) -> Any:
         cfg = ffi.new("struct wr_engine_config *")
@@ -218,15 +231,18 @@ class Engine:
         cfg.page_size = page_size
         cfg.batch_bytes = batch_bytes
         cfg.prefetch_batch_bytes = prefetch_batch_bytes
-        ents = ffi.new("struct wr_map_entry[]", max(1, len(entries)))
-        for i, e in enumerate(entries):
-            ents[i].offset = e.offset
-            ents[i].length = e.length
-            ents[i].storage_offset = e.storage_offset
-            ents[i].source = e.source
+        if isinstance(entries, ffi.CData):
+            ents = entries  # already the C layout: the engine copies it
+        else:
+            ents = ffi.new("struct wr_map_entry[]", max(1, count))
+            for i, e in enumerate(entries):
+                ents[i].offset = e.offset
+                ents[i].length = e.length
+                ents[i].storage_offset = e.storage_offset
+                ents[i].source = e.source
         srcs = ffi.new("int[]", list(fds) or [0])
         out = ffi.new("struct wr_engine **")
-        rc = lib.wr_engine_create(cfg, ents, len(entries), srcs, len(fds), out)
+        rc = lib.wr_engine_create(cfg, ents, count, srcs, len(fds), out)
         if rc < 0:
             raise OSError(-rc, f"creating the uffd engine: {os.strerror(-rc)}")
         return out[0]

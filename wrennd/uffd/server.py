@@ -11,7 +11,8 @@ Order of events, which the caller relies on:
    the load request itself faults, so the engine must be up before it returns.
 3. ``serve()`` returns when the peer closes its end (Firecracker exited), the
    engine stops on its own (the VMM is gone, or an error), or ``stop()`` is
-   called.  The engine's threads are joined, its fds closed, files unmapped.
+   called (before any peer connected: it raises ServeStopped).  The
+   engine's threads are joined, its fds closed, files unmapped.
 
 A malformed handshake (bad JSON, no fd, several fds, not a userfaultfd,
 regions that do not match the snapshot) raises HandshakeError: the peer is
@@ -35,6 +36,7 @@ from pathlib import Path
 from wrennd.log import kv
 from wrennd.uffd import handshake
 from wrennd.uffd.engine import (
+    BASE_PAGE_SIZE,
     DEFAULT_BATCH_BYTES,
     DEFAULT_PREFETCH_BATCH_BYTES,
     Engine,
@@ -42,6 +44,7 @@ from wrennd.uffd.engine import (
     EngineStats,
     MapEntryLike,
     check_regions,
+    check_snapshot,
 )
 from wrennd.uffd.handshake import HandshakeError, Region
 
@@ -52,15 +55,22 @@ MAX_FDS = 8  # room to notice (and close) more fds than the one expected
 USERFAULTFD_LINK = "anon_inode:[userfaultfd]"
 
 
+class ServeStopped(Exception):
+    """stop() was called before any peer connected: nothing was served."""
+
+
 @dataclass(frozen=True)
 class SnapshotMemory:
     """What the server serves: a snapshot's memory mapping and its generation files."""
 
     memory_size: int
-    page_size: int
-    entries: Sequence[MapEntryLike]
+    # None: take the page size the VMM's handshake announces (the snapshot
+    # header records only its block size)
+    page_size: int | None
+    entries: Sequence[MapEntryLike]  # or a cffi struct wr_map_entry[] ...
     generations: Sequence[Path]  # in source-index order
     prefetch: Sequence[tuple[int, int]] = ()
+    entry_count: int | None = None  # ... with this many entries used
 
 
 @dataclass
@@ -126,29 +136,39 @@ class UffdServer:
         self._final: EngineStats | None = None
 
     async def start(self) -> None:
-        """Map the snapshot and listen.  Blocking file work runs off the loop."""
+        """Map the snapshot (or, with the page size still unknown, check its
+        files) and listen.  Blocking file work runs off the loop."""
         if self._listener is not None:
             raise RuntimeError("server already started")
         loop = asyncio.get_running_loop()
         m = self.memory
-        self._engine = await loop.run_in_executor(
-            None,
-            lambda: Engine(
-                memory_size=m.memory_size,
-                page_size=m.page_size,
-                entries=m.entries,
-                sources=m.generations,
-                batch_bytes=self.batch_bytes,
-                prefetch_batch_bytes=self.prefetch_batch_bytes,
-                prefetch=m.prefetch if self.prefetch else (),
-            ),
-        )
+        if m.page_size is not None:
+            self._engine = await loop.run_in_executor(None, self._make_engine, m.page_size)
+        else:
+            await loop.run_in_executor(None, self._check_files)
         try:
             self._listener = self._listen()
         except BaseException:
-            self._engine.close()
-            self._engine = None
+            self._close_engine()
             raise
+
+    def _make_engine(self, page_size: int) -> Engine:
+        m = self.memory
+        return Engine(
+            memory_size=m.memory_size,
+            page_size=page_size,
+            entries=m.entries,
+            entry_count=m.entry_count,
+            sources=m.generations,
+            batch_bytes=self.batch_bytes,
+            prefetch_batch_bytes=self.prefetch_batch_bytes,
+            prefetch=m.prefetch if self.prefetch else (),
+        )
+
+    def _check_files(self) -> None:
+        m = self.memory
+        sizes = [p.stat().st_size for p in m.generations]
+        check_snapshot(m.memory_size, BASE_PAGE_SIZE, m.entries, sizes, m.entry_count)
 
     def _listen(self) -> socket.socket:
         path = self.socket_path
@@ -178,10 +198,10 @@ class UffdServer:
 
     async def serve(self) -> ServeResult:
         """Accept one peer, serve it until it goes away; see the module doc."""
-        if self._listener is None or self._engine is None:
+        if self._listener is None:
             raise RuntimeError("start() the server first")
         loop = asyncio.get_running_loop()
-        conn, _ = await loop.sock_accept(self._listener)
+        conn = await self._accept()
         try:
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
             self.peer_pid = int.from_bytes(creds[:4], "little")
@@ -193,6 +213,9 @@ class UffdServer:
                     f"no handshake within {self.handshake_timeout} s of connecting"
                 ) from None
             try:
+                if self._engine is None:
+                    page_size = regions[0].page_size
+                    self._engine = await loop.run_in_executor(None, self._make_engine, page_size)
                 self._engine.start(uffd, regions)
             except EngineConfigError as e:
                 os.close(uffd)
@@ -210,6 +233,23 @@ class UffdServer:
         finally:
             conn.close()
         return await self._finish(reason)
+
+    async def _accept(self) -> socket.socket:
+        """The peer's connection, unless stop() comes first (ServeStopped)."""
+        assert self._listener is not None
+        accept = asyncio.ensure_future(asyncio.get_running_loop().sock_accept(self._listener))
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait([accept, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+            if not accept.done():
+                accept.cancel()
+                await asyncio.wait([accept])
+        if accept.cancelled():
+            raise ServeStopped("stopped before a VMM connected")
+        conn, _ = accept.result()
+        return conn
 
     async def _receive_handshake(self, conn: socket.socket) -> tuple[list[Region], int]:
         loop = asyncio.get_running_loop()
@@ -240,8 +280,9 @@ class UffdServer:
                 )
             _check_uffd(fds[0])
             regions = handshake.parse(msg)
+            page_size = self.memory.page_size or regions[0].page_size
             try:
-                check_regions(regions, self.memory.memory_size, self.memory.page_size)
+                check_regions(regions, self.memory.memory_size, page_size)
             except EngineConfigError as e:
                 raise HandshakeError(f"regions do not match the snapshot: {e}") from None
         except BaseException:
@@ -307,7 +348,8 @@ class UffdServer:
         return result
 
     def stop(self) -> None:
-        """Ask a running serve() to end (it joins the engine and returns)."""
+        """Ask serve() to end: it joins the engine and returns, or, with no peer
+        connected yet, raises ServeStopped."""
         self._stop.set()
 
     def _close_engine(self) -> None:

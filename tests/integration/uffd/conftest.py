@@ -133,9 +133,15 @@ async def serve_child(
 ) -> tuple[ServeResult, Child]:
     """Run a child through its whole plan against a started server."""
     child = await spawn_child(tmp_path, server.socket_path, regions, ops, **plan)
-    async with asyncio.timeout(60):
-        result = await server.serve()
-        rc = await child.finish()
+    try:
+        async with asyncio.timeout(60):
+            result = await server.serve()
+            rc = await child.finish()
+    except BaseException:
+        if child.proc.returncode is None:
+            child.proc.kill()
+            await child.finish()
+        raise
     assert rc == 0, f"child exited with {rc}"
     return result, child
 

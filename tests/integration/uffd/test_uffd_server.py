@@ -4,6 +4,7 @@ memory and touches it (uffd_child.py), this process serves it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import struct
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from wrennd.uffd.server import UffdServer
+from wrennd.uffd.server import ServeStopped, UffdServer
 
 pytestmark = pytest.mark.uffd
 MiB = 1 << 20
@@ -94,10 +95,15 @@ async def test_remove_then_retouch_reads_zeros(
     await server.close()
 
 
-async def test_remove_racing_faults(tmp_path: Path, snapshot_factory: Factory, kit: Any) -> None:
+@pytest.mark.parametrize("prefetch", [False, True])
+async def test_remove_racing_faults(
+    tmp_path: Path, snapshot_factory: Factory, kit: Any, prefetch: bool
+) -> None:
     npages = 2048
     snap = snapshot_factory(npages * P, zero_share=0.0)
-    server = await started(tmp_path, snap, batch_bytes=64 * 1024)
+    if prefetch:  # the prefetch thread races the REMOVEs too
+        snap.memory = dataclasses.replace(snap.memory, prefetch=[(0, npages * P)])
+    server = await started(tmp_path, snap, batch_bytes=64 * 1024, prefetch_batch_bytes=16 * P)
     discards = list(range(3, npages, 7))
     ops = [
         {"op": "race", "pages": npages, "discards": discards, "out": "race"},
@@ -116,6 +122,7 @@ async def test_remove_racing_faults(tmp_path: Path, snapshot_factory: Factory, k
         # after the race: stale snapshot data never comes back for a removed page
         assert got == (bytes(P) if p in removed else snapshot_page), p
     assert result.stats.removes == len(discards)
+    assert result.stats.prefetch_error == 0
     await server.close()
 
 
@@ -153,7 +160,10 @@ async def test_stats_readable_while_serving_and_stop(
         await child.expect_line("waiting")
         s = server.stats()
         assert s is not None and s.running
-        assert s.copy_bytes + s.zero_bytes == MiB
+        # counters settle just after the ioctl that woke the reader
+        await kit.until(lambda: (s := server.stats()) is not None and s.lat_count == s.faults)
+        s = server.stats()
+        assert s is not None and s.copy_bytes + s.zero_bytes == MiB
         assert kit.engine_threads() == ["wr-uffd-fault"]
         server.stop()  # the daemon stops serving while the VMM still runs
         result = await serving
@@ -177,7 +187,7 @@ async def test_prefetch_and_working_set(
     assert first.working_set == [(40 * P, 2 * P), (900 * P, P), (3 * P, P), (1500 * P, P)]
 
     # the next resume prefetches that record: the same touches fault no more
-    memory = snap.memory.__class__(**{**snap.memory.__dict__, "prefetch": first.working_set})
+    memory = dataclasses.replace(snap.memory, prefetch=first.working_set)
     server = UffdServer(tmp_path / "uffd2.sock", memory, batch_bytes=P)
     await server.start()
     ops = [{"op": "wait"}, {"op": "touch", "region": 0, "pages": order}]
@@ -210,7 +220,7 @@ async def test_no_prefetch_flag_ignores_the_map(
     tmp_path: Path, snapshot_factory: Factory, kit: Any
 ) -> None:
     snap = snapshot_factory(MiB)
-    memory = snap.memory.__class__(**{**snap.memory.__dict__, "prefetch": [(0, MiB)]})
+    memory = dataclasses.replace(snap.memory, prefetch=[(0, MiB)])
     server = UffdServer(tmp_path / "u.sock", memory, prefetch=False)
     await server.start()
     ops = [{"op": "read", "offset": 0, "length": MiB, "out": "all"}]
@@ -228,3 +238,16 @@ async def test_bad_snapshot_fails_at_start(
     with pytest.raises(ValueError, match="generation 1, which has 4096 bytes"):
         await server.start()
     assert not (tmp_path / "u.sock").exists()
+
+
+async def test_stop_before_any_peer(tmp_path: Path, snapshot_factory: Factory, kit: Any) -> None:
+    leaks = kit.LeakCheck(tmp_path)
+    server = await started(tmp_path, snapshot_factory(MiB))
+    serving = asyncio.ensure_future(server.serve())
+    await asyncio.sleep(0.01)
+    server.stop()
+    with pytest.raises(ServeStopped, match="before a VMM connected"):
+        await serving
+    await server.close()
+    assert not server.socket_path.exists()
+    leaks.check()

@@ -1,0 +1,488 @@
+#!/usr/bin/env python3
+"""Fault-in benchmark: the native UFFD engine against its baselines, side by side.
+
+One run measures every configuration side by side.  This process plays
+wrennd (asyncio loop with a lag probe, UffdServer, engine, baselines); one
+child process (bench/faultin_guest.py) plays Firecracker for the whole run:
+it maps guest memory (default 256 MiB) as Firecracker does, sends the uffd
+handshake and touches pages with the native toucher, timing each first
+touch.  Handlers compared:
+
+  engine      UffdServer + native engine, default batch (uffd_batch_bytes)
+  engine-b1   the same with batch = one page
+  kernel      no uffd: the flat memfile mapped MAP_PRIVATE (Firecracker's File backend)
+  minimal     a minimal C handler: read one message, copy one page, no lookup
+
+Patterns: sequential, random, ws10 (10 % of memory in 64 KiB clusters, in
+random order), each read and write, warm page cache; sequential and random
+reads also cold (drop_caches, root only).  The engine's ws10 read is run
+again with the working set recorded by the first run as its prefetch map.
+
+The snapshot is a two-generation chain with zero-fill entries; the flat
+memfile is its exported image.  Writes JSON, PNG plots and a markdown table
+to --out and prints the ratios the issue sets goals for.
+
+    .venv/bin/python bench/faultin.py [--size-mib 256] [--out bench/results/faultin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import dataclasses
+import json
+import os
+import random
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wrennd import config, features
+from wrennd._native import ffi, lib
+from wrennd.uffd import handshake, vmm
+from wrennd.uffd.engine import SOURCE_ZERO, MapEntry
+from wrennd.uffd.server import SnapshotMemory, UffdServer
+
+PAGE = vmm.BASE_PAGE_SIZE
+MiB = 1 << 20
+CLUSTER_PAGES = 16
+
+
+@dataclass
+class Fixture:
+    size: int
+    flat: Path  # the exported memory image
+    memory: SnapshotMemory
+
+
+def build_fixture(directory: Path, size: int, seed: int) -> Fixture:
+    """gen0: a full image; gen1: a Diff with ~10 % of pages at their own offset;
+    ~15 % of memory zero-fill.  The flat file is what the chain reads as."""
+    rng = random.Random(seed)
+    npages = size // PAGE
+    image = bytearray(os.urandom(size))
+    source = bytearray(npages)  # 0, 1, or 2 = zero
+    p = 0
+    while p < npages:
+        run = rng.randint(1, 64)
+        kind = rng.choices((0, 1, 2), weights=(75, 10, 15))[0]
+        source[p : p + run] = bytes([kind]) * min(run, npages - p)
+        p += run
+    gen0 = bytes(image)
+    gen1 = bytearray(size)
+    diff = os.urandom(size // 8)
+    entries: list[MapEntry] = []
+    p = 0
+    while p < npages:
+        kind, q = source[p], p
+        while q < npages and source[q] == kind:
+            q += 1
+        lo, hi = p * PAGE, q * PAGE
+        if kind == 2:
+            image[lo:hi] = bytes(hi - lo)
+            entries.append(MapEntry(lo, hi - lo, 0, SOURCE_ZERO))
+        elif kind == 1:
+            chunk = (diff * (1 + (hi - lo) // len(diff)))[: hi - lo]
+            gen1[lo:hi] = chunk
+            image[lo:hi] = chunk
+            entries.append(MapEntry(lo, hi - lo, lo, 1))
+        else:
+            entries.append(MapEntry(lo, hi - lo, lo, 0))
+        p = q
+    paths = [directory / "gen0", directory / "gen1", directory / "flat"]
+    for path, data in zip(paths, (gen0, gen1, image), strict=True):
+        with open(path, "wb") as f:
+            f.write(data)
+            os.fsync(f.fileno())
+    return Fixture(size, paths[2], SnapshotMemory(size, PAGE, entries, paths[:2]))
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3")
+
+
+def pct(values: list[int], q: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return float(s[min(len(s) - 1, int(q * len(s)))])
+
+
+@dataclass
+class LagProbe:
+    """Measures how late a 1 ms sleep wakes up: the event loop's lag."""
+
+    samples: list[float] = field(default_factory=list)
+    running: bool = True
+
+    async def run(self) -> None:
+        while self.running:
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.samples.append(time.perf_counter() - t - 0.001)
+
+    def take(self) -> list[float]:
+        out, self.samples = self.samples, []
+        return out
+
+
+class Guest:
+    """The child process playing Firecracker (bench/faultin_guest.py)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def spawn(cls) -> Guest:
+        script = Path(__file__).with_name("faultin_guest.py")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        return cls(proc)
+
+    async def send(self, obj: dict[str, Any] | str) -> None:
+        assert self.proc.stdin is not None
+        text = obj if isinstance(obj, str) else json.dumps(obj)
+        self.proc.stdin.write(text.encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def answer(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 600)
+        if not line:
+            raise RuntimeError(f"guest process died (status {await self.proc.wait()})")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    async def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()  # the guest's command loop ends at EOF
+        await self.proc.wait()
+
+
+class Bench:
+    def __init__(
+        self, fx: Fixture, workdir: Path, guest: Guest, probe: LagProbe, seed: int
+    ) -> None:
+        self.fx = fx
+        self.workdir = workdir
+        self.guest = guest
+        self.probe = probe
+        self.seed = seed
+        self.loop = asyncio.get_running_loop()
+        self.lat_path = workdir / "lat"
+
+    def command(self, cmd: str, pattern: str, write: bool, **kw: Any) -> dict[str, Any]:
+        return {"cmd": cmd, "size": self.fx.size, "pattern": pattern, "seed": self.seed,
+                "write": write, "lat": str(self.lat_path), **kw}  # fmt: skip
+
+    async def touch(self, settle: bool = True) -> dict[str, Any]:
+        """The guest is ready: let it touch, measure, collect its latencies.
+
+        settle: first let the lag probe report lag from set-up (10 ms), so it
+        is not counted; off where a head start would skew the result (prefetch)."""
+        if settle:
+            await asyncio.sleep(0.01)
+        self.probe.take()
+        await self.guest.send("go")
+        done = await self.guest.answer()
+        lag = self.probe.take()
+        lat = array.array("Q")
+        lat.frombytes(self.lat_path.read_bytes())
+        values = lat.tolist()
+        return {
+            "seconds": done["seconds"],
+            "touched_pages": done["pages"],
+            "lat_p50_us": pct(values, 0.5) / 1e3,
+            "lat_p99_us": pct(values, 0.99) / 1e3,
+            "loop_lag_p99_ms": pct([int(x * 1e9) for x in lag], 0.99) / 1e6,
+            "_lat": values,
+        }
+
+    async def engine(
+        self, pattern: str, write: bool, batch: int, prefetch: Any = (), prefetch_run: bool = False
+    ) -> dict[str, Any]:
+        memory = dataclasses.replace(self.fx.memory, prefetch=list(prefetch))
+        server = UffdServer(self.workdir / "uffd.sock", memory, batch_bytes=batch)
+        await server.start()
+        serving = asyncio.ensure_future(server.serve())
+        try:
+            await self.guest.send(
+                self.command("uffd", pattern, write, socket=str(server.socket_path))
+            )
+            assert (await self.guest.answer())["ready"]
+            await server.ready.wait()
+            t_ready = time.perf_counter()
+            r = await self.touch(settle=not prefetch_run)
+            # from the engine's start (the VM resuming) until the guest is done
+            r["resume_seconds"] = time.perf_counter() - t_ready
+            result = await serving  # the guest unmapped and closed: EOF
+        finally:
+            if not serving.done():
+                server.stop()
+                await asyncio.wait([serving])
+            await server.close()
+        s = result.stats
+        r.update(
+            faults=s.faults,
+            installed_bytes=s.copy_bytes + s.zero_bytes,
+            prefetch_pages=s.prefetch_pages,
+            engine_p50_us=s.latency_percentile_ns(0.5) / 1e3,
+            working_set=result.working_set,
+        )
+        return r
+
+    async def minimal(self, pattern: str, write: bool) -> dict[str, Any]:
+        path = self.workdir / "minimal.sock"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
+        listener.listen(1)
+        listener.setblocking(False)
+        fd = os.open(self.fx.flat, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            await self.guest.send(self.command("uffd", pattern, write, socket=str(path)))
+            conn, _ = await self.loop.sock_accept(listener)
+            with conn:
+                conn.setblocking(True)
+                msg, fds, _, _ = await self.loop.run_in_executor(
+                    None, socket.recv_fds, conn, 65536, 1
+                )
+                region = handshake.parse(msg)[0]
+                handle = ffi.new("struct wr_minimal **")
+                rc = lib.wr_minimal_start(
+                    fds[0], region.base_host_virt_addr, region.size, PAGE, fd, handle
+                )
+                if rc < 0:
+                    os.close(fds[0])
+                    raise OSError(-rc, "minimal handler")
+                try:
+                    assert (await self.guest.answer())["ready"]
+                    r = await self.touch()
+                    faults = lib.wr_minimal_faults(handle[0])
+                finally:
+                    lib.wr_minimal_stop(handle[0])
+        finally:
+            os.close(fd)
+            listener.close()
+            path.unlink()
+        r.update(faults=faults, installed_bytes=faults * PAGE)
+        return r
+
+    async def kernel(self, pattern: str, write: bool) -> dict[str, Any]:
+        await self.guest.send(self.command("file", pattern, write, path=str(self.fx.flat)))
+        assert (await self.guest.answer())["ready"]
+        r = await self.touch()
+        r.update(faults=None, installed_bytes=None)
+        return r
+
+
+def warm(paths: list[Path]) -> None:
+    for p in paths:
+        with open(p, "rb") as f:
+            while f.read(8 * MiB):
+                pass
+
+
+async def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    size = args.size_mib * MiB
+    batch = args.batch_bytes or config.Settings().uffd_batch_bytes
+    cold_ok = os.geteuid() == 0 and not args.no_cold
+    rows: list[dict[str, Any]] = []
+    probe = LagProbe()
+    probe_task = asyncio.ensure_future(probe.run())
+    workdir = Path(tempfile.mkdtemp(prefix="faultin-", dir=args.workdir))
+    guest = await Guest.spawn()
+    loop = asyncio.get_running_loop()
+    try:
+        t0 = time.perf_counter()
+        fx = await asyncio.get_running_loop().run_in_executor(
+            None, build_fixture, workdir, size, args.seed
+        )
+        print(f"fixture: {size // MiB} MiB in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        b = Bench(fx, workdir, guest, probe, args.seed)
+        pats = ("sequential", "random", "ws10")
+        handlers: dict[str, Callable[[str, bool], Awaitable[dict[str, Any]]]] = {
+            "engine": lambda o, w: b.engine(o, w, batch),
+            "engine-b1": lambda o, w: b.engine(o, w, PAGE),
+            "kernel": b.kernel,
+            "minimal": b.minimal,
+        }
+        plan = [(h, p, rw, "warm") for p in pats for rw in ("read", "write") for h in handlers]
+        if cold_ok:
+            plan += [(h, p, "read", "cold") for p in ("sequential", "random") for h in handlers]
+        for h, p, rw, cache in plan:
+            if cache == "cold":
+                await loop.run_in_executor(None, drop_caches)
+            else:  # warm: every file fully in the page cache
+                await loop.run_in_executor(None, warm, [fx.flat, *fx.memory.generations])
+            r = await handlers[h](p, rw == "write")
+            r.update(handler=h, pattern=p, rw=rw, cache=cache)
+            rows.append(r)
+            print(f"{h:9} {p:10} {rw:5} {cache}: {r['seconds'] * 1e3:9.1f} ms", file=sys.stderr)
+        # prefetch off (records the working set) vs on (prefetches that record)
+        await loop.run_in_executor(None, warm, [fx.flat, *fx.memory.generations])
+        off = await b.engine("ws10", False, batch, prefetch_run=True)
+        await loop.run_in_executor(None, warm, [fx.flat, *fx.memory.generations])
+        on = await b.engine("ws10", False, batch, prefetch=off["working_set"], prefetch_run=True)
+        for name, r in (("prefetch-off", off), ("prefetch-on", on)):
+            r.update(handler="engine", pattern="ws10", rw="read", cache="warm", variant=name)
+            rows.append(r)
+            ms = r["resume_seconds"] * 1e3
+            print(f"engine    ws10 {name}: {ms:.1f} ms, {r['faults']} faults", file=sys.stderr)
+    finally:
+        await guest.close()
+        probe.running = False
+        await probe_task
+        await loop.run_in_executor(None, shutil.rmtree, workdir)
+    return {"size_bytes": size, "page_size": PAGE, "batch_bytes": batch, "cold": cold_ok,
+            "cpus": os.cpu_count(), "rows": rows}  # fmt: skip
+
+
+def find(rows: list[dict[str, Any]], **kw: str) -> dict[str, Any]:
+    for r in rows:
+        if all(r.get(k) == v for k, v in kw.items()) and ("variant" in r) == ("variant" in kw):
+            return r
+    raise KeyError(kw)
+
+
+def ratios(res: dict[str, Any]) -> dict[str, Any]:
+    rows = res["rows"]
+    w = {"cache": "warm"}
+    b1 = find(rows, handler="engine-b1", pattern="random", rw="read", **w)
+    mini = find(rows, handler="minimal", pattern="random", rw="read", **w)
+    seq = find(rows, handler="engine", pattern="sequential", rw="read", **w)
+    seq_b1 = find(rows, handler="engine-b1", pattern="sequential", rw="read", **w)
+    off = find(rows, variant="prefetch-off")
+    on = find(rows, variant="prefetch-on")
+    serving = [r for r in rows if r["handler"] == "engine" and r.get("faults")]
+    gbps = res["size_bytes"] / seq["seconds"] / 1e9
+    return {
+        "single_page_p50_vs_minimal": b1["lat_p50_us"] / mini["lat_p50_us"],
+        "single_page_p50_us": {"engine-b1": b1["lat_p50_us"], "minimal": mini["lat_p50_us"]},
+        "sequential_speedup_vs_batch1": seq_b1["seconds"] / seq["seconds"],
+        "prefetch_fault_reduction": 1 - on["faults"] / max(1, off["faults"]),
+        "prefetch_speedup": off["resume_seconds"] / on["resume_seconds"],
+        "prefetch_resume_ms": {
+            "off": off["resume_seconds"] * 1e3,
+            "on": on["resume_seconds"] * 1e3,
+        },
+        "engine_sequential_gbps": gbps,
+        "loop_lag_p99_ms_engine_sequential": seq["loop_lag_p99_ms"],
+        "loop_lag_p99_ms_engine_max": max(r["loop_lag_p99_ms"] for r in serving),
+        "goals": {
+            "single_page_p50_le_1.3x_minimal": b1["lat_p50_us"] <= 1.3 * mini["lat_p50_us"],
+            "sequential_ge_10x_batch1": seq_b1["seconds"] >= 10 * seq["seconds"],
+            "prefetch_ge_90pct_fewer_faults": on["faults"] <= 0.1 * off["faults"],
+            "prefetch_ge_2x_faster": off["resume_seconds"] >= 2 * on["resume_seconds"],
+            "loop_lag_p99_lt_5ms_at_ge_1GBps": gbps >= 1 and seq["loop_lag_p99_ms"] < 5,
+        },
+    }
+
+
+def markdown(res: dict[str, Any]) -> str:
+    cols = ["handler", "pattern", "rw", "cache", "time ms", "MB/s touched", "faults"]
+    cols += ["p50 µs", "p99 µs", "loop lag p99 ms"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    for r in res["rows"]:
+        label = r["handler"] + (f" ({r['variant']})" if "variant" in r else "")
+        mbs = r["touched_pages"] * PAGE / r["seconds"] / 1e6
+        faults = "-" if r["faults"] is None else str(r["faults"])
+        lines.append(
+            f"| {label} | {r['pattern']} | {r['rw']} | {r['cache']} | {r['seconds'] * 1e3:.1f} |"
+            f" {mbs:.0f} | {faults} | {r['lat_p50_us']:.1f} | {r['lat_p99_us']:.1f} |"
+            f" {r['loop_lag_p99_ms']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plots(res: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in res["rows"] if "variant" not in r]
+    scen = sorted({(r["pattern"], r["rw"], r["cache"]) for r in rows})
+    hs = ["engine", "engine-b1", "kernel", "minimal"]
+    fig, ax = plt.subplots(figsize=(12, 5))
+    width = 0.2
+    for i, h in enumerate(hs):
+        ys = [
+            find(rows, handler=h, pattern=p, rw=rw, cache=c)["seconds"] * 1e3 for p, rw, c in scen
+        ]
+        ax.bar([x + i * width for x in range(len(scen))], ys, width, label=h)
+    ax.set_xticks([x + 1.5 * width for x in range(len(scen))])
+    ax.set_xticklabels([f"{p}\n{rw} {c}" for p, rw, c in scen], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("time to touch (ms, log)")
+    ax.set_title(f"fault-in of {res['size_bytes'] // MiB} MiB")
+    ax.legend()
+    fig.tight_layout()
+    p1 = out / "faultin_times.png"
+    fig.savefig(p1, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for h in hs:
+        lat = sorted(find(rows, handler=h, pattern="random", rw="read", cache="warm")["_lat"])
+        ys = [i / len(lat) for i in range(len(lat))]
+        ax.plot([v / 1e3 for v in lat], ys, label=h)
+    ax.set_xscale("log")
+    ax.set_xlabel("first-touch latency (µs, log)")
+    ax.set_ylabel("fraction of touches")
+    ax.set_title("random read, warm cache: per-page latency CDF")
+    ax.legend()
+    fig.tight_layout()
+    p2 = out / "faultin_latency_cdf.png"
+    fig.savefig(p2, dpi=110)
+    plt.close(fig)
+    return [p1, p2]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--batch-bytes", type=int, help="engine batch (default: uffd_batch_bytes)")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/faultin"))
+    ap.add_argument(
+        "--workdir", type=Path, default=Path("/var/tmp"),
+        help="where the snapshot files go (not tmpfs: cold runs drop its cache)",
+    )  # fmt: skip
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold page cache runs")
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    uffd = features.userfaultfd()
+    if not uffd.available:
+        print(f"faultin: {uffd.reason}", file=sys.stderr)
+        return 1
+    import uvloop
+
+    res = uvloop.run(run_all(args))
+    res["ratios"] = ratios(res)
+    args.out.mkdir(parents=True, exist_ok=True)
+    pngs = plots(res, args.out)
+    for r in res["rows"]:
+        r.pop("_lat", None)
+        r.pop("working_set", None)
+    (args.out / "faultin.json").write_text(json.dumps(res, indent=2) + "\n")
+    (args.out / "faultin.md").write_text(markdown(res))
+    print(markdown(res))
+    print(json.dumps(res["ratios"], indent=2))
+    print(f"wrote {args.out / 'faultin.json'}, {args.out / 'faultin.md'}, "
+          + ", ".join(str(p) for p in pngs))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
