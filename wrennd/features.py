@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from wrennd._native import lib
+from wrennd._native import ffi, lib
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,10 @@ def root() -> Feature:
 
 @functools.cache
 def userfaultfd() -> Feature:
-    rc = lib.wr_uffd_probe()
-    if rc == 0:
+    # Open and negotiate a uffd exactly as the VMM side does, then drop it.
+    rc = lib.wr_uffd_create(ffi.NULL)
+    if rc >= 0:
+        os.close(rc)
         return _ok("uffd")
     return _missing(
         "uffd",
