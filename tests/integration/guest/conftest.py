@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +58,28 @@ class AgentProcess:
         self.proc.stdout.close()
 
 
+def world_readable_dir(prefix: str) -> Path:
+    """A 0755 directory under /tmp: agents run as ``nobody`` must reach it, and
+    pytest's own temporary directories (like CI's checkout) may be private."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
 @pytest.fixture(scope="session")
-def staged_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dest = tmp_path_factory.mktemp("agent-files")
+def staged_agent() -> Iterator[Path]:
+    dest = world_readable_dir("wrennd-agent-files-")
     bundle.stage(dest)
-    return dest
+    yield dest
+    shutil.rmtree(dest)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temporary directory an agent running as ``nobody`` can traverse."""
+    path = world_readable_dir("wrennd-agent-root-")
+    yield path
+    shutil.rmtree(path)
 
 
 @pytest.fixture
@@ -74,7 +93,8 @@ def start_agent(staged_agent: Path, tmp_path: Path) -> Iterator[Callable[..., Ag
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(staged_agent)}
         cmd = [GUEST_PYTHON, "-m", "wrennd.guest.agent", "--host", "127.0.0.1", "--port", "0"]
         cmd += ["--root", str(root), "--no-set-clock", *extra]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, user=user)
+        # cwd: `python -m` puts it on sys.path; the agent must load from the bundle only.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, user=user, cwd=staged_agent)
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line:

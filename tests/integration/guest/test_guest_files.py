@@ -160,14 +160,13 @@ async def test_file_errors(client: GuestClient, agent_root: Path) -> None:
 
 
 @pytest.mark.root
-async def test_permission_denied(start_agent: Callable[..., object], tmp_path: Path) -> None:
-    root = tmp_path / "shared"
+async def test_permission_denied(start_agent: Callable[..., object], shared_tmp: Path) -> None:
+    root = shared_tmp / "shared"
     root.mkdir()
     (root / "private").mkdir(mode=0o700)
     (root / "secret").write_text("s")
     (root / "secret").chmod(0o600)
     root.chmod(0o755)
-    tmp_path.chmod(0o755)
     agent = start_agent(root=root, user="nobody")  # root would bypass the permission bits
     async with GuestClient(agent.url) as c:  # type: ignore[attr-defined]
         with pytest.raises(PermissionDenied) as err:
