@@ -54,6 +54,9 @@ class SandboxRecord:
     slot: int | None = None
     vmm_pid: int | None = None
     generation: int | None = None  # memory generation of the last pause; None: never paused
+    # A snapshot was taken but not ingested: the VMM's dirty bitmap no longer
+    # covers those pages, so the next snapshot must be Full.
+    need_full: bool = False
     error: str | None = None
     created_at: float = dataclasses.field(default_factory=time.time)
     updated_at: float = dataclasses.field(default_factory=time.time)

@@ -1,0 +1,116 @@
+"""A sandbox manager on real components: fcsim, the project's image, a test-bed network.
+
+The state directory is a btrfs filesystem in a loop file (so the storage
+backend is reflink and a sandbox's layer costs nothing to make), the network
+is built inside a test bed namespace playing the host (the machine's own links
+and nftables are never touched), and the VMM is fcsim.  Teardown destroys
+every sandbox, removes the namespaces, unmounts and detaches, also on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from wrennd.network import nsutil
+from wrennd.network.manager import NetworkManager
+from wrennd.network.plan import Naming
+from wrennd.network.testbed import TestBed
+from wrennd.sandbox.host import HostConfig, VmmChoice, fcsim_binary
+from wrennd.sandbox.manager import SandboxManager
+from wrennd.storage import loopdev
+from wrennd.storage.aio import open_storage
+
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def run(*argv: str | Path) -> None:
+    subprocess.run([str(a) for a in argv], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def cached_image() -> Path:
+    """The project's guest image (images/build-image; built when missing, ~1 min)."""
+    out = subprocess.run(
+        [str(REPO / "images" / "build-image"), "-"],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=900,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def btrfs_root(tmp_path_factory: pytest.TempPathFactory, cached_image: Path) -> Iterator[Path]:
+    """A btrfs mount holding images/base.ext4 (a reflink source for every sandbox)."""
+    top = tmp_path_factory.mktemp("sbfs")
+    image, mnt = top / "fs.img", top / "mnt"
+    mnt.mkdir()
+    with contextlib.ExitStack() as stack:
+        with image.open("wb") as f:
+            f.truncate(8 << 30)
+        stack.callback(image.unlink)
+        run("mkfs.btrfs", "-q", "-f", image)
+        device = loopdev.attach(image, read_only=False)
+        stack.callback(loopdev.detach, device)
+        run("mount", "-t", "btrfs", device.path, mnt)
+        stack.callback(run, "umount", mnt)
+        base = mnt / "base.ext4"
+        run("cp", "--sparse=always", cached_image, base)
+        yield mnt
+
+
+@pytest.fixture
+async def manager(btrfs_root: Path) -> AsyncIterator[SandboxManager]:
+    tag = secrets.token_hex(2)
+    # Short: AF_UNIX paths (the VMM's sockets live under it) are limited to 107 bytes.
+    run_dir = Path(tempfile.mkdtemp(prefix="wsb", dir="/tmp"))
+    bed = TestBed(f"q{tag}")
+    state_dir = btrfs_root / f"state-{tag}"
+    (state_dir / "images").mkdir(parents=True)
+    run("cp", "--reflink=always", btrfs_root / "base.ext4", state_dir / "images" / "base.ext4")
+    kernel = state_dir / "vmlinux"
+    kernel.write_bytes(b"fcsim does not run the kernel")
+    sim = fcsim_binary()
+    assert sim is not None
+    cfg = HostConfig(
+        state_dir=state_dir,
+        run_dir=run_dir,
+        vmm=VmmChoice(sim, True, "tests run fcsim"),
+        kernel=kernel,
+        max_generations=4,
+        boot_timeout=30,
+        host_netns=bed.host_path,
+    )
+    bed.build()
+    network = NetworkManager(
+        naming=Naming(prefix=f"q{tag}s", table=f"sbt_{tag}"), host_netns=bed.host_path
+    )
+    storage = await open_storage("reflink", state_dir)
+    mgr = SandboxManager(cfg, storage, network)
+    try:
+        await network.start()
+        await mgr.start()
+        yield mgr
+    finally:
+        for sb in mgr.list():
+            with contextlib.suppress(Exception):
+                await mgr.destroy(sb["id"])
+        await mgr.close()
+        await storage.aclose()
+        with contextlib.suppress(Exception):
+            await network.uninstall()
+        bed.destroy()
+        shutil.rmtree(state_dir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        assert not [n for n in nsutil.list_named() if n.startswith(bed.prefix)]

@@ -1,0 +1,32 @@
+"""What every lifecycle step uses: host config, storage, network, slots, records."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from wrennd.network.manager import NetworkManager
+from wrennd.network.slots import SlotAllocator
+from wrennd.sandbox.host import HostConfig
+from wrennd.sandbox.paths import SandboxPaths
+from wrennd.sandbox.record import RecordStore
+from wrennd.storage.aio import AsyncStorage
+
+# progress(stage, done, total): long work reports how far it got.
+Progress = Callable[[str, int, int], Awaitable[None]]
+
+
+async def no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+@dataclass
+class Deps:
+    cfg: HostConfig
+    storage: AsyncStorage
+    network: NetworkManager
+    slots: SlotAllocator
+    records: RecordStore
+
+    def paths(self, sandbox_id: str) -> SandboxPaths:
+        return SandboxPaths.of(self.cfg.state_dir, self.cfg.run_dir, sandbox_id)
