@@ -10,11 +10,13 @@ every sandbox, removes the namespaces, unmounts and detaches, also on failure.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -70,8 +72,74 @@ def btrfs_root(tmp_path_factory: pytest.TempPathFactory, cached_image: Path) -> 
         yield mnt
 
 
+@dataclass
+class Env:
+    manager: SandboxManager
+    bed: TestBed
+    table: str
+    state_dir: Path
+    run_dir: Path
+
+    def leaks(self) -> list[str]:
+        """Every sandbox resource of this test that still exists (for a no-leak check)."""
+        found = [
+            f"netns {n}"
+            for n in nsutil.list_named()
+            if n.startswith(self.bed.prefix) and n not in (self.bed.host, self.bed.outside)
+        ]
+        links = subprocess.run(
+            ["ip", "-n", self.bed.host, "-o", "link"], capture_output=True, text=True, check=True
+        ).stdout
+        found += [
+            f"link {line.split(':')[1].strip()}"
+            for line in links.splitlines()
+            if line.split(":")[1].strip().startswith(self.bed.prefix)
+        ]
+        nft = subprocess.run(
+            ["ip", "netns", "exec", self.bed.host, "nft", "list", "table", "inet", self.table],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        found += [f"nft {line.strip()}" for line in nft.splitlines() if "elements" in line]
+        found += [
+            f"loop {b.device.path} -> {b.backing_file}"
+            for b in loopdev.bound()
+            if b.backing_file.startswith(str(self.state_dir))
+        ]
+        found += _processes_mentioning(self.run_dir)
+        found += _mounts_under((self.state_dir, self.run_dir))
+        return found
+
+
+def _processes_mentioning(path: Path) -> list[str]:
+    needle = os.fsencode(str(path))
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if needle in (proc / "cmdline").read_bytes():
+                out.append(f"process {proc.name}")
+    return out
+
+
+def _mounts_under(paths: tuple[Path, ...]) -> list[str]:
+    out = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        target = line.split()[4]
+        if any(target.startswith(str(p)) for p in paths):
+            out.append(f"mount {target}")
+    return out
+
+
 @pytest.fixture
-async def manager(btrfs_root: Path) -> AsyncIterator[SandboxManager]:
+def manager(env: Env) -> SandboxManager:
+    return env.manager
+
+
+@pytest.fixture
+async def env(btrfs_root: Path) -> AsyncIterator[Env]:
     tag = secrets.token_hex(2)
     # Short: AF_UNIX paths (the VMM's sockets live under it) are limited to 107 bytes.
     run_dir = Path(tempfile.mkdtemp(prefix="wsb", dir="/tmp"))
@@ -101,7 +169,7 @@ async def manager(btrfs_root: Path) -> AsyncIterator[SandboxManager]:
     try:
         await network.start()
         await mgr.start()
-        yield mgr
+        yield Env(mgr, bed, f"sbt_{tag}", state_dir, run_dir)
     finally:
         for sb in mgr.list():
             with contextlib.suppress(Exception):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from wrennd.fcsim.control import ControlClient
 from wrennd.guest.protocol import CommandSpec
+from wrennd.sandbox.errors import ImageNotFound, SandboxNotFound, WrongState
 from wrennd.sandbox.manager import SandboxManager
+from wrennd.snapshot import read_prefetch_map
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 
@@ -25,10 +29,13 @@ async def checksum(info: dict[str, object]) -> str:
         await ctl.close()
 
 
-async def test_create_exec_file_pause_resume(manager: SandboxManager) -> None:
+async def test_create_exec_file_pause_resume(manager: SandboxManager, env: Any) -> None:
     info = await manager.create("base", memory_mib=MEM_MIB, metadata={"t": "basic"})
     sid = info["id"]
     assert info["state"] == "running"
+    held = env.leaks()  # the leak check sees a running sandbox's resources
+    assert any(h.startswith("netns") for h in held) and any(h.startswith("process") for h in held)
+    assert any(h.startswith("nft") for h in held) and any(h.startswith("link") for h in held)
     result = await manager.exec(sid, CommandSpec(shell="echo hello; echo err >&2"))
     assert result.ok and result.stdout == b"hello\n" and result.stderr == b"err\n"
     guest = manager.guest(sid)
@@ -43,5 +50,33 @@ async def test_create_exec_file_pause_resume(manager: SandboxManager) -> None:
     assert await checksum(resumed) == before
     data = await manager.guest(sid).read_bytes("/root/note.txt")
     assert data == b"kept across pauses\n"
+
+    # The second pause is a Diff; the resume's first-touch record becomes the prefetch map.
+    assert (await manager.pause(sid))["generation"] == 1
+    snapshot_dir = env.state_dir / "sandboxes" / sid / "snapshot"
+    assert read_prefetch_map(snapshot_dir), "the engine's working set was kept"
+    record = json.loads((snapshot_dir.parent / "state.json").read_bytes())
+    assert record["state"] == "paused" and record["slot"] is None
+    assert not env.leaks(), "a paused sandbox holds no host resources"
+    resumed = await manager.resume(sid)
+    assert await checksum(resumed) == before
     await manager.destroy(sid)
     assert manager.list() == []
+    assert not (snapshot_dir.parent).exists()
+    assert not env.leaks()
+
+
+async def test_wrong_state_and_unknown(manager: SandboxManager) -> None:
+    with pytest.raises(SandboxNotFound):
+        manager.get("sb-000000000000")
+    with pytest.raises(ImageNotFound):
+        await manager.create("no-such-image")
+    info = await manager.create("base", memory_mib=MEM_MIB)
+    with pytest.raises(WrongState, match="is running: cannot resume"):
+        await manager.resume(info["id"])
+    await manager.pause(info["id"])
+    with pytest.raises(WrongState, match="is paused"):
+        await manager.exec(info["id"], CommandSpec(argv=["true"]))
+    with pytest.raises(WrongState, match="is paused: cannot pause"):
+        await manager.pause(info["id"])
+    await manager.destroy(info["id"])
