@@ -29,7 +29,7 @@ async def create(deps: Deps, rec: SandboxRecord, image: Path, progress: Progress
     made_layer = False
     try:
         await progress("network", 0, 4)
-        await attach_network(live, deps.network, deps.slots)
+        await attach_network(live, await deps.network_ready(), deps.slots)
         await progress("storage", 1, 4)
         layer = await deps.storage.create(rec.id, image)
         made_layer = live.storage_attached = True
@@ -51,7 +51,7 @@ async def resume(deps: Deps, rec: SandboxRecord, progress: Progress) -> Live:
     live = Live(rec.id)
     try:
         await progress("network", 0, 4)
-        await attach_network(live, deps.network, deps.slots)
+        await attach_network(live, await deps.network_ready(), deps.slots)
         await progress("storage", 1, 4)
         await deps.storage.attach(rec.id)
         live.storage_attached = True

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wrennd.network.manager import NetworkManager
 from wrennd.network.slots import SlotAllocator
@@ -27,6 +28,17 @@ class Deps:
     network: NetworkManager
     slots: SlotAllocator
     records: RecordStore
+    _network_started: bool = False
+    _network_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def network_ready(self) -> NetworkManager:
+        """The network manager, started on first use: a daemon that never runs a
+        sandbox never touches the host's nftables or sysctls."""
+        async with self._network_lock:
+            if not self._network_started:
+                await self.network.start()
+                self._network_started = True
+        return self.network
 
     def paths(self, sandbox_id: str) -> SandboxPaths:
         return SandboxPaths.of(self.cfg.state_dir, self.cfg.run_dir, sandbox_id)

@@ -79,6 +79,7 @@ class HostConfig:
             max_generations=settings.max_generations,
             uffd_batch_bytes=settings.uffd_batch_bytes,
             ttl_action=settings.ttl_action,
+            host_netns=settings.host_netns,
         )
 
     @property

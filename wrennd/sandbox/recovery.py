@@ -100,7 +100,10 @@ async def recover(deps: Deps) -> list[SandboxRecord]:
         await asyncio.to_thread(deps.records.save, rec)
         log.info("sandbox recovered", extra=kv(sandbox=rec.id, was=before, now=rec.state))
         kept.append(rec)
-    await deps.network.cleanup_stale(())
+    if records:
+        # Only a host that ran sandboxes can hold stale ones (a record is saved
+        # before anything is made for a sandbox).
+        await (await deps.network_ready()).cleanup_stale(())
     await deps.storage.cleanup_stale(())
     dirs = [deps.paths(r.id).snapshot_dir for r in kept if deps.paths(r.id).snapshot_dir.exists()]
     deps.cfg.store.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ async def destroy(deps: Deps, rec: SandboxRecord, live: Live | None) -> None:
             deps.slots.release(live.slot)
             live.slot = None
     elif rec.slot is not None:
-        await deps.network.remove(rec.slot)
+        await (await deps.network_ready()).remove(rec.slot)
     with contextlib.suppress(SandboxStorageNotFound):
         await deps.storage.remove(rec.id)
     await asyncio.to_thread(_remove_files, deps, rec.id)

@@ -167,7 +167,6 @@ async def env(btrfs_root: Path) -> AsyncIterator[Env]:
     storage = await open_storage("reflink", state_dir)
     mgr = SandboxManager(cfg, storage, network)
     try:
-        await network.start()
         await mgr.start()
         yield Env(mgr, bed, f"sbt_{tag}", state_dir, run_dir)
     finally:
