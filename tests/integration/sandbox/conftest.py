@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -73,12 +74,19 @@ def btrfs_root(tmp_path_factory: pytest.TempPathFactory, cached_image: Path) -> 
 
 
 @dataclass
-class Env:
-    manager: SandboxManager
+class Place:
+    """A test's own state dir (on btrfs, with images/base.ext4 and a kernel file), run dir,
+    test bed namespaces and network names."""
+
     bed: TestBed
+    prefix: str
     table: str
     state_dir: Path
     run_dir: Path
+
+    @property
+    def kernel(self) -> Path:
+        return self.state_dir / "vmlinux"
 
     def leaks(self) -> list[str]:
         """Every sandbox resource of this test that still exists (for a no-leak check)."""
@@ -133,42 +141,66 @@ def _mounts_under(paths: tuple[Path, ...]) -> list[str]:
     return out
 
 
+@dataclass
+class Env(Place):
+    manager: SandboxManager | None = None
+
+    @property
+    def mgr(self) -> SandboxManager:
+        assert self.manager is not None
+        return self.manager
+
+
 @pytest.fixture
 def manager(env: Env) -> SandboxManager:
-    return env.manager
+    return env.mgr
 
 
 @pytest.fixture
-async def env(btrfs_root: Path) -> AsyncIterator[Env]:
+def place(btrfs_root: Path) -> Iterator[Place]:
     tag = secrets.token_hex(2)
     # Short: AF_UNIX paths (the VMM's sockets live under it) are limited to 107 bytes.
     run_dir = Path(tempfile.mkdtemp(prefix="wsb", dir="/tmp"))
     bed = TestBed(f"q{tag}")
     state_dir = btrfs_root / f"state-{tag}"
     (state_dir / "images").mkdir(parents=True)
-    run("cp", "--reflink=always", btrfs_root / "base.ext4", state_dir / "images" / "base.ext4")
-    kernel = state_dir / "vmlinux"
-    kernel.write_bytes(b"fcsim does not run the kernel")
+    pl = Place(bed, f"q{tag}s", f"sbt_{tag}", state_dir, run_dir)
+    try:
+        run("cp", "--reflink=always", btrfs_root / "base.ext4", state_dir / "images/base.ext4")
+        pl.kernel.write_bytes(b"fcsim does not run the kernel")
+        bed.build()
+        yield pl
+    finally:
+        for proc in _processes_mentioning(run_dir):  # a VMM a failed test left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.split()[1]), signal.SIGKILL)
+        bed.destroy()
+        shutil.rmtree(state_dir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        assert not [n for n in nsutil.list_named() if n.startswith(bed.prefix)]
+
+
+@pytest.fixture
+async def env(place: Place) -> AsyncIterator[Env]:
     sim = fcsim_binary()
     assert sim is not None
     cfg = HostConfig(
-        state_dir=state_dir,
-        run_dir=run_dir,
+        state_dir=place.state_dir,
+        run_dir=place.run_dir,
         vmm=VmmChoice(sim, True, "tests run fcsim"),
-        kernel=kernel,
+        kernel=place.kernel,
         max_generations=4,
         boot_timeout=30,
-        host_netns=bed.host_path,
+        host_netns=place.bed.host_path,
     )
-    bed.build()
     network = NetworkManager(
-        naming=Naming(prefix=f"q{tag}s", table=f"sbt_{tag}"), host_netns=bed.host_path
+        naming=Naming(prefix=place.prefix, table=place.table), host_netns=place.bed.host_path
     )
-    storage = await open_storage("reflink", state_dir)
+    storage = await open_storage("reflink", place.state_dir)
     mgr = SandboxManager(cfg, storage, network)
     try:
         await mgr.start()
-        yield Env(mgr, bed, f"sbt_{tag}", state_dir, run_dir)
+        yield Env(**place.__dict__, manager=mgr)
     finally:
         for sb in mgr.list():
             with contextlib.suppress(Exception):
@@ -177,7 +209,3 @@ async def env(btrfs_root: Path) -> AsyncIterator[Env]:
         await storage.aclose()
         with contextlib.suppress(Exception):
             await network.uninstall()
-        bed.destroy()
-        shutil.rmtree(state_dir, ignore_errors=True)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        assert not [n for n in nsutil.list_named() if n.startswith(bed.prefix)]

@@ -1,0 +1,179 @@
+"""The sandbox API end to end: a real wrennd process, JSON-RPC over its socket, fcsim VMs.
+
+The daemon runs against the test bed (``host_netns``), with its own network
+names, a btrfs state dir and fcsim (no Firecracker binary here).  Also: SIGTERM
+pauses every running sandbox and a restart resumes them on request; kill -9
+then restart brings every sandbox to paused (it had a snapshot) or error
+(it had none), with nothing left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from wrennd.rpc.client import Client, DaemonNotRunning, RemoteError
+
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
+
+
+class Daemon:
+    def __init__(self, place: Any) -> None:
+        self.place = place
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = place.run_dir / "wrennd.log"
+        self.socket = place.run_dir / "wrennd.sock"
+
+    def start(self) -> None:
+        p = self.place
+        env = {
+            **os.environ,
+            "WRENND_STATE_DIR": str(p.state_dir),
+            "WRENND_RUN_DIR": str(p.run_dir),
+            "WRENND_SOCKET_GROUP": "wrennd-test-no-such-group",
+            "WRENND_FIRECRACKER_BIN": "/nonexistent/firecracker",
+            "WRENND_KERNEL": str(p.kernel),
+            "WRENND_STORAGE_BACKEND": "reflink",
+            "WRENND_NETWORK_PREFIX": p.prefix,
+            "WRENND_NFT_TABLE": p.table,
+            "WRENND_HOST_NETNS": str(p.bed.host_path),
+            "WRENND_MAX_GENERATIONS": "4",
+            "WRENND_SHUTDOWN_TIMEOUT": "60",
+        }
+        env.pop("NOTIFY_SOCKET", None)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "wrennd.daemon"], env=env, stderr=out, stdout=out
+            )
+
+    async def client(self) -> Client:
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+            try:
+                c = await Client.connect(self.socket)
+                await c.call("host.info")
+                return c
+            except DaemonNotRunning:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    def stop(self, sig: signal.Signals) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(90)
+        self.proc = None
+        return rc
+
+
+@pytest.fixture
+def daemon(place: Any) -> Iterator[Daemon]:
+    d = Daemon(place)
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop(signal.SIGTERM)
+
+
+@pytest.fixture
+async def client(daemon: Daemon) -> AsyncIterator[Client]:
+    daemon.start()
+    c = await daemon.client()
+    yield c
+    for sb in (await c.call("sandbox.list"))["sandboxes"]:
+        await c.call("sandbox.destroy", {"id": sb["id"]})
+    await c.close()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+async def test_api_end_to_end(client: Client, place: Any) -> None:
+    created = await client.call("sandbox.create", {"image": "base", "memory_mib": 64})
+    sid = created["id"]
+    got = await client.call("sandbox.exec", {"id": sid, "shell": "echo hi; exit 3"})
+    assert (got["stdout"], got["code"]) == ("hi\n", 3)
+    chunks: list[dict[str, Any]] = []
+    streamed = await client.call(
+        "sandbox.exec",
+        {"id": sid, "argv": ["sh", "-c", "echo one; echo two >&2"], "stream": True},
+        on_notification=lambda m, p: chunks.append(p),
+    )
+    assert streamed["code"] == 0
+    assert {(c["stream"], c["data"]) for c in chunks} == {("stdout", "one\n"), ("stderr", "two\n")}
+    await client.call("sandbox.files.write", {"id": sid, "path": "/root/f", "data": b64(b"x1")})
+    stages: list[str] = []
+    paused = await client.call(
+        "sandbox.pause", {"id": sid}, on_notification=lambda m, p: stages.append(p["stage"])
+    )
+    assert paused["state"] == "paused"
+    assert stages[0] == "prepare" and "ingest" in stages and stages[-1] == "done"
+    stats = await client.call("host.stats")
+    assert stats["sandboxes"]["paused"] == 1 and stats["sandboxes"]["running"] == 0
+    with pytest.raises(RemoteError) as wrong:
+        await client.call("sandbox.exec", {"id": sid, "argv": ["true"]})
+    assert wrong.value.type == "wrong_state" and wrong.value.data["state"] == "paused"
+    stages.clear()
+    await client.call(
+        "sandbox.resume", {"id": sid}, on_notification=lambda m, p: stages.append(p["stage"])
+    )
+    assert "load" in stages
+    read = await client.call("sandbox.files.read", {"id": sid, "path": "/root/f"})
+    assert base64.b64decode(read["data"]) == b"x1"
+    listed = await client.call("sandbox.files.list", {"id": sid, "path": "/root"})
+    assert "f" in [e["name"] for e in listed["entries"]]
+    with pytest.raises(RemoteError) as missing:
+        await client.call("sandbox.get", {"id": "sb-000000000000"})
+    assert missing.value.type == "sandbox_not_found"
+    with pytest.raises(RemoteError) as noimage:
+        await client.call("sandbox.create", {"image": "nope"})
+    assert noimage.value.type == "not_found"
+    await client.call("sandbox.destroy", {"id": sid})
+    assert (await client.call("sandbox.list"))["sandboxes"] == []
+
+
+async def test_sigterm_pauses_and_kill9_recovers(daemon: Daemon, place: Any) -> None:
+    daemon.start()
+    c = await daemon.client()
+    a = (await c.call("sandbox.create", {"image": "base", "memory_mib": 64}))["id"]
+    await c.call("sandbox.files.write", {"id": a, "path": "/root/a", "data": b64(b"A")})
+    await c.close()
+    assert daemon.stop(signal.SIGTERM) == 0
+    record = json.loads((place.state_dir / "sandboxes" / a / "state.json").read_bytes())
+    assert record["state"] == "paused"
+
+    daemon.start()
+    c = await daemon.client()
+    assert (await c.call("sandbox.get", {"id": a}))["state"] == "paused"
+    await c.call("sandbox.resume", {"id": a})
+    read = await c.call("sandbox.files.read", {"id": a, "path": "/root/a"})
+    assert base64.b64decode(read["data"]) == b"A"
+    b = (await c.call("sandbox.create", {"image": "base", "memory_mib": 64}))["id"]
+    await c.close()
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    daemon.start()
+    c = await daemon.client()
+    got_a = await c.call("sandbox.get", {"id": a})
+    got_b = await c.call("sandbox.get", {"id": b})
+    assert got_a["state"] == "paused" and "restored to its last snapshot" in got_a["error"]
+    assert got_b["state"] == "error" and "no snapshot" in got_b["error"]
+    await c.call("sandbox.resume", {"id": a})
+    read = await c.call("sandbox.files.read", {"id": a, "path": "/root/a"})
+    assert base64.b64decode(read["data"]) == b"A"
+    for sid in (a, b):
+        await c.call("sandbox.destroy", {"id": sid})
+    await c.close()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not place.leaks()
