@@ -239,6 +239,7 @@ class SandboxManager:
                 raise
             sb.live = None
             sb.record.generation = header.generation
+            sb.record.snapshot_build_id = str(header.build_id)
             await self._settle(sb, S.PAUSED, None)
             if header.generation >= self.cfg.max_generations:
                 sb.collapse = asyncio.ensure_future(self._collapse(sandbox_id))
@@ -261,6 +262,10 @@ class SandboxManager:
             log.error("background collapse failed", extra=kv(sandbox=sandbox_id, error=e))
         else:
             log.info("chain collapsed", extra=kv(sandbox=sandbox_id, build_id=header.build_id))
+            sb = self._sandboxes.get(sandbox_id)
+            if sb is not None:
+                sb.record.snapshot_build_id = str(header.build_id)
+                await asyncio.to_thread(self.records.save, sb.record)
 
     async def resume(self, sandbox_id: str, progress: Progress = no_progress) -> dict[str, Any]:
         sb = self._get(sandbox_id)

@@ -17,12 +17,16 @@ import signal
 import time
 from pathlib import Path
 
+from wrennd.fsutil import fsync_dir
 from wrennd.log import kv
 from wrennd.sandbox import teardown
 from wrennd.sandbox.context import Deps
+from wrennd.sandbox.paths import SandboxPaths
 from wrennd.sandbox.record import SandboxRecord
 from wrennd.sandbox.state import SandboxState
+from wrennd.snapshot import SnapshotError
 from wrennd.snapshot import recover as recover_store
+from wrennd.snapshot.store import read_header
 
 log = logging.getLogger(__name__)
 S = SandboxState
@@ -60,6 +64,29 @@ def stop_stale_vmm(pid: int, api_socket: Path) -> bool:
     return True
 
 
+def finish_interrupted_pause(paths: SandboxPaths, rec: SandboxRecord) -> bool:
+    """After a crash mid-pause: if that pause's memory header was committed, publish its
+    vmstate and adopt it (True); otherwise drop its leftovers (False)."""
+    try:
+        header = read_header(paths.snapshot_dir)
+    except (OSError, SnapshotError):
+        header = None
+    committed = (
+        header is not None
+        and str(header.build_id) != rec.snapshot_build_id
+        and paths.pending_vmstate.exists()
+    )
+    if committed:
+        assert header is not None
+        os.replace(paths.pending_vmstate, paths.vmstate)
+        fsync_dir(paths.snapshot_dir)
+        rec.generation, rec.snapshot_build_id = header.generation, str(header.build_id)
+        rec.need_full = False
+    paths.pending_memfile.unlink(missing_ok=True)
+    paths.pending_vmstate.unlink(missing_ok=True)
+    return committed
+
+
 def _settle(rec: SandboxRecord) -> str | None:
     """The resting state for a record found at start; None: finish it as a destroy."""
     if rec.state in (S.CREATING, S.STOPPING):
@@ -93,6 +120,9 @@ async def recover(deps: Deps) -> list[SandboxRecord]:
             if stopped:
                 log.warning("stale vmm stopped", extra=kv(sandbox=rec.id, pid=rec.vmm_pid))
         before = rec.state
+        if rec.state == S.PAUSING and await asyncio.to_thread(finish_interrupted_pause, paths, rec):
+            log.info("interrupted pause completed", extra=kv(sandbox=rec.id))
+            rec.state = S.PAUSED
         if _settle(rec) is None and rec.state in (S.CREATING, S.STOPPING):
             await teardown.destroy(deps, rec, None)
             log.info("unfinished sandbox removed", extra=kv(sandbox=rec.id, state=before.value))

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from wrennd.rpc.client import Client, DaemonNotRunning, RemoteError
+from wrennd.rpc.client import Client, ClientError, DaemonNotRunning, RemoteError
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 
@@ -173,6 +173,62 @@ async def test_sigterm_pauses_and_kill9_recovers(daemon: Daemon, place: Any) -> 
     read = await c.call("sandbox.files.read", {"id": a, "path": "/root/a"})
     assert base64.b64decode(read["data"]) == b"A"
     for sid in (a, b):
+        await c.call("sandbox.destroy", {"id": sid})
+    await c.close()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not place.leaks()
+
+
+async def _call_and_kill(
+    daemon: Daemon, c: Client, method: str, params: dict[str, Any], stage: str
+) -> None:
+    """Start a lifecycle call and kill -9 the daemon when it reports ``stage``."""
+    reached = asyncio.Event()
+
+    def on_progress(method: str, p: dict[str, Any]) -> None:
+        if p.get("stage") == stage:
+            reached.set()
+
+    call = asyncio.ensure_future(c.call(method, params, on_notification=on_progress))
+    await asyncio.wait_for(reached.wait(), 60)
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    with pytest.raises(ClientError, match=r"closed the connection|failed"):
+        await call
+    await c.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "stage"),
+    [("sandbox.create", "boot"), ("sandbox.pause", "ingest"), ("sandbox.resume", "load")],
+)
+async def test_kill9_during_lifecycle_call(
+    daemon: Daemon, place: Any, method: str, stage: str
+) -> None:
+    daemon.start()
+    c = await daemon.client()
+    sid = None
+    if method == "sandbox.create":
+        params: dict[str, Any] = {"image": "base", "memory_mib": 64}
+    else:
+        sid = (await c.call("sandbox.create", {"image": "base", "memory_mib": 64}))["id"]
+        await c.call("sandbox.files.write", {"id": sid, "path": "/root/k", "data": b64(b"K")})
+        await c.call("sandbox.pause", {"id": sid})
+        if method == "sandbox.pause":
+            await c.call("sandbox.resume", {"id": sid})
+        params = {"id": sid}
+    await _call_and_kill(daemon, c, method, params, stage)
+
+    daemon.start()
+    c = await daemon.client()
+    listed = (await c.call("sandbox.list"))["sandboxes"]
+    if sid is None:
+        assert listed == [], "an unfinished create is removed"
+    else:
+        (got,) = listed
+        assert got["state"] == "paused" and got["error"], got
+        await c.call("sandbox.resume", {"id": sid})
+        read = await c.call("sandbox.files.read", {"id": sid, "path": "/root/k"})
+        assert base64.b64decode(read["data"]) == b"K"
         await c.call("sandbox.destroy", {"id": sid})
     await c.close()
     assert daemon.stop(signal.SIGTERM) == 0

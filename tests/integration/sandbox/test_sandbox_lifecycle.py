@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -80,3 +81,20 @@ async def test_wrong_state_and_unknown(manager: SandboxManager) -> None:
     with pytest.raises(WrongState, match="is paused: cannot pause"):
         await manager.pause(info["id"])
     await manager.destroy(info["id"])
+
+
+async def test_timeout_pauses_then_resume_rearms(manager: SandboxManager) -> None:
+    info = await manager.create("base", memory_mib=MEM_MIB, timeout_s=600)
+    sid = info["id"]
+    assert info["expires_at"] > info["created_at"] + 500
+    await manager.set_timeout(sid, 0.5)
+    for _ in range(200):
+        if manager.get(sid)["state"] == "paused":
+            break
+        await asyncio.sleep(0.1)
+    assert manager.get(sid)["state"] == "paused", "the reaper paused the expired sandbox"
+    resumed = await manager.resume(sid)
+    assert resumed["state"] == "running" and resumed["expires_at"] is not None
+    await manager.set_timeout(sid, None)
+    assert manager.get(sid)["expires_at"] is None
+    await manager.destroy(sid)
