@@ -13,6 +13,7 @@ from wrennd.fcsim.control import ControlClient
 from wrennd.guest.protocol import CommandSpec
 from wrennd.sandbox.errors import ImageNotFound, SandboxNotFound, WrongState
 from wrennd.sandbox.manager import SandboxManager
+from wrennd.sandbox.pausing import PauseUndone
 from wrennd.snapshot import read_prefetch_map
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
@@ -97,4 +98,37 @@ async def test_timeout_pauses_then_resume_rearms(manager: SandboxManager) -> Non
     assert resumed["state"] == "running" and resumed["expires_at"] is not None
     await manager.set_timeout(sid, None)
     assert manager.get(sid)["expires_at"] is None
+    await manager.destroy(sid)
+
+
+async def test_failed_pause_thaws_and_keeps_running(manager: SandboxManager, env: Any) -> None:
+    info = await manager.create("base", memory_mib=MEM_MIB)
+    sid = info["id"]
+    await manager.pause(sid)
+    info = await manager.resume(sid)
+    ctl = ControlClient(Path(info["vmm"]["control_socket"]))
+    try:
+        await ctl.call("dirty", fraction=0.05, seed=7)
+    finally:
+        await ctl.close()
+    before = await checksum(info)
+    # The generation store is a file for a moment: the Diff is taken, its ingest fails.
+    store = env.state_dir / "memfiles"
+    store.rename(env.state_dir / "memfiles.away")
+    store.write_bytes(b"in the way")
+    try:
+        with pytest.raises(PauseUndone, match="keeps running"):
+            await manager.pause(sid)
+    finally:
+        store.unlink()
+        (env.state_dir / "memfiles.away").rename(store)
+    got = manager.get(sid)
+    assert got["state"] == "running" and "pause of" in got["error"]
+    assert (await manager.exec(sid, CommandSpec(shell="echo ok > /root/after"))).ok, "thawed"
+    assert await checksum(got) == before
+    # The failed Diff reset the VMM's dirty pages: the next snapshot must be Full.
+    assert (await manager.pause(sid))["generation"] == 0
+    resumed = await manager.resume(sid)
+    assert await checksum(resumed) == before
+    assert await manager.guest(sid).read_bytes("/root/after") == b"ok\n"
     await manager.destroy(sid)
