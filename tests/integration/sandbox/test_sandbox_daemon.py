@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -233,3 +234,45 @@ async def test_kill9_during_lifecycle_call(
     await c.close()
     assert daemon.stop(signal.SIGTERM) == 0
     assert not place.leaks()
+
+
+async def test_wrennctl_sandbox_commands(client: Client, daemon: Daemon) -> None:
+    wrennctl = Path(sys.executable).parent / "wrennctl"
+
+    async def ctl(*args: str, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            str(wrennctl),
+            "--socket",
+            str(daemon.socket),
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate(stdin)
+        assert proc.returncode is not None
+        return proc.returncode, out, err
+
+    rc, out, err = await ctl(
+        "--json", "sandbox", "create", "base", "--memory-mib", "64", "--meta", "k=v"
+    )
+    assert rc == 0, err
+    sid = json.loads(out)["id"]
+    rc, out, err = await ctl("sandbox", "exec", sid, "--", "sh", "-c", "echo hi; exit 4")
+    assert (rc, out) == (4, b"hi\n")
+    rc, out, err = await ctl("sandbox", "write", sid, "/root/w", stdin=b"\x00bin\xff")
+    assert rc == 0, err
+    rc, out, err = await ctl("sandbox", "pause", sid)
+    assert rc == 0, err
+    rc, out, err = await ctl("sandbox", "exec", sid, "--", "true")
+    assert rc == 11 and b"paused" in err  # wrong_state
+    rc, out, err = await ctl("sandbox", "resume", sid)
+    assert rc == 0, err
+    rc, out, err = await ctl("sandbox", "read", sid, "/root/w")
+    assert (rc, out) == (0, b"\x00bin\xff")
+    rc, out, err = await ctl("sandbox", "list")
+    assert rc == 0 and sid.encode() in out and b"running" in out
+    rc, out, err = await ctl("sandbox", "destroy", sid)
+    assert rc == 0, err
+    rc, out, err = await ctl("sandbox", "get", sid)
+    assert rc == 10, err
