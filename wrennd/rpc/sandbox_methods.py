@@ -211,7 +211,9 @@ def _register_queries(methods: MethodTable, manager: SandboxManager) -> None:
     @methods.register("sandbox.get", params=BY_ID)
     async def get(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            return manager.get(p["id"])
+            info = manager.get(p["id"])
+            info["usage"] = await manager.usage(p["id"])
+        return info
 
     @methods.register("sandbox.list", params=LIST)
     async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from wrennd.guest.client import ExecResult, GuestClient
@@ -32,8 +33,10 @@ from wrennd.sandbox.reaper import Reaper
 from wrennd.sandbox.record import RecordStore, SandboxRecord, new_sandbox_id
 from wrennd.sandbox.recovery import recover
 from wrennd.sandbox.state import SandboxState, WrongState, check_transition
+from wrennd.sandbox.usage import usage
 from wrennd.snapshot import ChainChangedError, collapse_in_background
 from wrennd.storage.aio import AsyncStorage
+from wrennd.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 S = SandboxState
@@ -98,6 +101,16 @@ class SandboxManager:
 
     def get(self, sandbox_id: str) -> dict[str, Any]:
         return self._describe(self._get(sandbox_id))
+
+    async def usage(self, sandbox_id: str) -> dict[str, Any]:
+        """Host disk (allocated blocks of the layer and the snapshot) and resident memory."""
+        sb = self._get(sandbox_id)
+        try:
+            layer: Path | None = (await self.deps.storage.record(sandbox_id)).layer
+        except StorageError:
+            layer = None
+        pid = sb.live.vmm.proc.pid if sb.live is not None and sb.live.vmm is not None else None
+        return await asyncio.to_thread(usage, self.deps.paths(sandbox_id).state, layer, pid)
 
     def list(
         self, state: str | None = None, metadata: dict[str, str] | None = None

@@ -120,6 +120,10 @@ async def test_api_end_to_end(client: Client, place: Any) -> None:
     )
     assert paused["state"] == "paused"
     assert stages[0] == "prepare" and "ingest" in stages and stages[-1] == "done"
+    used = (await client.call("sandbox.get", {"id": sid}))["usage"]
+    # Allocated, not apparent: the 64 MiB memory is mostly zero, the 1 GiB layer a reflink.
+    assert 0 < used["snapshot_bytes"] < 64 << 20 and 0 < used["disk_bytes"] < 64 << 20, used
+    assert used["memory_bytes"] is None
     stats = await client.call("host.stats")
     assert stats["sandboxes"]["paused"] == 1 and stats["sandboxes"]["running"] == 0
     with pytest.raises(RemoteError) as wrong:
@@ -130,6 +134,7 @@ async def test_api_end_to_end(client: Client, place: Any) -> None:
         "sandbox.resume", {"id": sid}, on_notification=lambda m, p: stages.append(p["stage"])
     )
     assert "load" in stages
+    assert (await client.call("sandbox.get", {"id": sid}))["usage"]["memory_bytes"] > 0
     read = await client.call("sandbox.files.read", {"id": sid, "path": "/root/f"})
     assert base64.b64decode(read["data"]) == b"x1"
     listed = await client.call("sandbox.files.list", {"id": sid, "path": "/root"})
