@@ -46,7 +46,7 @@ async def create(deps: Deps, rec: SandboxRecord, image: Path, progress: Progress
     return live
 
 
-async def resume(deps: Deps, rec: SandboxRecord, progress: Progress) -> Live:
+async def resume(deps: Deps, rec: SandboxRecord, progress: Progress, prefetch: bool = True) -> Live:
     """Slot and network, storage attached, UFFD server, VMM loaded and running, agent init."""
     live = Live(rec.id)
     try:
@@ -56,7 +56,7 @@ async def resume(deps: Deps, rec: SandboxRecord, progress: Progress) -> Live:
         await deps.storage.attach(rec.id)
         live.storage_attached = True
         await progress("load", 2, 4)
-        await restore(live, deps.cfg, deps.paths(rec.id))
+        await restore(live, deps.cfg, deps.paths(rec.id), prefetch)
         await progress("agent", 3, 4)
         await connect_guest(live, deps.cfg, rec.env, clock=True)
     except BaseException:

@@ -74,7 +74,7 @@ async def boot(
         raise VmmFailed(f"booting {record.id}: {e}") from e
 
 
-async def restore(live: Live, cfg: HostConfig, paths: SandboxPaths) -> None:
+async def restore(live: Live, cfg: HostConfig, paths: SandboxPaths, prefetch: bool = True) -> None:
     """Start a VMM and load the last snapshot with the UFFD engine serving its memory."""
     assert live.net is not None
     snap = await asyncio.to_thread(open_snapshot, paths.snapshot_dir, cfg.store)
@@ -86,7 +86,9 @@ async def restore(live: Live, cfg: HostConfig, paths: SandboxPaths) -> None:
         snap.prefetch,
     )
     paths.run.mkdir(parents=True, exist_ok=True)
-    live.uffd = UffdServer(paths.uffd_socket, memory, batch_bytes=cfg.uffd_batch_bytes)
+    live.uffd = UffdServer(
+        paths.uffd_socket, memory, batch_bytes=cfg.uffd_batch_bytes, prefetch=prefetch
+    )
     await live.uffd.start()
     live.serving = asyncio.ensure_future(live.uffd.serve())
     vmm = await start_vmm(live, cfg, paths)

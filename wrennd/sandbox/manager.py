@@ -280,7 +280,11 @@ class SandboxManager:
                 sb.record.snapshot_build_id = str(header.build_id)
                 await asyncio.to_thread(self.records.save, sb.record)
 
-    async def resume(self, sandbox_id: str, progress: Progress = no_progress) -> dict[str, Any]:
+    async def resume(
+        self, sandbox_id: str, progress: Progress = no_progress, *, prefetch: bool = True
+    ) -> dict[str, Any]:
+        """Back to running from the last snapshot; ``prefetch=False`` serves every page on
+        demand (benchmarks compare the two)."""
         sb = self._get(sandbox_id)
         async with sb.lock:
             await self._move(sb, S.RESUMING, "resume")
@@ -290,7 +294,7 @@ class SandboxManager:
                 sb.collapse = None
             rec = sb.record
             try:
-                sb.live = await bringup.resume(self.deps, rec, progress)
+                sb.live = await bringup.resume(self.deps, rec, progress, prefetch)
             except BaseException as e:
                 back = S.PAUSED if rec.generation is not None else S.ERROR
                 await asyncio.shield(self._settle(sb, back, f"resume failed: {e}"))
