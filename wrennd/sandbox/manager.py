@@ -152,6 +152,17 @@ class SandboxManager:
             d["vmm"] = {"pid": live.vmm.proc.pid, "api_socket": str(paths.vmm_files.api_socket)}
             if self.cfg.vmm.simulated:
                 d["vmm"]["control_socket"] = str(paths.control_socket)
+            stats = live.uffd.stats() if live.uffd is not None else None
+            if stats is not None:
+                d["faults"] = {
+                    "faults": stats.faults,
+                    "pages_copied": stats.copy_pages,
+                    "pages_zeroed": stats.zero_pages,
+                    "pages_prefetched": stats.prefetch_pages,
+                    "fault_p50_ns": stats.latency_percentile_ns(0.5),
+                    "fault_p99_ns": stats.latency_percentile_ns(0.99),
+                    "fault_max_ns": stats.lat_max_ns,
+                }
         return d
 
     # --- persistence -----------------------------------------------------------
