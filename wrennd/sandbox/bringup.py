@@ -7,10 +7,12 @@ import logging
 from pathlib import Path
 
 from wrennd.log import kv
+from wrennd.sandbox import templates
 from wrennd.sandbox.context import Deps, Progress
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.machine import attach_network, boot, connect_guest, restore
 from wrennd.sandbox.record import SandboxRecord
+from wrennd.snapshot import delete_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +55,10 @@ async def resume(deps: Deps, rec: SandboxRecord, progress: Progress, prefetch: b
         await progress("network", 0, 4)
         await attach_network(live, await deps.network_ready(), deps.slots)
         await progress("storage", 1, 4)
-        await deps.storage.attach(rec.id)
+        layer = await deps.storage.attach(rec.id)
         live.storage_attached = True
         await progress("load", 2, 4)
-        await restore(live, deps.cfg, deps.paths(rec.id), prefetch)
+        await restore(live, deps.cfg, deps.paths(rec.id), layer.drive, prefetch)
         await progress("agent", 3, 4)
         await connect_guest(live, deps.cfg, rec.env, clock=True)
     except BaseException:
@@ -66,4 +68,40 @@ async def resume(deps: Deps, rec: SandboxRecord, progress: Progress, prefetch: b
     pages = 0 if stats is None else stats.copy_pages + stats.zero_pages
     await progress("done", 4, 4)
     log.info("sandbox resumed", extra=kv(sandbox=rec.id, pages_installed=pages))
+    return live
+
+
+async def clone(deps: Deps, rec: SandboxRecord, template: Path, progress: Progress) -> Live:
+    """A new sandbox from a template: its own layer on the template's image, its own
+    network, and the template's memory (linked, not copied) served by the UFFD engine."""
+    live = Live(rec.id)
+    paths = deps.paths(rec.id)
+    made_layer = False
+    try:
+        await progress("network", 0, 4)
+        await attach_network(live, await deps.network_ready(), deps.slots)
+        await progress("storage", 1, 4)
+        layer = await deps.storage.create(rec.id, templates.rootfs_of(template))
+        made_layer = live.storage_attached = True
+        header = await asyncio.to_thread(
+            templates.copy_snapshot,
+            templates.snapshot_of(template),
+            paths.snapshot_dir,
+            deps.cfg.store,
+        )
+        rec.generation, rec.snapshot_build_id = header.generation, str(header.build_id)
+        await progress("load", 2, 4)
+        await restore(live, deps.cfg, paths, layer.drive)
+        await progress("agent", 3, 4)
+        await connect_guest(live, deps.cfg, rec.env, clock=True)
+    except BaseException:
+        await _undo(deps, live)
+        if made_layer:
+            await asyncio.shield(deps.storage.remove(rec.id))
+        if paths.snapshot_dir.exists():
+            await asyncio.shield(
+                asyncio.to_thread(delete_snapshot, paths.snapshot_dir, deps.cfg.store)
+            )
+        raise
+    await progress("done", 4, 4)
     return live

@@ -29,7 +29,8 @@ from wrennd.vm.vmm import Vmm
 log = logging.getLogger(__name__)
 
 AGENT_PORT = 49983
-VMM_STOP_GRACE = 5.0
+# Firecracker exits at once on SIGTERM; fcsim first stops its guest (up to 5 s).
+VMM_STOP_GRACE = 15.0
 
 
 def guest_client(

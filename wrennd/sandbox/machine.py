@@ -74,8 +74,13 @@ async def boot(
         raise VmmFailed(f"booting {record.id}: {e}") from e
 
 
-async def restore(live: Live, cfg: HostConfig, paths: SandboxPaths, prefetch: bool = True) -> None:
-    """Start a VMM and load the last snapshot with the UFFD engine serving its memory."""
+async def restore(
+    live: Live, cfg: HostConfig, paths: SandboxPaths, drive: Path, prefetch: bool = True
+) -> None:
+    """Start a VMM and load the last snapshot with the UFFD engine serving its memory.
+
+    The root drive is pointed at ``drive`` before the VM runs: a clone's disk is not
+    the one its template was taken with, and a device path may change between runs."""
     assert live.net is not None
     snap = await asyncio.to_thread(open_snapshot, paths.snapshot_dir, cfg.store)
     memory = SnapshotMemory(
@@ -100,7 +105,7 @@ async def restore(live: Live, cfg: HostConfig, paths: SandboxPaths, prefetch: bo
             str(paths.vmstate),
             MemBackend("Uffd", str(paths.uffd_socket)),
             track_dirty_pages=True,
-            resume_vm=True,
+            resume_vm=False,
             network_overrides=overrides,
         )
     except VmmError as e:
@@ -108,6 +113,11 @@ async def restore(live: Live, cfg: HostConfig, paths: SandboxPaths, prefetch: bo
         raise VmmFailed(f"loading the snapshot of {live.sandbox_id}: {e}") from e
     if not live.uffd.ready.is_set():
         raise VmmFailed(f"{live.sandbox_id}: the VMM loaded without the UFFD handshake")
+    try:
+        await vmm.checked(lambda: vmm.client.patch_drive(ROOT_DRIVE, str(drive)))
+        await vmm.checked(vmm.client.resume)
+    except VmmError as e:
+        raise VmmFailed(f"resuming the loaded VM of {live.sandbox_id}: {e}") from e
 
 
 async def connect_guest(live: Live, cfg: HostConfig, env: dict[str, str], *, clock: bool) -> None:

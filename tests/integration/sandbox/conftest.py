@@ -113,7 +113,9 @@ class Place:
         found += [
             f"loop {b.device.path} -> {b.backing_file}"
             for b in loopdev.bound()
-            if b.backing_file.startswith(str(self.state_dir))
+            # fcsim's guests bind their layer from inside their own mount namespace,
+            # where the path is relative to the state filesystem's root.
+            if str(self.state_dir) in b.backing_file or f"/{self.state_dir.name}/" in b.backing_file
         ]
         found += _processes_mentioning(self.run_dir)
         found += _mounts_under((self.state_dir, self.run_dir))
