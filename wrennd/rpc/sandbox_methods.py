@@ -21,6 +21,7 @@ from wrennd.guest.protocol import CommandSpec, Exited, Output, Started
 from wrennd.rpc import errors as rpc
 from wrennd.rpc.methods import CallContext, Kind, MethodTable
 from wrennd.sandbox import errors as sb
+from wrennd.sandbox import templates
 from wrennd.sandbox.context import Progress
 from wrennd.sandbox.manager import SandboxManager
 from wrennd.sandbox.pausing import PauseUndone
@@ -41,15 +42,22 @@ def _obj(required: list[str], **props: Any) -> dict[str, Any]:
     }
 
 
-CREATE = _obj(
-    ["image"],
-    image={"type": "string", "minLength": 1, "maxLength": 64},
-    vcpus={"type": "integer", "minimum": 1, "maximum": 32},
-    memory_mib={"type": "integer", "minimum": 16, "maximum": 1 << 20},
-    timeout_s={"type": ["number", "null"], "exclusiveMinimum": 0},
-    env=_STR_MAP,
-    metadata=_STR_MAP,
-)
+_NAME = {"type": "string", "minLength": 1, "maxLength": 64}
+CREATE = {
+    **_obj(
+        [],
+        image=_NAME,
+        template=_NAME,
+        vcpus={"type": "integer", "minimum": 1, "maximum": 32},
+        memory_mib={"type": "integer", "minimum": 16, "maximum": 1 << 20},
+        timeout_s={"type": ["number", "null"], "exclusiveMinimum": 0},
+        env=_STR_MAP,
+        metadata=_STR_MAP,
+    ),
+    "oneOf": [{"required": ["image"]}, {"required": ["template"]}],
+}
+TEMPLATE_CREATE = _obj(["name", "sandbox_id"], name=_NAME, sandbox_id=_ID)
+BY_NAME = _obj(["name"], name=_NAME)
 BY_ID = _obj(["id"], id=_ID)
 LIST = _obj([], state={"enum": [s.value for s in SandboxState]}, metadata=_STR_MAP)
 SET_TIMEOUT = _obj(["id", "timeout_s"], id=_ID, timeout_s={"type": ["number", "null"]})
@@ -89,6 +97,12 @@ def _translated() -> Iterator[None]:
         raise rpc.SandboxNotFound(str(e), id=e.sandbox_id) from e
     except sb.WrongState as e:
         raise rpc.WrongState(str(e), id=e.sandbox_id, state=e.state.value) from e
+    except templates.TemplateNotFound as e:
+        raise rpc.NotFound(str(e), template=e.name) from e
+    except templates.TemplateInUse as e:
+        raise rpc.TemplateInUse(str(e), template=e.name, sandboxes=e.sandbox_ids) from e
+    except (templates.TemplateExists, templates.TemplateMismatch) as e:
+        raise rpc.InvalidParams(str(e), errors=[{"path": "", "message": str(e)}]) from e
     except sb.ImageNotFound as e:
         raise rpc.NotFound(str(e), image=e.name) from e
     except sb.NoCapacity as e:
@@ -165,6 +179,7 @@ async def _exec_streamed(
 
 def register(methods: MethodTable, manager: SandboxManager) -> None:
     _register_lifecycle(methods, manager)
+    _register_templates(methods, manager)
     _register_queries(methods, manager)
     _register_files(methods, manager)
 
@@ -176,9 +191,10 @@ def _register_lifecycle(methods: MethodTable, manager: SandboxManager) -> None:
     async def create(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
             return await manager.create(
-                p["image"],
-                vcpus=p.get("vcpus", 1),
-                memory_mib=p.get("memory_mib", 128),
+                p.get("image"),
+                template=p.get("template"),
+                vcpus=p.get("vcpus"),
+                memory_mib=p.get("memory_mib"),
                 timeout_s=p.get("timeout_s"),
                 env=p.get("env"),
                 metadata=p.get("metadata"),
@@ -272,3 +288,26 @@ def _register_files(methods: MethodTable, manager: SandboxManager) -> None:
         with _translated():
             await manager.guest(p["id"]).remove(p["path"], recursive=p.get("recursive", False))
         return {"removed": True}
+
+
+def _register_templates(methods: MethodTable, manager: SandboxManager) -> None:
+    @methods.register("template.create", params=TEMPLATE_CREATE, kind=Kind.LIFECYCLE, mutating=True)
+    async def create(ctx: CallContext, p: dict[str, Any]) -> Any:
+        with _translated():
+            return await manager.create_template(p["sandbox_id"], p["name"], _progress(ctx))
+
+    @methods.register("template.get", params=BY_NAME)
+    async def get(ctx: CallContext, p: dict[str, Any]) -> Any:
+        with _translated():
+            return await manager.get_template(p["name"])
+
+    @methods.register("template.list")
+    async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
+        with _translated():
+            return {"templates": await manager.list_templates()}
+
+    @methods.register("template.delete", params=BY_NAME, kind=Kind.LIFECYCLE, mutating=True)
+    async def delete(ctx: CallContext, p: dict[str, Any]) -> Any:
+        with _translated():
+            await manager.delete_template(p["name"])
+        return {"name": p["name"], "deleted": True}

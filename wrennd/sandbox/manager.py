@@ -9,6 +9,7 @@ the records, the locks, the reaper and the background collapses.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import re
@@ -24,7 +25,7 @@ from wrennd.guest.protocol import CommandSpec, Event
 from wrennd.log import kv
 from wrennd.network.manager import NetworkManager
 from wrennd.network.slots import SlotAllocator
-from wrennd.sandbox import bringup, pausing, teardown
+from wrennd.sandbox import bringup, pausing, teardown, templates
 from wrennd.sandbox.context import Deps, Progress, no_progress
 from wrennd.sandbox.errors import ImageNotFound, SandboxNotFound
 from wrennd.sandbox.host import HostConfig
@@ -41,6 +42,19 @@ from wrennd.storage.errors import StorageError
 log = logging.getLogger(__name__)
 S = SandboxState
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _check_clone(meta: templates.TemplateMeta, vcpus: int | None, memory_mib: int | None) -> None:
+    """A template fixes the machine it was taken with: a clone cannot change it."""
+    for what, asked, fixed in (
+        ("vcpus", vcpus, meta.vcpus),
+        ("memory_mib", memory_mib, meta.memory_mib),
+    ):
+        if asked is not None and asked != fixed:
+            raise templates.TemplateMismatch(
+                f"template {meta.name!r} was taken with {what}={fixed}; a clone cannot ask"
+                f" for {what}={asked}"
+            )
 
 
 @dataclass
@@ -189,29 +203,36 @@ class SandboxManager:
     # --- create / destroy --------------------------------------------------------
     async def create(
         self,
-        image: str,
+        image: str | None = None,
         *,
-        vcpus: int = 1,
-        memory_mib: int = 128,
+        template: str | None = None,
+        vcpus: int | None = None,
+        memory_mib: int | None = None,
         timeout_s: float | None = None,
         env: dict[str, str] | None = None,
         metadata: dict[str, str] | None = None,
         progress: Progress = no_progress,
     ) -> dict[str, Any]:
-        if not _IMAGE_RE.match(image):
-            raise ImageNotFound(image, "a name of letters, digits, _.-")
-        path = self.cfg.image_path(image)
-        if not path.is_file():
-            raise ImageNotFound(image, str(path))
-        now = time.time()
+        """A sandbox from an image (booted) or from a template (a clone of its snapshot)."""
+        if (image is None) == (template is None):
+            raise ValueError("create takes exactly one of image and template")
+        meta = None
+        if template is not None:
+            meta = await asyncio.to_thread(templates.load, self.deps, template)
+            _check_clone(meta, vcpus, memory_mib)
+            vcpus, memory_mib, image = meta.vcpus, meta.memory_mib, meta.image
+        else:
+            assert image is not None
+            path = self._image(image)
         rec = SandboxRecord(
             id=new_sandbox_id(),
             state=S.CREATING,
-            vcpus=vcpus,
-            memory_mib=memory_mib,
+            vcpus=vcpus or 1,
+            memory_mib=memory_mib or 128,
             image=image,
+            template=template,
             timeout_s=timeout_s,
-            expires_at=None if timeout_s is None else now + timeout_s,
+            expires_at=None if timeout_s is None else time.time() + timeout_s,
             env=dict(env or {}),
             metadata=dict(metadata or {}),
         )
@@ -220,14 +241,64 @@ class SandboxManager:
             await asyncio.to_thread(self.records.save, rec)
             self._sandboxes[rec.id] = sb
             try:
-                sb.live = await bringup.create(self.deps, rec, path, progress)
+                if template is not None:
+                    tdir = templates.template_dir(self.deps, template)
+                    sb.live = await bringup.clone(self.deps, rec, tdir, progress)
+                else:
+                    sb.live = await bringup.create(self.deps, rec, path, progress)
             except BaseException:
                 del self._sandboxes[rec.id]
                 await asyncio.shield(asyncio.to_thread(self.records.remove, rec.id))
                 raise
             await self._settle(sb, S.RUNNING, None)
-        log.info("sandbox created", extra=kv(sandbox=rec.id, image=image, slot=rec.slot))
+        log.info("sandbox created", extra=kv(sandbox=rec.id, image=image, template=template))
         return self._describe(sb)
+
+    def _image(self, image: str) -> Path:
+        if not _IMAGE_RE.match(image):
+            raise ImageNotFound(image, "a name of letters, digits, _.-")
+        path = self.cfg.image_path(image)
+        if not path.is_file():
+            raise ImageNotFound(image, str(path))
+        return path
+
+    # --- templates ----------------------------------------------------------------
+    async def create_template(
+        self, sandbox_id: str, name: str, progress: Progress = no_progress
+    ) -> dict[str, Any]:
+        """Freeze a running or paused sandbox under ``name``; a running one is paused for
+        it and resumed afterwards."""
+        templates.check_name(name)
+        sb = self._get(sandbox_id)
+        was_running = sb.record.state == S.RUNNING
+        if was_running:
+            await self.pause(sandbox_id, progress)
+        try:
+            async with sb.lock:
+                rec = sb.record
+                if rec.state != S.PAUSED:
+                    raise WrongState(sandbox_id, rec.state, "create a template")
+                meta = templates.new_meta(name, rec.vcpus, rec.memory_mib, rec.image, rec.id)
+                await templates.build(self.deps, sandbox_id, meta, progress)
+        finally:
+            if was_running:
+                await self.resume(sandbox_id)
+        return templates.describe(meta, [])
+
+    def _template_users(self, name: str) -> builtins.list[str]:
+        return sorted(i for i, sb in self._sandboxes.items() if sb.record.template == name)
+
+    async def get_template(self, name: str) -> dict[str, Any]:
+        meta = await asyncio.to_thread(templates.load, self.deps, name)
+        return templates.describe(meta, self._template_users(name))
+
+    async def list_templates(self) -> builtins.list[dict[str, Any]]:
+        metas = await asyncio.to_thread(templates.list_all, self.deps)
+        return [templates.describe(m, self._template_users(m.name)) for m in metas]
+
+    async def delete_template(self, name: str) -> None:
+        """Refused while any sandbox was made from it (TemplateInUse names them)."""
+        await asyncio.to_thread(templates.delete, self.deps, name, self._template_users(name))
 
     async def destroy(self, sandbox_id: str) -> None:
         sb = self._get(sandbox_id)

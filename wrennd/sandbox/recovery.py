@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wrennd.fsutil import fsync_dir
 from wrennd.log import kv
-from wrennd.sandbox import teardown
+from wrennd.sandbox import teardown, templates
 from wrennd.sandbox.context import Deps
 from wrennd.sandbox.paths import SandboxPaths
 from wrennd.sandbox.record import SandboxRecord
@@ -135,7 +135,11 @@ async def recover(deps: Deps) -> list[SandboxRecord]:
         # before anything is made for a sandbox).
         await (await deps.network_ready()).cleanup_stale(())
     await deps.storage.cleanup_stale(())
+    removed = await asyncio.to_thread(templates.cleanup_temporaries, deps)
+    if removed:
+        log.info("half-built templates removed", extra=kv(templates=",".join(removed)))
     dirs = [deps.paths(r.id).snapshot_dir for r in kept if deps.paths(r.id).snapshot_dir.exists()]
+    dirs += await asyncio.to_thread(templates.snapshot_dirs, deps)
     deps.cfg.store.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(recover_store, dirs, deps.cfg.store)
     return kept
