@@ -4,10 +4,11 @@
 Builds (or reuses) the guest image, makes a scratch state dir, starts wrennd
 with Firecracker if it can run guests here and fcsim otherwise (the daemon's
 log says which and why), and runs: create, exec, write a file, pause,
-resume, read it back, the snapshot's fault statistics, destroy.  The
+resume, read it back, the fault statistics, a template and three clones,
+destroy.  The
 sandboxes' network lives in a namespace playing the host (a test bed), so
-the machine's own links, routes and nftables are never touched.  Templates
-and clones are not implemented yet, so the demo does not show them.
+the machine's own links, routes and nftables are never touched.  Then a
+template from the sandbox and three clones of it, created in parallel.
 """
 
 from __future__ import annotations
@@ -115,8 +116,31 @@ def session(sock: Path) -> None:
     say("what the sandbox costs the host, and the fault statistics")
     wrennctl(sock, "sandbox", "get", sid)
     wrennctl(sock, "host", "stats")
-    say("destroy it")
-    wrennctl(sock, "sandbox", "destroy", sid)
+    say("a template from the running sandbox, then three clones of it at once")
+    wrennctl(sock, "template", "create", "demo", sid)
+    clones = _three_clones(sock)
+    for clone in clones:
+        wrennctl(sock, "sandbox", "read", clone, "/root/hello.txt")
+    wrennctl(sock, "sandbox", "list")
+    wrennctl(sock, "template", "list")
+    say("destroy them all and the template")
+    for each in [*clones, sid]:
+        wrennctl(sock, "sandbox", "destroy", each)
+    wrennctl(sock, "template", "delete", "demo")
+
+
+def _three_clones(sock: Path) -> list[str]:
+    cmd = [str(BIN / "wrennctl"), "--socket", str(sock), "--json", "sandbox", "clone", "demo"]
+    print("$ wrennctl sandbox clone demo   # three times, in parallel", flush=True)
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE) for _ in range(3)]
+    ids = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"wrennctl sandbox clone failed with {proc.returncode}")
+        ids.append(json.loads(out)["id"])
+    print("\n".join(ids))
+    return ids
 
 
 async def _touch(control: Path) -> dict[str, object]:

@@ -320,7 +320,70 @@ SANDBOX_COMMANDS: list[Command] = [
         arguments=_timeout_args,
     ),
 ]
-COMMANDS += SANDBOX_COMMANDS
+
+
+def _template_create_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="template name")
+    p.add_argument("sandbox", help="the running or paused sandbox to take it from")
+
+
+def _name_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="template name")
+
+
+def _clone_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("template", help="template name")
+    p.add_argument("--timeout", type=float, help="seconds until the timeout action")
+    p.add_argument("--meta", action="append", metavar="KEY=VALUE")
+
+
+def _clone_params(a: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {"template": a.template, "metadata": _pairs(a.meta, "--meta")}
+    if a.timeout is not None:
+        params["timeout_s"] = a.timeout
+    return params
+
+
+def render_templates(result: Any, out: TextIO) -> None:
+    rows = [
+        (t["name"], str(t["vcpus"]), str(t["memory_mib"]), str(len(t["sandboxes"])))
+        for t in result["templates"]
+    ]
+    render_table(rows, out, header=("NAME", "VCPUS", "MEMORY_MIB", "SANDBOXES"))
+
+
+TEMPLATE_COMMANDS: list[Command] = [
+    Command(
+        ("template", "create"),
+        "template.create",
+        "take a template from a sandbox",
+        params=lambda a: {"name": a.name, "sandbox_id": a.sandbox},
+        arguments=_template_create_args,
+    ),
+    Command(("template", "list"), "template.list", "every template", render_templates),
+    Command(
+        ("template", "get"),
+        "template.get",
+        "one template",
+        params=lambda a: {"name": a.name},
+        arguments=_name_arg,
+    ),
+    Command(
+        ("template", "delete"),
+        "template.delete",
+        "delete a template nobody uses",
+        params=lambda a: {"name": a.name},
+        arguments=_name_arg,
+    ),
+    Command(
+        ("sandbox", "clone"),
+        "sandbox.create",
+        "create a sandbox from a template",
+        params=_clone_params,
+        arguments=_clone_args,
+    ),
+]
+COMMANDS += SANDBOX_COMMANDS + TEMPLATE_COMMANDS
 
 
 class Progress:
