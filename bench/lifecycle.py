@@ -10,10 +10,12 @@ dir in a loop file (reflink layers), never the machine's own network.
 - resume to agent-ready with and without prefetch, alternating, each followed
   by touching the previous resume's working set (how long the guest waits for
   its memory), with the ratios.
-Clone fan-out is not measured: templates are not implemented yet.
+- clone fan-out: a template from a paused sandbox, then 1, 5 and 20 clones
+  created at once: wall time, per-clone median, clones per second.
 
     .venv/bin/python bench/lifecycle.py [--memory-mib 256] [--reps 3]
-                                        [--json out.json] [--plot out.png]
+                                        [--fanout 1 5 20] [--json out.json]
+                                        [--plot out.png]
 """
 
 from __future__ import annotations
@@ -131,10 +133,33 @@ async def measure(mgr: SandboxManager, args: argparse.Namespace) -> dict[str, An
         "touch_prefetch_over_no_prefetch": statistics.median(touch[True])
         / statistics.median(touch[False]),
     }
-    out["clone_fanout"] = "not measured: templates are not implemented yet"
+    out["clone_fanout"] = await fanout(mgr, sid, args.fanout)
     for sid in sids:
         await mgr.destroy(sid)
     return out
+
+
+async def fanout(mgr: SandboxManager, sid: str, sizes: list[int]) -> dict[str, Any]:
+    """A template from a paused sandbox, then N clones created at once, for each N."""
+    await mgr.create_template(sid, "bench")
+    result: dict[str, Any] = {}
+    for n in sizes:
+        per_clone: list[float] = []
+
+        async def one(per_clone: list[float] = per_clone) -> str:
+            t, info = await timed(lambda: mgr.create(template="bench"))
+            per_clone.append(t)
+            return str(info["id"])
+
+        wall, ids = await timed(lambda n=n: asyncio.gather(*(one() for _ in range(n))))
+        result[str(n)] = {
+            "wall_ms": wall * 1e3,
+            "per_clone_median_ms": statistics.median(per_clone) * 1e3,
+            "clones_per_s": n / wall,
+        }
+        await asyncio.gather(*(mgr.destroy(i) for i in ids))
+    await mgr.delete_template("bench")
+    return result
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -204,6 +229,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memory-mib", type=int, default=256)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--fanout", type=int, nargs="+", default=[1, 5, 20])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
