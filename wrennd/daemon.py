@@ -116,6 +116,7 @@ class Daemon:
                 await hook()
             except Exception:
                 logger.exception("startup hook failed", extra=kv(hook=name))
+                self.listener.remove()
                 self.notifier.close()
                 return 1
         await self.server.serve(self.listener.sock)
@@ -259,6 +260,7 @@ def main(argv: Sequence[str] | None = None, extend: Callable[[Daemon], None] | N
         wire(daemon)
     except (OSError, ValueError, StorageError) as e:
         logger.error("cannot start", extra=kv(error=e))
+        listener.remove()
         return 1
     if extend is not None:
         extend(daemon)

@@ -228,7 +228,7 @@ class GuestRunner:
             # A guest whose root was frozen (FIFREEZE before a snapshot) would hang in
             # its shutdown sync, unkillable; Firecracker's guest just dies with the VMM.
             with contextlib.suppress(OSError):
-                await asyncio.to_thread(_thaw_root, self.proc.pid)
+                await asyncio.to_thread(_thaw_root, self.proc.pid, self.mountpoint)
             self.proc.terminate()
             try:
                 await asyncio.wait_for(self.proc.wait(), STOP_GRACE)
@@ -259,9 +259,13 @@ class GuestRunner:
         _remove_dir(cg)
 
 
-def _thaw_root(pid: int) -> None:
-    """FITHAW the filesystem holding process ``pid``'s root (EINVAL: it was not frozen)."""
-    fd = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _thaw_root(pid: int, mountpoint: Path) -> None:
+    """FITHAW the guest's root filesystem (EINVAL: it was not frozen).
+
+    It is mounted at ``mountpoint`` in the mount namespace of ``pid`` (guestboot),
+    reached through that process's root."""
+    path = f"/proc/{pid}/root/{str(mountpoint).lstrip('/')}"
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, FITHAW, 0)
     except OSError as e:

@@ -35,7 +35,7 @@ class Daemon:
         self.log = place.run_dir / "wrennd.log"
         self.socket = place.run_dir / "wrennd.sock"
 
-    def start(self) -> None:
+    def start(self, **extra: str) -> None:
         p = self.place
         env = {
             **os.environ,
@@ -50,6 +50,7 @@ class Daemon:
             "WRENND_HOST_NETNS": str(p.bed.host_path),
             "WRENND_MAX_GENERATIONS": "4",
             "WRENND_SHUTDOWN_TIMEOUT": "60",
+            **extra,
         }
         env.pop("NOTIFY_SOCKET", None)
         with self.log.open("ab") as out:
@@ -321,3 +322,13 @@ async def test_templates_through_the_api(client: Client) -> None:
     with pytest.raises(RemoteError) as gone:
         await client.call("template.get", {"name": "api-t"})
     assert gone.value.type == "not_found"
+
+
+def test_a_storage_backend_that_cannot_work_stops_the_start(daemon: Daemon) -> None:
+    daemon.start(WRENND_STORAGE_BACKEND="devicemapper")
+    assert daemon.proc is not None
+    assert daemon.proc.wait(30) == 1
+    daemon.proc = None
+    text = daemon.log.read_text()
+    assert "cannot start" in text and "devicemapper" in text
+    assert not daemon.socket.exists()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +135,42 @@ async def test_failed_pause_thaws_and_keeps_running(manager: SandboxManager, env
     assert await checksum(resumed) == before
     assert await manager.guest(sid).read_bytes("/root/after") == b"ok\n"
     await manager.destroy(sid)
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _agents_under(pid: int) -> list[int]:
+    out = []
+    for p in _descendants(pid):
+        with contextlib.suppress(OSError):
+            if b"agent" in Path(f"/proc/{p}/cmdline").read_bytes():
+                out.append(p)
+    return out
+
+
+async def test_a_frozen_guest_does_not_outlive_its_vmm(manager: SandboxManager, env: Any) -> None:
+    """The guest's root frozen and its agent killed (it cannot thaw anything): stopping
+    the VMM must still leave no frozen filesystem, loop device or mount behind."""
+    info = await manager.create("base", memory_mib=MEM_MIB)
+    await manager.guest(info["id"]).prepare_snapshot(thaw_after=None)
+    agents = await asyncio.to_thread(_agents_under, info["vmm"]["pid"])
+    assert agents, "the guest agent runs under the VMM"
+    for pid in agents:
+        os.kill(pid, signal.SIGKILL)
+    await manager.destroy(info["id"])
+    assert not env.leaks()
