@@ -14,6 +14,7 @@ import base64
 import binascii
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from wrennd.guest.client import AgentUnavailable, GuestError
@@ -21,12 +22,12 @@ from wrennd.guest.protocol import CommandSpec, Exited, Output, Started
 from wrennd.rpc import errors as rpc
 from wrennd.rpc.methods import CallContext, Kind, MethodTable
 from wrennd.sandbox import errors as sb
-from wrennd.sandbox import templates
+from wrennd.sandbox import images, templates
 from wrennd.sandbox.context import Progress
 from wrennd.sandbox.manager import SandboxManager
 from wrennd.sandbox.pausing import PauseUndone
 from wrennd.sandbox.state import SandboxState
-from wrennd.storage.errors import NoSpace, StorageError
+from wrennd.storage.errors import BaseImageInUse, NoSpace, StorageError
 
 _ID = {"type": "string", "pattern": "^sb-[0-9a-f]{12}$"}
 _STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
@@ -56,6 +57,15 @@ CREATE = {
     ),
     "oneOf": [{"required": ["image"]}, {"required": ["template"]}],
 }
+IMAGE_REGISTER = _obj(["name", "path"], name=_NAME, path=_PATH)
+PROCESS = _obj(["id", "process"], id=_ID, process={"type": "string", "minLength": 1})
+SIGNAL = _obj(
+    ["id", "process"],
+    id=_ID,
+    process={"type": "string", "minLength": 1},
+    signal={"type": ["integer", "string"]},
+    group={"type": "boolean"},
+)
 TEMPLATE_CREATE = _obj(["name", "sandbox_id"], name=_NAME, sandbox_id=_ID)
 BY_NAME = _obj(["name"], name=_NAME)
 BY_ID = _obj(["id"], id=_ID)
@@ -103,6 +113,12 @@ def _translated() -> Iterator[None]:
         raise rpc.TemplateInUse(str(e), template=e.name, sandboxes=e.sandbox_ids) from e
     except (templates.TemplateExists, templates.TemplateMismatch) as e:
         raise rpc.InvalidParams(str(e), errors=[{"path": "", "message": str(e)}]) from e
+    except images.ImageInUse as e:
+        raise rpc.WrongState(str(e), image=e.name, sandboxes=e.users) from e
+    except (images.ImageExists, images.BadImage) as e:
+        raise rpc.InvalidParams(str(e), errors=[{"path": "", "message": str(e)}]) from e
+    except BaseImageInUse as e:
+        raise rpc.WrongState(str(e)) from e
     except sb.ImageNotFound as e:
         raise rpc.NotFound(str(e), image=e.name) from e
     except sb.NoCapacity as e:
@@ -180,6 +196,8 @@ async def _exec_streamed(
 def register(methods: MethodTable, manager: SandboxManager) -> None:
     _register_lifecycle(methods, manager)
     _register_templates(methods, manager)
+    _register_images(methods, manager)
+    _register_processes(methods, manager)
     _register_queries(methods, manager)
     _register_files(methods, manager)
 
@@ -311,3 +329,66 @@ def _register_templates(methods: MethodTable, manager: SandboxManager) -> None:
         with _translated():
             await manager.delete_template(p["name"])
         return {"name": p["name"], "deleted": True}
+
+
+def _register_images(methods: MethodTable, manager: SandboxManager) -> None:
+    @methods.register("image.register", params=IMAGE_REGISTER, kind=Kind.LIFECYCLE, mutating=True)
+    async def register_(ctx: CallContext, p: dict[str, Any]) -> Any:
+        with _translated():
+            return await manager.register_image(p["name"], Path(p["path"]))
+
+    @methods.register("image.list")
+    async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
+        return {"images": await manager.list_images()}
+
+    @methods.register("image.delete", params=BY_NAME, kind=Kind.LIFECYCLE, mutating=True)
+    async def delete(ctx: CallContext, p: dict[str, Any]) -> Any:
+        with _translated():
+            await manager.delete_image(p["name"])
+        return {"name": p["name"], "deleted": True}
+
+
+def _register_processes(methods: MethodTable, manager: SandboxManager) -> None:
+    """Background processes in the guest: they outlive the call that started them."""
+
+    @methods.register("sandbox.process.start", params=EXEC, mutating=True)
+    async def start(ctx: CallContext, p: dict[str, Any]) -> Any:
+        spec = _spec(p)
+        with _translated():
+            return (await manager.guest(p["id"]).start(spec)).to_json()
+
+    @methods.register("sandbox.process.list", params=BY_ID)
+    async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
+        with _translated():
+            return {"processes": [x.to_json() for x in await manager.guest(p["id"]).processes()]}
+
+    @methods.register("sandbox.process.get", params=PROCESS)
+    async def get(ctx: CallContext, p: dict[str, Any]) -> Any:
+        with _translated():
+            return (await manager.guest(p["id"]).process(p["process"])).to_json()
+
+    @methods.register("sandbox.process.signal", params=SIGNAL, mutating=True)
+    async def signal(ctx: CallContext, p: dict[str, Any]) -> Any:
+        with _translated():
+            await manager.guest(p["id"]).signal(
+                p["process"], p.get("signal", 15), p.get("group", True)
+            )
+        return {"signalled": True}
+
+    @methods.register("sandbox.process.output", params=PROCESS)
+    async def output(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """The retained output so far (stream notifications), then the process's state."""
+        with _translated():
+            guest = manager.guest(p["id"])
+            events = guest.attach(p["process"], follow=False)
+            try:
+                async for event in events:
+                    if isinstance(event, Output):
+                        await ctx.notify(
+                            "stream", {"stream": event.stream, "data": _text(event.data)}
+                        )
+            finally:
+                close = getattr(events, "aclose", None)
+                if close is not None:
+                    await close()
+            return (await guest.process(p["process"])).to_json()

@@ -25,7 +25,7 @@ from wrennd.guest.protocol import CommandSpec, Event
 from wrennd.log import kv
 from wrennd.network.manager import NetworkManager
 from wrennd.network.slots import SlotAllocator
-from wrennd.sandbox import bringup, pausing, teardown, templates
+from wrennd.sandbox import bringup, images, pausing, teardown, templates
 from wrennd.sandbox.context import Deps, Progress, no_progress
 from wrennd.sandbox.errors import ImageNotFound, SandboxNotFound
 from wrennd.sandbox.host import HostConfig
@@ -261,6 +261,32 @@ class SandboxManager:
         if not path.is_file():
             raise ImageNotFound(image, str(path))
         return path
+
+    # --- images -------------------------------------------------------------------
+    def _image_users(self, name: str) -> builtins.list[str]:
+        return sorted(
+            i
+            for i, sb in self._sandboxes.items()
+            if sb.record.image == name and sb.record.template is None
+        )
+
+    async def register_image(self, name: str, source: Path) -> dict[str, Any]:
+        made = await asyncio.to_thread(images.register, self.cfg.images_dir, name, source)
+        log.info("image registered", extra=kv(image=name, source=source))
+        return made.to_json([])
+
+    async def list_images(self) -> builtins.list[dict[str, Any]]:
+        found = await asyncio.to_thread(images.list_all, self.cfg.images_dir)
+        return [i.to_json(self._image_users(i.name)) for i in found]
+
+    async def delete_image(self, name: str) -> None:
+        """Refused while a sandbox was made from it (the storage backend checks too)."""
+        found = await asyncio.to_thread(images.info, self.cfg.images_dir, name)
+        users = self._image_users(name)
+        if users:
+            raise images.ImageInUse(name, users)
+        await self.deps.storage.delete_base(Path(found.path))
+        log.info("image deleted", extra=kv(image=name))
 
     # --- templates ----------------------------------------------------------------
     async def create_template(

@@ -332,3 +332,33 @@ def test_a_storage_backend_that_cannot_work_stops_the_start(daemon: Daemon) -> N
     text = daemon.log.read_text()
     assert "cannot start" in text and "devicemapper" in text
     assert not daemon.socket.exists()
+
+
+async def test_background_processes(client: Client) -> None:
+    sid = (await client.call("sandbox.create", {"image": "base", "memory_mib": 64}))["id"]
+    started = await client.call(
+        "sandbox.process.start", {"id": sid, "shell": "echo started; exec sleep 60"}
+    )
+    proc = started["id"]
+    listed = (await client.call("sandbox.process.list", {"id": sid}))["processes"]
+    assert [p["id"] for p in listed if p["running"]] == [proc]
+    chunks: list[str] = []
+    for _ in range(50):
+        chunks.clear()
+        await client.call(
+            "sandbox.process.output",
+            {"id": sid, "process": proc},
+            on_notification=lambda m, p: chunks.append(p["data"]),
+        )
+        if "".join(chunks):
+            break
+        await asyncio.sleep(0.1)
+    assert "".join(chunks) == "started\n"
+    await client.call("sandbox.process.signal", {"id": sid, "process": proc, "signal": 15})
+    for _ in range(50):
+        got = await client.call("sandbox.process.get", {"id": sid, "process": proc})
+        if not got["running"]:
+            break
+        await asyncio.sleep(0.1)
+    assert not got["running"] and got["signal"] == 15
+    await client.call("sandbox.destroy", {"id": sid})
