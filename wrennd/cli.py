@@ -383,7 +383,39 @@ TEMPLATE_COMMANDS: list[Command] = [
         arguments=_clone_args,
     ),
 ]
-COMMANDS += SANDBOX_COMMANDS + TEMPLATE_COMMANDS
+
+
+def _register_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="image name (state_dir/images/NAME.ext4)")
+    p.add_argument("path", help="an ext4 image file on this host")
+
+
+def render_images(result: Any, out: TextIO) -> None:
+    rows = [
+        (i["name"], str(i["size_bytes"]), str(i["allocated_bytes"]), str(len(i["used_by"])))
+        for i in result["images"]
+    ]
+    render_table(rows, out, header=("NAME", "SIZE", "ALLOCATED", "SANDBOXES"))
+
+
+IMAGE_COMMANDS: list[Command] = [
+    Command(("image", "list"), "image.list", "registered images", render_images),
+    Command(
+        ("image", "register"),
+        "image.register",
+        "register an ext4 image",
+        params=lambda a: {"name": a.name, "path": str(Path(a.path).resolve())},
+        arguments=_register_args,
+    ),
+    Command(
+        ("image", "delete"),
+        "image.delete",
+        "delete an image nobody uses",
+        params=lambda a: {"name": a.name},
+        arguments=_name_arg,
+    ),
+]
+COMMANDS += SANDBOX_COMMANDS + TEMPLATE_COMMANDS + IMAGE_COMMANDS
 
 
 class Progress:

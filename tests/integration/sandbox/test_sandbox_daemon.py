@@ -291,6 +291,10 @@ async def test_wrennctl_sandbox_commands(client: Client, daemon: Daemon) -> None
     assert rc == 0, err
     rc, out, err = await ctl("sandbox", "get", sid)
     assert rc == 10, err
+    rc, out, err = await ctl("image", "list")
+    assert rc == 0 and b"base" in out, err
+    rc, out, err = await ctl("image", "delete", "nope")
+    assert rc == 16, err  # not_found
 
 
 async def test_templates_through_the_api(client: Client) -> None:
