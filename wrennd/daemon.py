@@ -227,6 +227,7 @@ def wire(daemon: Daemon) -> None:
     sandboxes = SandboxService.from_settings(settings)
     sandbox_methods.register(daemon.methods, sandboxes.manager)
     daemon.stats.add("sandboxes", sandboxes.manager.counts_by_state)
+    daemon.stats.add("uffd", sandboxes.manager.uffd_totals)
     daemon.on_startup("sandbox recovery", sandboxes.start)
     daemon.on_shutdown("pause all sandboxes", sandboxes.shutdown)
 

@@ -143,6 +143,21 @@ class SandboxManager:
         counts = Counter(sb.record.state.value for sb in self._sandboxes.values())
         return {s.value: counts.get(s.value, 0) for s in SandboxState}
 
+    def uffd_totals(self) -> dict[str, int]:
+        """The UFFD engines of the running sandboxes, summed (host.stats)."""
+        totals = Counter[str]()
+        for sb in self._sandboxes.values():
+            stats = sb.live.uffd.stats() if sb.live is not None and sb.live.uffd else None
+            if stats is not None:
+                totals["engines"] += 1
+                totals["faults"] += stats.faults
+                totals["pages_copied"] += stats.copy_pages
+                totals["pages_zeroed"] += stats.zero_pages
+                totals["pages_prefetched"] += stats.prefetch_pages
+                totals["bytes_installed"] += stats.copy_bytes + stats.zero_bytes
+        keys = ("engines", "faults", "pages_copied", "pages_zeroed", "pages_prefetched")
+        return {k: totals[k] for k in (*keys, "bytes_installed")}
+
     def _describe(self, sb: Sandbox) -> dict[str, Any]:
         rec = sb.record
         paths = self.deps.paths(rec.id)

@@ -136,6 +136,8 @@ async def test_api_end_to_end(client: Client, place: Any) -> None:
     )
     assert "load" in stages
     assert (await client.call("sandbox.get", {"id": sid}))["usage"]["memory_bytes"] > 0
+    uffd = (await client.call("host.stats"))["uffd"]
+    assert uffd["engines"] == 1, uffd
     read = await client.call("sandbox.files.read", {"id": sid, "path": "/root/f"})
     assert base64.b64decode(read["data"]) == b"x1"
     listed = await client.call("sandbox.files.list", {"id": sid, "path": "/root"})
