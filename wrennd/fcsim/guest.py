@@ -234,18 +234,23 @@ class GuestRunner:
                 await asyncio.wait_for(self.proc.wait(), STOP_GRACE)
             except TimeoutError:
                 self.log.warning("guest did not stop in time: killing its cgroup")
-        if self.cgroup is not None:
-            await self._kill_cgroup(self.cgroup)
-            self.cgroup = None
-        if self.proc is not None:
-            await self.proc.wait()
-        if self._watch is not None:
-            await asyncio.gather(self._watch, return_exceptions=True)
-        if self.standin is not None:
-            await self.standin.close()
-            self.standin = None
-        with contextlib.suppress(OSError):
-            self.mountpoint.rmdir()
+        try:
+            if self.cgroup is not None:
+                await self._kill_cgroup(self.cgroup)
+            if self.proc is not None:
+                await self.proc.wait()
+            if self.cgroup is not None:
+                # Only now: a killed child not yet reaped still populates the cgroup.
+                await _remove_cgroup(self.cgroup)
+                self.cgroup = None
+            if self._watch is not None:
+                await asyncio.gather(self._watch, return_exceptions=True)
+        finally:
+            if self.standin is not None:
+                await self.standin.close()
+                self.standin = None
+            with contextlib.suppress(OSError):
+                self.mountpoint.rmdir()
 
     @staticmethod
     async def _kill_cgroup(cg: Path) -> None:
@@ -256,7 +261,19 @@ class GuestRunner:
                 break
             (cg / "cgroup.kill").write_text("1")
             await asyncio.sleep(0.01)
-        _remove_dir(cg)
+
+
+async def _remove_cgroup(cg: Path, limit: float = 2.0) -> None:
+    """rmdir, retried while the kernel still counts exiting tasks in it (EBUSY)."""
+    for _ in range(int(limit / 0.01)):
+        try:
+            _remove_dir(cg)
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+        await asyncio.sleep(0.01)
+    _remove_dir(cg)
 
 
 def _thaw_root(pid: int, mountpoint: Path) -> None:

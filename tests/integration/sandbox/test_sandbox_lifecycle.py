@@ -164,8 +164,8 @@ def _agents_under(pid: int) -> list[int]:
 
 
 async def test_a_frozen_guest_does_not_outlive_its_vmm(manager: SandboxManager, env: Any) -> None:
-    """The guest's root frozen and its agent killed (it cannot thaw anything): stopping
-    the VMM must still leave no frozen filesystem, loop device or mount behind."""
+    """The guest's root frozen and its agent killed, so nothing in the guest can thaw it:
+    stopping the VMM must still leave no frozen filesystem, loop device or mount behind."""
     info = await manager.create("base", memory_mib=MEM_MIB)
     await manager.guest(info["id"]).prepare_snapshot(thaw_after=None)
     agents = await asyncio.to_thread(_agents_under, info["vmm"]["pid"])
