@@ -10,6 +10,7 @@ every sandbox, removes the namespaces, unmounts and detaches, also on failure.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
@@ -83,6 +84,7 @@ class Place:
     table: str
     state_dir: Path
     run_dir: Path
+    cgroups_before: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def kernel(self) -> Path:
@@ -118,8 +120,20 @@ class Place:
             if str(self.state_dir) in b.backing_file or f"/{self.state_dir.name}/" in b.backing_file
         ]
         found += _processes_mentioning(self.run_dir)
+        found += [f"cgroup {c}" for c in _dead_fcsim_cgroups() - self.cgroups_before]
         found += _mounts_under((self.state_dir, self.run_dir))
         return found
+
+
+def _dead_fcsim_cgroups() -> set[str]:
+    """fcsim's guest cgroups (``fcsim-guest-<fcsim pid>``) whose fcsim is gone."""
+    root = Path("/sys/fs/cgroup")
+    found = set()
+    for cg in [*root.glob("fcsim-guest-*"), *root.glob("*/fcsim-guest-*")]:
+        pid = cg.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            found.add(str(cg))
+    return found
 
 
 def _processes_mentioning(path: Path) -> list[str]:
@@ -166,7 +180,7 @@ def place(btrfs_root: Path) -> Iterator[Place]:
     bed = TestBed(f"q{tag}")
     state_dir = btrfs_root / f"state-{tag}"
     (state_dir / "images").mkdir(parents=True)
-    pl = Place(bed, f"q{tag}s", f"sbt_{tag}", state_dir, run_dir)
+    pl = Place(bed, f"q{tag}s", f"sbt_{tag}", state_dir, run_dir, _dead_fcsim_cgroups())
     try:
         run("cp", "--reflink=always", btrfs_root / "base.ext4", state_dir / "images/base.ext4")
         pl.kernel.write_bytes(b"fcsim does not run the kernel")
