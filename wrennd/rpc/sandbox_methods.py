@@ -138,8 +138,8 @@ def _translated() -> Iterator[None]:
 
 
 def _progress(ctx: CallContext) -> Progress:
-    async def report(stage: str, done: int, total: int) -> None:
-        await ctx.progress(stage=stage, done=done, total=total)
+    async def report(stage: str, done: int, total: int, **facts: int) -> None:
+        await ctx.progress(stage=stage, done=done, total=total, **facts)
 
     return report
 

@@ -66,7 +66,8 @@ async def resume(deps: Deps, rec: SandboxRecord, progress: Progress, prefetch: b
         raise
     stats = live.uffd.stats() if live.uffd is not None else None
     pages = 0 if stats is None else stats.copy_pages + stats.zero_pages
-    await progress("done", 4, 4)
+    prefetched = 0 if stats is None else stats.prefetch_pages
+    await progress("done", 4, 4, pages_installed=pages, pages_prefetched=prefetched)
     log.info("sandbox resumed", extra=kv(sandbox=rec.id, pages_installed=pages))
     return live
 

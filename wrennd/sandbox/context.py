@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from wrennd.network.manager import NetworkManager
 from wrennd.network.slots import SlotAllocator
@@ -13,11 +14,15 @@ from wrennd.sandbox.paths import SandboxPaths
 from wrennd.sandbox.record import RecordStore
 from wrennd.storage.aio import AsyncStorage
 
-# progress(stage, done, total): long work reports how far it got.
-Progress = Callable[[str, int, int], Awaitable[None]]
+
+class Progress(Protocol):
+    """``progress(stage, done, total, **facts)``: long work reports how far it got (steps),
+    with facts such as bytes ingested or pages prefetched."""
+
+    def __call__(self, stage: str, done: int, total: int, **facts: int) -> Awaitable[None]: ...
 
 
-async def no_progress(stage: str, done: int, total: int) -> None:
+async def no_progress(stage: str, done: int, total: int, **facts: int) -> None:
     return None
 
 

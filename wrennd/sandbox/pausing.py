@@ -80,7 +80,8 @@ async def _snapshot(
     # pages, the next snapshot must be Full.
     rec.need_full = True
     size = paths.pending_memfile.stat().st_size
-    await progress("ingest", 3, 4)
+    written = paths.pending_memfile.stat().st_blocks * 512
+    await progress("ingest", 3, 4, memfile_bytes=written)
     header = await asyncio.to_thread(_ingest, kind, paths, deps)
     rec.need_full = False
     await asyncio.to_thread(_publish_vmstate, paths)
@@ -129,7 +130,7 @@ async def pause(deps: Deps, rec: SandboxRecord, live: Live, progress: Progress) 
         await asyncio.to_thread(
             write_prefetch_map, paths.snapshot_dir, result.working_set, header.memory_size
         )
-    await progress("done", 4, 4)
+    await progress("done", 4, 4, generation=header.generation)
     return header
 
 

@@ -134,7 +134,8 @@ async def build(
         tmp.mkdir()
         await progress("flatten", 0, 3)
         await deps.storage.flatten(sandbox_id, rootfs_of(tmp))
-        await progress("snapshot", 1, 3)
+        flat = await asyncio.to_thread(lambda: rootfs_of(tmp).stat().st_blocks * 512)
+        await progress("snapshot", 1, 3, rootfs_bytes=flat)
         src = deps.paths(sandbox_id).snapshot_dir
         await asyncio.to_thread(copy_snapshot, src, snapshot_of(tmp), store)
         await asyncio.to_thread(_publish, tmp, final, meta)

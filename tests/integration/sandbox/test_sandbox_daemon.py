@@ -115,12 +115,15 @@ async def test_api_end_to_end(client: Client, place: Any) -> None:
     assert streamed["code"] == 0
     assert {(c["stream"], c["data"]) for c in chunks} == {("stdout", "one\n"), ("stderr", "two\n")}
     await client.call("sandbox.files.write", {"id": sid, "path": "/root/f", "data": b64(b"x1")})
-    stages: list[str] = []
+    reports: list[dict[str, Any]] = []
     paused = await client.call(
-        "sandbox.pause", {"id": sid}, on_notification=lambda m, p: stages.append(p["stage"])
+        "sandbox.pause", {"id": sid}, on_notification=lambda m, p: reports.append(p)
     )
     assert paused["state"] == "paused"
+    stages = [r["stage"] for r in reports]
     assert stages[0] == "prepare" and "ingest" in stages and stages[-1] == "done"
+    (ingest,) = [r for r in reports if r["stage"] == "ingest"]
+    assert ingest["memfile_bytes"] > 0 and ingest["total"] == 4
     used = (await client.call("sandbox.get", {"id": sid}))["usage"]
     # Allocated, not apparent: the 64 MiB memory is mostly zero, the 1 GiB layer a reflink.
     assert 0 < used["snapshot_bytes"] < 64 << 20 and 0 < used["disk_bytes"] < 64 << 20, used
@@ -130,11 +133,10 @@ async def test_api_end_to_end(client: Client, place: Any) -> None:
     with pytest.raises(RemoteError) as wrong:
         await client.call("sandbox.exec", {"id": sid, "argv": ["true"]})
     assert wrong.value.type == "wrong_state" and wrong.value.data["state"] == "paused"
-    stages.clear()
-    await client.call(
-        "sandbox.resume", {"id": sid}, on_notification=lambda m, p: stages.append(p["stage"])
-    )
-    assert "load" in stages
+    reports.clear()
+    await client.call("sandbox.resume", {"id": sid}, on_notification=lambda m, p: reports.append(p))
+    assert "load" in [r["stage"] for r in reports]
+    assert "pages_prefetched" in reports[-1] and reports[-1]["stage"] == "done"
     assert (await client.call("sandbox.get", {"id": sid}))["usage"]["memory_bytes"] > 0
     uffd = (await client.call("host.stats"))["uffd"]
     assert uffd["engines"] == 1, uffd
