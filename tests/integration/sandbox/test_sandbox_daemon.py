@@ -291,6 +291,19 @@ async def test_wrennctl_sandbox_commands(client: Client, daemon: Daemon) -> None
     assert (rc, out) == (0, b"\x00bin\xff")
     rc, out, err = await ctl("sandbox", "list")
     assert rc == 0 and sid.encode() in out and b"running" in out
+    rc, out, err = await ctl("template", "create", "wt", sid)
+    assert rc == 0, err
+    rc, out, err = await ctl("--json", "sandbox", "clone", "wt")
+    assert rc == 0, err
+    clone = json.loads(out)["id"]
+    rc, out, err = await ctl("template", "list")
+    assert rc == 0 and b"wt" in out, err
+    rc, out, err = await ctl("template", "delete", "wt")
+    assert rc == 12 and clone.encode() in err  # template_in_use names the clone
+    rc, out, err = await ctl("sandbox", "destroy", clone)
+    assert rc == 0, err
+    rc, out, err = await ctl("template", "delete", "wt")
+    assert rc == 0, err
     rc, out, err = await ctl("sandbox", "destroy", sid)
     assert rc == 0, err
     rc, out, err = await ctl("sandbox", "get", sid)
