@@ -174,3 +174,24 @@ async def test_a_frozen_guest_does_not_outlive_its_vmm(manager: SandboxManager, 
         os.kill(pid, signal.SIGKILL)
     await manager.destroy(info["id"])
     assert not env.leaks()
+
+
+async def test_a_vmm_that_dies_puts_the_sandbox_in_error(manager: SandboxManager, env: Any) -> None:
+    info = await manager.create("base", memory_mib=MEM_MIB)
+    sid = info["id"]
+    os.kill(info["vmm"]["pid"], signal.SIGTERM)
+    for _ in range(200):
+        if manager.get(sid)["state"] == "error":
+            break
+        await asyncio.sleep(0.05)
+    got = manager.get(sid)
+    assert got["state"] == "error" and "VMM exited" in got["error"], got
+    assert "vmm" not in got
+    record = json.loads(
+        await asyncio.to_thread((env.state_dir / "sandboxes" / sid / "state.json").read_bytes)
+    )
+    assert record["state"] == "error" and record["slot"] is None
+    with pytest.raises(WrongState, match="is error"):
+        await manager.exec(sid, CommandSpec(argv=["true"]))
+    await manager.destroy(sid)
+    assert not env.leaks()
