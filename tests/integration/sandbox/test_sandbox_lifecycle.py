@@ -164,14 +164,15 @@ def _agents_under(pid: int) -> list[int]:
 
 
 async def test_a_frozen_guest_does_not_outlive_its_vmm(manager: SandboxManager, env: Any) -> None:
-    """The guest's root frozen and its agent killed, so nothing in the guest can thaw it:
-    stopping the VMM must still leave no frozen filesystem, loop device or mount behind."""
+    """The guest's root frozen and its agent stopped (SIGSTOP: nothing in the guest can
+    thaw it, and its init does not shut the guest down by itself as it would if the agent
+    died): stopping the VMM must leave no frozen filesystem, loop device or mount behind."""
     info = await manager.create("base", memory_mib=MEM_MIB)
     await manager.guest(info["id"]).prepare_snapshot(thaw_after=None)
     agents = await asyncio.to_thread(_agents_under, info["vmm"]["pid"])
     assert agents, "the guest agent runs under the VMM"
     for pid in agents:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGSTOP)
     await manager.destroy(info["id"])
     assert not env.leaks()
 
