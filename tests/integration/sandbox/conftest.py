@@ -197,7 +197,8 @@ def place(btrfs_root: Path) -> Iterator[Place]:
 
 
 @pytest.fixture
-async def env(place: Place) -> AsyncIterator[Env]:
+async def env(place: Place, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    """The manager; ``parametrize("env", ["destroy"], indirect=True)`` sets ttl_action."""
     sim = fcsim_binary()
     assert sim is not None
     cfg = HostConfig(
@@ -207,6 +208,7 @@ async def env(place: Place) -> AsyncIterator[Env]:
         kernel=place.kernel,
         max_generations=4,
         boot_timeout=30,
+        ttl_action=getattr(request, "param", "pause"),
         host_netns=place.bed.host_path,
     )
     network = NetworkManager(

@@ -196,3 +196,16 @@ async def test_a_vmm_that_dies_puts_the_sandbox_in_error(manager: SandboxManager
         await manager.exec(sid, CommandSpec(argv=["true"]))
     await manager.destroy(sid)
     assert not env.leaks()
+
+
+@pytest.mark.parametrize("env", ["destroy"], indirect=True)
+async def test_timeout_destroys_when_configured(manager: SandboxManager, env: Any) -> None:
+    info = await manager.create("base", memory_mib=MEM_MIB, timeout_s=0.5)
+    for _ in range(200):
+        if not manager.list():
+            break
+        await asyncio.sleep(0.1)
+    assert manager.list() == [], "ttl_action=destroy removed the expired sandbox"
+    with pytest.raises(SandboxNotFound):
+        manager.get(info["id"])
+    assert not env.leaks()
