@@ -84,3 +84,8 @@ image:
 
 kernel:
 	images/fetch-kernel build/vmlinux
+
+# The main job, scripted with wrennctl (README "Sandboxes"): root, cleans up after itself.
+.PHONY: demo
+demo: install
+	$(PY) demo/demo.py

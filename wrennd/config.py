@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -87,6 +88,19 @@ def _str(v: object) -> str:
     return v
 
 
+def _name_prefix(v: object) -> str:
+    # Namespace and link names are built from it: short, and not ending in a digit.
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{0,7}[A-Za-z_.-]", v):
+        raise ValueError
+    return v
+
+
+def _nft_name(v: object) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,31}", v):
+        raise ValueError
+    return v
+
+
 def _setting(default: Any, parse: Callable[[object], Any], expected: str) -> Any:
     return dataclasses.field(default=default, metadata={"parse": parse, "expected": expected})
 
@@ -113,6 +127,14 @@ class Settings:
     veth_network: ipaddress.IPv4Network = _setting(
         ipaddress.IPv4Network("10.12.0.0/16"), _network16, "an IPv4 network of /16 or larger"
     )
+    # Names of the per-sandbox namespaces/links and of the nftables table; and the
+    # namespace that plays the host (empty: the daemon's own). Tests and demos
+    # use these to keep their sandboxes apart from a production daemon's.
+    network_prefix: str = _setting(
+        "wrn-", _name_prefix, "1-8 characters of letters, digits, _.- not ending in a digit"
+    )
+    nft_table: str = _setting("wrennd", _nft_name, "an nftables table name")
+    host_netns: Path | None = _setting(None, _opt_path, "an absolute path or empty")
     ttl_action: str = _setting("pause", _choice(*TTL_ACTIONS), "pause or destroy")
     use_jailer: bool = _setting(False, _bool, "true or false")
     # JSON-RPC server limits (wrennd.rpc): per message, per connection, per daemon.

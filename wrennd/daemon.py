@@ -30,9 +30,11 @@ from wrennd import __version__, config, features, log
 from wrennd.listener import Listener, ListenerError, open_listener
 from wrennd.log import kv
 from wrennd.metrics import LoopLag, Sections
-from wrennd.rpc import host
+from wrennd.rpc import host, sandbox_methods
 from wrennd.rpc.methods import MethodTable
 from wrennd.rpc.server import Limits, RpcServer
+from wrennd.sandbox.service import SandboxService
+from wrennd.storage.errors import StorageError
 from wrennd.systemd import Notifier, watchdog_interval
 
 logger = logging.getLogger("wrennd.daemon")
@@ -57,6 +59,7 @@ class ShutdownContext:
 
 
 ShutdownHook = Callable[[ShutdownContext], Awaitable[None]]
+StartupHook = Callable[[], Awaitable[None]]
 
 
 class Daemon:
@@ -87,12 +90,17 @@ class Daemon:
             ),
         )
         self._hooks: list[tuple[str, ShutdownHook]] = []
+        self._startup: list[tuple[str, StartupHook]] = []
         self._stop: asyncio.Event | None = None
         self._background: set[asyncio.Future[Any]] = set()
 
     def on_shutdown(self, name: str, hook: ShutdownHook) -> None:
         """Run ``hook`` on SIGTERM after lifecycle calls finished, before the daemon exits."""
         self._hooks.append((name, hook))
+
+    def on_startup(self, name: str, hook: StartupHook) -> None:
+        """Run ``hook`` on the event loop before the first request is served (recovery)."""
+        self._startup.append((name, hook))
 
     def request_stop(self) -> None:
         if self._stop is not None and not self._stop.is_set():
@@ -102,6 +110,15 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        for name, hook in self._startup:
+            self.notifier.status(f"starting: {name}")
+            try:
+                await hook()
+            except Exception:
+                logger.exception("startup hook failed", extra=kv(hook=name))
+                self.listener.remove()
+                self.notifier.close()
+                return 1
         await self.server.serve(self.listener.sock)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -207,6 +224,12 @@ def wire(daemon: Daemon) -> None:
     host.register(
         daemon.methods, facts, daemon.server, daemon.lag, daemon.info, daemon.stats, daemon.started
     )
+    sandboxes = SandboxService.from_settings(settings)
+    sandbox_methods.register(daemon.methods, sandboxes.manager)
+    daemon.stats.add("sandboxes", sandboxes.manager.counts_by_state)
+    daemon.stats.add("uffd", sandboxes.manager.uffd_totals)
+    daemon.on_startup("sandbox recovery", sandboxes.start)
+    daemon.on_shutdown("pause all sandboxes", sandboxes.shutdown)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -233,8 +256,13 @@ def main(argv: Sequence[str] | None = None, extend: Callable[[Daemon], None] | N
         logger.error("cannot start", extra=kv(error=e))
         return 1
     daemon = Daemon(settings, listener, notifier, args.config)
-    # Blocking probes (VMM --version) run here, before the loop and before READY=1.
-    wire(daemon)
+    # Blocking probes (VMM --version, storage backend) run here, before the loop and READY=1.
+    try:
+        wire(daemon)
+    except (OSError, ValueError, StorageError) as e:
+        logger.error("cannot start", extra=kv(error=e))
+        listener.remove()
+        return 1
     if extend is not None:
         extend(daemon)
     result: int = uvloop.run(daemon.run())

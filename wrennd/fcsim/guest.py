@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import ipaddress
 import os
 import sys
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 BOOT_TIMEOUT = 20.0
 STOP_GRACE = 5.0
+FITHAW = 0xC0045878  # _IOWR('X', 120, int)
 
 
 @dataclass(frozen=True)
@@ -222,23 +225,32 @@ class GuestRunner:
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(OSError):
                 await self._set_frozen(False)
+            # A guest whose root was frozen (FIFREEZE before a snapshot) would hang in
+            # its shutdown sync, unkillable; Firecracker's guest just dies with the VMM.
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(_thaw_root, self.proc.pid, self.mountpoint)
             self.proc.terminate()
             try:
                 await asyncio.wait_for(self.proc.wait(), STOP_GRACE)
             except TimeoutError:
                 self.log.warning("guest did not stop in time: killing its cgroup")
-        if self.cgroup is not None:
-            await self._kill_cgroup(self.cgroup)
-            self.cgroup = None
-        if self.proc is not None:
-            await self.proc.wait()
-        if self._watch is not None:
-            await asyncio.gather(self._watch, return_exceptions=True)
-        if self.standin is not None:
-            await self.standin.close()
-            self.standin = None
-        with contextlib.suppress(OSError):
-            self.mountpoint.rmdir()
+        try:
+            if self.cgroup is not None:
+                await self._kill_cgroup(self.cgroup)
+            if self.proc is not None:
+                await self.proc.wait()
+            if self.cgroup is not None:
+                # Only now: a killed child not yet reaped still populates the cgroup.
+                await _remove_cgroup(self.cgroup)
+                self.cgroup = None
+            if self._watch is not None:
+                await asyncio.gather(self._watch, return_exceptions=True)
+        finally:
+            if self.standin is not None:
+                await self.standin.close()
+                self.standin = None
+            with contextlib.suppress(OSError):
+                self.mountpoint.rmdir()
 
     @staticmethod
     async def _kill_cgroup(cg: Path) -> None:
@@ -249,7 +261,35 @@ class GuestRunner:
                 break
             (cg / "cgroup.kill").write_text("1")
             await asyncio.sleep(0.01)
-        _remove_dir(cg)
+
+
+async def _remove_cgroup(cg: Path, limit: float = 2.0) -> None:
+    """rmdir, retried while the kernel still counts exiting tasks in it (EBUSY)."""
+    for _ in range(int(limit / 0.01)):
+        try:
+            _remove_dir(cg)
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+        await asyncio.sleep(0.01)
+    _remove_dir(cg)
+
+
+def _thaw_root(pid: int, mountpoint: Path) -> None:
+    """FITHAW the guest's root filesystem (EINVAL: it was not frozen).
+
+    It is mounted at ``mountpoint`` in the mount namespace of ``pid`` (guestboot),
+    reached through that process's root."""
+    path = f"/proc/{pid}/root/{str(mountpoint).lstrip('/')}"
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, FITHAW, 0)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _remove_dir(path: Path) -> None:

@@ -54,6 +54,12 @@ class SandboxRecord:
     slot: int | None = None
     vmm_pid: int | None = None
     generation: int | None = None  # memory generation of the last pause; None: never paused
+    # A snapshot was taken but not ingested: the VMM's dirty bitmap no longer
+    # covers those pages, so the next snapshot must be Full.
+    need_full: bool = False
+    # Build id of the memory header the record knows (the last pause's, or its collapse):
+    # a header with another one after a crash mid-pause means that pause's memory committed.
+    snapshot_build_id: str | None = None
     error: str | None = None
     created_at: float = dataclasses.field(default_factory=time.time)
     updated_at: float = dataclasses.field(default_factory=time.time)

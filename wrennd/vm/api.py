@@ -140,6 +140,11 @@ class Requests:
         )
         return ApiCall("PUT", f"/drives/{drive_id}", body)
 
+    def patch_drive(self, drive_id: str, path_on_host: str) -> ApiCall:
+        """Point a drive at another backing file (after boot or a snapshot load)."""
+        body = {"drive_id": _check_id("drive_id", drive_id), "path_on_host": path_on_host}
+        return ApiCall("PATCH", f"/drives/{drive_id}", body)
+
     def network_interface(
         self, iface_id: str, host_dev_name: str, guest_mac: str | None = None
     ) -> ApiCall:

@@ -146,6 +146,9 @@ class FirecrackerClient:
             )
         )
 
+    async def patch_drive(self, drive_id: str, path_on_host: str) -> None:
+        await self.call(self.requests.patch_drive(drive_id, path_on_host))
+
     async def put_network_interface(
         self, iface_id: str, host_dev_name: str, guest_mac: str | None = None
     ) -> None:

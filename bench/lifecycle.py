@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Sandbox lifecycle timings under the real manager (fcsim VMs), side by side in one run.
+
+Runs as root against a test bed (wrennd.network.testbed) and a btrfs state
+dir in a loop file (reflink layers), never the machine's own network.
+
+- create: time to a running sandbox with a healthy agent;
+- pause: the first (Full) and then Diff pauses at 1%, 10% and 50% of memory
+  dirtied (fcsim control socket) since the resume, with their ratios to Full;
+- resume to agent-ready with and without prefetch, alternating, each followed
+  by touching the previous resume's working set (how long the guest waits for
+  its memory), with the ratios.
+- clone fan-out: a template from a paused sandbox, then 1, 5 and 20 clones
+  created at once: wall time, per-clone median, clones per second.
+
+    .venv/bin/python bench/lifecycle.py [--memory-mib 256] [--reps 3]
+                                        [--fanout 1 5 20] [--json out.json]
+                                        [--plot out.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from wrennd.fcsim.control import ControlClient
+from wrennd.network.manager import NetworkManager
+from wrennd.network.plan import Naming
+from wrennd.network.testbed import TestBed
+from wrennd.sandbox.host import HostConfig, VmmChoice, fcsim_binary
+from wrennd.sandbox.manager import SandboxManager
+from wrennd.storage import loopdev
+from wrennd.storage.aio import open_storage
+
+REPO = Path(__file__).resolve().parents[1]
+PAGE = 4096
+
+
+def sh(*argv: str | Path) -> str:
+    return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True).stdout
+
+
+@contextlib.contextmanager
+def btrfs_dir(size_gib: int) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="wlb") as top, contextlib.ExitStack() as stack:
+        image, mnt = Path(top) / "fs.img", Path(top) / "mnt"
+        mnt.mkdir()
+        with image.open("wb") as f:
+            f.truncate(size_gib << 30)
+        sh("mkfs.btrfs", "-q", "-f", image)
+        device = loopdev.attach(image, read_only=False)
+        stack.callback(loopdev.detach, device)
+        sh("mount", "-t", "btrfs", device.path, mnt)
+        stack.callback(sh, "umount", mnt)
+        yield mnt
+
+
+async def timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    t = time.perf_counter()
+    result = await call()
+    return time.perf_counter() - t, result
+
+
+async def control(info: dict[str, Any], op: str, **args: Any) -> dict[str, Any]:
+    ctl = ControlClient(Path(info["vmm"]["control_socket"]))
+    try:
+        return await ctl.call(op, **args)
+    finally:
+        await ctl.close()
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    return {"median_ms": statistics.median(samples) * 1e3, "min_ms": min(samples) * 1e3}
+
+
+async def measure(mgr: SandboxManager, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"memory_mib": args.memory_mib, "reps": args.reps}
+    creates, fulls, sids = [], [], []
+    for _ in range(args.reps):
+        t, info = await timed(lambda: mgr.create("base", memory_mib=args.memory_mib))
+        creates.append(t)
+        sids.append(info["id"])
+        await control(info, "dirty", fraction=0.5, seed=1)
+        fulls.append((await timed(lambda sid=info["id"]: mgr.pause(sid)))[0])
+    out["create"] = stats(creates)
+    out["pause_full_50pct_data"] = stats(fulls)
+    for fraction in (0.01, 0.10, 0.50):
+        samples = []
+        for n, sid in enumerate(sids):
+            info = await mgr.resume(sid)
+            await control(info, "dirty", fraction=fraction, seed=10 + n)
+            samples.append((await timed(lambda sid=sid: mgr.pause(sid)))[0])
+        out[f"pause_diff_{round(fraction * 100)}pct"] = stats(samples)
+    ws_pages = (args.memory_mib << 20) // PAGE // 4
+    resume: dict[bool, list[float]] = {True: [], False: []}
+    touch: dict[bool, list[float]] = {True: [], False: []}
+    sid = sids[0]
+    # Record a working set first: a resume without prefetch, a quarter of memory touched.
+    info = await mgr.resume(sid, prefetch=False)
+    await control(info, "touch", count=ws_pages, order="sequential", write=False)
+    await mgr.pause(sid)
+    for _ in range(args.reps):
+        for prefetch in (True, False):
+            t, info = await timed(lambda p=prefetch: mgr.resume(sid, prefetch=p))
+            resume[prefetch].append(t)
+            touched = await control(info, "touch", count=ws_pages, order="sequential")
+            touch[prefetch].append(float(touched["seconds"]))
+            await mgr.pause(sid)
+    out["resume_prefetch"] = stats(resume[True])
+    out["resume_no_prefetch"] = stats(resume[False])
+    out["touch_working_set_prefetch"] = stats(touch[True])
+    out["touch_working_set_no_prefetch"] = stats(touch[False])
+    out["working_set_mib"] = ws_pages * PAGE >> 20
+    full = out["pause_full_50pct_data"]["median_ms"]
+    out["ratios"] = {
+        **{
+            f"diff_{p}pct_over_full": out[f"pause_diff_{p}pct"]["median_ms"] / full
+            for p in (1, 10, 50)
+        },
+        "resume_prefetch_over_no_prefetch": statistics.median(resume[True])
+        / statistics.median(resume[False]),
+        "touch_prefetch_over_no_prefetch": statistics.median(touch[True])
+        / statistics.median(touch[False]),
+    }
+    out["clone_fanout"] = await fanout(mgr, sid, args.fanout)
+    for sid in sids:
+        await mgr.destroy(sid)
+    return out
+
+
+async def fanout(mgr: SandboxManager, sid: str, sizes: list[int]) -> dict[str, Any]:
+    """A template from a paused sandbox, then N clones created at once, for each N."""
+    await mgr.create_template(sid, "bench")
+    result: dict[str, Any] = {}
+    for n in sizes:
+        per_clone: list[float] = []
+
+        async def one(per_clone: list[float] = per_clone) -> str:
+            t, info = await timed(lambda: mgr.create(template="bench"))
+            per_clone.append(t)
+            return str(info["id"])
+
+        wall, ids = await timed(lambda n=n: asyncio.gather(*(one() for _ in range(n))))
+        result[str(n)] = {
+            "wall_ms": wall * 1e3,
+            "per_clone_median_ms": statistics.median(per_clone) * 1e3,
+            "clones_per_s": n / wall,
+        }
+        await asyncio.gather(*(mgr.destroy(i) for i in ids))
+    await mgr.delete_template("bench")
+    return result
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    image = sh(REPO / "images" / "build-image", "-").strip().splitlines()[-1]
+    tag = secrets.token_hex(2)
+    bed = TestBed(f"lb{tag}")
+    sim = fcsim_binary()
+    assert sim is not None, "fcsim is not installed (make install)"
+    with btrfs_dir(8) as mnt, tempfile.TemporaryDirectory(prefix="wlr", dir="/tmp") as run_dir:
+        (mnt / "images").mkdir()
+        sh("cp", "--sparse=always", image, mnt / "images" / "base.ext4")
+        (mnt / "vmlinux").write_bytes(b"fcsim does not run the kernel")
+        cfg = HostConfig(
+            state_dir=mnt,
+            run_dir=Path(run_dir),
+            vmm=VmmChoice(sim, True, "benchmark on fcsim"),
+            kernel=mnt / "vmlinux",
+            max_generations=1000,  # no collapse in the middle of a measurement
+            host_netns=bed.host_path,
+        )
+        network = NetworkManager(
+            naming=Naming(prefix=f"lb{tag}s", table=f"lb_{tag}"), host_netns=bed.host_path
+        )
+        storage = await open_storage("reflink", mnt)
+        mgr = SandboxManager(cfg, storage, network)
+        try:
+            bed.build()
+            await mgr.start()
+            return await measure(mgr, args)
+        finally:
+            for sb in mgr.list():
+                with contextlib.suppress(Exception):
+                    await mgr.destroy(sb["id"])
+            await mgr.close()
+            await storage.aclose()
+            with contextlib.suppress(Exception):
+                await network.uninstall()
+            bed.destroy()
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [
+        "create",
+        "pause_full_50pct_data",
+        "pause_diff_1pct",
+        "pause_diff_10pct",
+        "pause_diff_50pct",
+        "resume_prefetch",
+        "resume_no_prefetch",
+        "touch_working_set_prefetch",
+        "touch_working_set_no_prefetch",
+    ]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.barh(keys, [result[k]["median_ms"] for k in keys])
+    ax.set_xlabel("median ms")
+    ax.set_title(f"sandbox lifecycle, fcsim, {result['memory_mib']} MiB guest")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--memory-mib", type=int, default=256)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--fanout", type=int, nargs="+", default=[1, 5, 20])
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path)
+    args = parser.parse_args()
+    result = asyncio.run(run(args))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    if args.plot:
+        plot(result, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Base images: ``state_dir/images/<name>.ext4``, read-only once registered.
+
+``register`` validates an ext4 image (superblock magic, a size the block
+layer accepts), copies it in (a reflink where the filesystem can, else a
+sparse copy) under a temporary name, fsyncs it, makes it read-only and
+publishes it without ever replacing an existing image.  ``delete`` is
+refused while a sandbox or a template was made from it.  Blocking: the
+manager calls these from a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wrennd import fsutil
+from wrennd.sandbox.errors import ImageNotFound, LifecycleError
+from wrennd.storage import fileops
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+EXT4_MAGIC = 0xEF53
+_MAGIC_OFFSET = 1024 + 0x38  # superblock at 1024, s_magic at 0x38
+SECTOR = 512
+
+
+class BadImage(LifecycleError):
+    """A file offered as an image is not a usable ext4 image."""
+
+
+class ImageExists(LifecycleError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"image {name!r} already exists")
+        self.name = name
+
+
+class ImageInUse(LifecycleError):
+    def __init__(self, name: str, users: list[str]) -> None:
+        super().__init__(f"image {name!r} is used by {', '.join(users)}")
+        self.name = name
+        self.users = users
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    name: str
+    path: str
+    size_bytes: int
+    allocated_bytes: int
+
+    def to_json(self, users: list[str]) -> dict[str, Any]:
+        return {**self.__dict__, "used_by": users}
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ImageNotFound(
+            name, "a name of 1-64 letters, digits, _.- (not starting with one of _.-)"
+        )
+    return name
+
+
+def validate(path: Path) -> int:
+    """The image's size if ``path`` is a regular ext4 image file; BadImage saying why not."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise BadImage(f"{path}: {e.strerror}") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadImage(f"{path}: not a regular file")
+        if st.st_size == 0 or st.st_size % SECTOR:
+            raise BadImage(f"{path}: size {st.st_size} is not a positive multiple of {SECTOR}")
+        raw = os.pread(fd, 2, _MAGIC_OFFSET)
+        if len(raw) != 2 or struct.unpack("<H", raw)[0] != EXT4_MAGIC:
+            raise BadImage(f"{path}: no ext2/3/4 superblock (magic 0xEF53 at byte 1080)")
+        return st.st_size
+    finally:
+        os.close(fd)
+
+
+def register(images_dir: Path, name: str, source: Path) -> ImageInfo:
+    check_name(name)
+    validate(source)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    final = images_dir / f"{name}.ext4"
+    if final.exists():
+        raise ImageExists(name)
+    tmp = fsutil.temp_name(final)
+    try:
+        src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            dst = fileops.create_exclusive(tmp, 0o444)
+            try:
+                try:
+                    fileops.reflink(src, dst)
+                except OSError:
+                    fileops.copy_sparse(src, dst)
+                os.fsync(dst)
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+        validate(tmp)  # what was copied, not only what was offered
+        try:
+            fileops.publish_no_replace(tmp, final)
+        except FileExistsError as e:
+            raise ImageExists(name) from e
+    finally:
+        fileops.unlink_quiet(tmp)
+    return info(images_dir, name)
+
+
+def info(images_dir: Path, name: str) -> ImageInfo:
+    path = images_dir / f"{check_name(name)}.ext4"
+    try:
+        st = path.stat()
+    except FileNotFoundError as e:
+        raise ImageNotFound(name, str(path)) from e
+    return ImageInfo(name, str(path), st.st_size, st.st_blocks * 512)
+
+
+def list_all(images_dir: Path) -> list[ImageInfo]:
+    if not images_dir.is_dir():
+        return []
+    out = []
+    for p in sorted(images_dir.glob("*.ext4")):
+        if NAME_RE.match(p.stem) and not fsutil.is_temp_name(p.name):
+            with contextlib.suppress(FileNotFoundError):
+                out.append(info(images_dir, p.stem))
+    return out

@@ -1,0 +1,137 @@
+"""Pause: freeze the guest, snapshot it into fresh files, ingest, free every host resource.
+
+Order (DESIGN.md §4): agent prepare (sync + FIFREEZE), PATCH Paused, snapshot
+(Full the first time, Diff after a resume) to fresh paths, ingest into the
+generation store, publish the vmstate; only then stop the VMM, record the
+engine's first-touch order as the prefetch map, detach storage and free the
+network slot.  A failure before the memory is committed thaws and resumes
+the guest, so the sandbox keeps running and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Literal
+
+from wrennd.fsutil import fsync_dir
+from wrennd.guest.client import AgentUnavailable, GuestError
+from wrennd.log import kv
+from wrennd.sandbox.context import Deps, Progress
+from wrennd.sandbox.errors import GuestFailed, LifecycleError, VmmFailed
+from wrennd.sandbox.live import Live
+from wrennd.sandbox.paths import SandboxPaths
+from wrennd.sandbox.record import SandboxRecord
+from wrennd.snapshot import Header, SnapshotError, ingest_diff, ingest_full, write_prefetch_map
+from wrennd.vm.errors import VmmError
+
+log = logging.getLogger(__name__)
+
+# The agent thaws by itself if the host has not finished (or undone) a pause by then.
+PREPARE_THAW_AFTER = 60.0
+
+
+class PauseUndone(LifecycleError):
+    """The pause failed; the guest was thawed and resumed and keeps running."""
+
+
+def _clear_pending(paths: SandboxPaths) -> None:
+    for p in (paths.pending_memfile, paths.pending_vmstate):
+        p.unlink(missing_ok=True)
+
+
+def _publish_vmstate(paths: SandboxPaths) -> None:
+    fd = os.open(paths.pending_vmstate, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(paths.pending_vmstate, paths.vmstate)
+    fsync_dir(paths.snapshot_dir)
+
+
+def _ingest(kind: str, paths: SandboxPaths, deps: Deps) -> Header:
+    paths.snapshot_dir.mkdir(parents=True, exist_ok=True)
+    store = deps.cfg.store
+    store.mkdir(parents=True, exist_ok=True)
+    if kind == "Full":
+        return ingest_full(paths.pending_memfile, paths.snapshot_dir, store)
+    return ingest_diff(paths.pending_memfile, paths.snapshot_dir, paths.snapshot_dir, store)
+
+
+async def _snapshot(
+    deps: Deps, rec: SandboxRecord, live: Live, progress: Progress
+) -> tuple[Header, str]:
+    vmm = live.require_vmm()
+    paths = deps.paths(rec.id)
+    kind: Literal["Full", "Diff"] = "Full" if rec.generation is None or rec.need_full else "Diff"
+    await asyncio.to_thread(_clear_pending, paths)
+    await progress("pause_vm", 1, 4)
+    await vmm.checked(vmm.client.pause)
+    await progress("snapshot", 2, 4)
+    await vmm.checked(
+        lambda: vmm.client.create_snapshot(
+            str(paths.pending_vmstate), str(paths.pending_memfile), kind
+        )
+    )
+    # From here the VMM's dirty bitmap is reset: until a header holds these
+    # pages, the next snapshot must be Full.
+    rec.need_full = True
+    size = paths.pending_memfile.stat().st_size
+    written = paths.pending_memfile.stat().st_blocks * 512
+    await progress("ingest", 3, 4, memfile_bytes=written)
+    header = await asyncio.to_thread(_ingest, kind, paths, deps)
+    rec.need_full = False
+    await asyncio.to_thread(_publish_vmstate, paths)
+    log.info(
+        "sandbox snapshot taken",
+        extra=kv(sandbox=rec.id, kind=kind, memfile_bytes=size, generation=header.generation),
+    )
+    return header, kind
+
+
+async def undo_freeze(live: Live) -> str | None:
+    """Resume the VM and thaw the guest; the reason it could not, or None."""
+    vmm = live.require_vmm()
+    try:
+        info = await vmm.checked(vmm.client.describe_instance)
+        if info.get("state") == "Paused":
+            await vmm.checked(vmm.client.resume)
+        await live.require_guest().thaw()
+    except (VmmError, AgentUnavailable, GuestError) as e:
+        return str(e)
+    return None
+
+
+async def pause(deps: Deps, rec: SandboxRecord, live: Live, progress: Progress) -> Header:
+    """Take the snapshot and release the host resources; see the module doc."""
+    paths = deps.paths(rec.id)
+    await progress("prepare", 0, 4)
+    try:
+        await live.require_guest().prepare_snapshot(thaw_after=PREPARE_THAW_AFTER)
+    except (AgentUnavailable, GuestError) as e:
+        with contextlib.suppress(AgentUnavailable, GuestError):
+            await live.require_guest().thaw()
+        raise PauseUndone(f"pause of {rec.id}: the guest could not be frozen: {e}") from e
+    try:
+        header, _ = await _snapshot(deps, rec, live, progress)
+    except (VmmError, SnapshotError, OSError) as e:
+        await asyncio.to_thread(_clear_pending, paths)
+        failed = await undo_freeze(live)
+        if failed is not None:
+            raise VmmFailed(
+                f"pause of {rec.id} failed ({e}) and the VM could not be resumed: {failed}"
+            ) from e
+        raise PauseUndone(f"pause of {rec.id} failed, the sandbox keeps running: {e}") from e
+    result = await live.release(deps.storage, deps.network, deps.slots)
+    if result is not None and result.working_set:
+        await asyncio.to_thread(
+            write_prefetch_map, paths.snapshot_dir, result.working_set, header.memory_size
+        )
+    await progress("done", 4, 4, generation=header.generation)
+    return header
+
+
+__all__ = ["GuestFailed", "PauseUndone", "pause", "undo_freeze"]

@@ -1,0 +1,145 @@
+"""Startup recovery: read every state.json and bring each record to a resting state.
+
+No VMM of a previous daemon is adopted: one that outlived it is stopped (it
+is identified by its API socket on its command line, never by pid alone).
+A sandbox whose VMM is gone goes back to its last snapshot (paused) when it
+has one, else to error with the reason; an unfinished create or destroy is
+completed as a destroy.  Then every stale network, storage device and
+snapshot temporary is cleaned, since nothing runs yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from wrennd.fsutil import fsync_dir
+from wrennd.log import kv
+from wrennd.sandbox import teardown, templates
+from wrennd.sandbox.context import Deps
+from wrennd.sandbox.paths import SandboxPaths
+from wrennd.sandbox.record import SandboxRecord
+from wrennd.sandbox.state import SandboxState
+from wrennd.snapshot import SnapshotError
+from wrennd.snapshot import recover as recover_store
+from wrennd.snapshot.store import read_header
+
+log = logging.getLogger(__name__)
+S = SandboxState
+STALE_VMM_GRACE = 5.0
+
+
+def _is_our_vmm(pid: int, api_socket: Path) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return os.fsencode(str(api_socket)) in argv
+
+
+def _wait_gone(pid: int, api_socket: Path, limit: float) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if not _is_our_vmm(pid, api_socket):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def stop_stale_vmm(pid: int, api_socket: Path) -> bool:
+    """SIGTERM (fcsim and Firecracker clean up), then SIGKILL; True if one was running."""
+    if not _is_our_vmm(pid, api_socket):
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        if _wait_gone(pid, api_socket, STALE_VMM_GRACE):
+            return True
+    return True
+
+
+def finish_interrupted_pause(paths: SandboxPaths, rec: SandboxRecord) -> bool:
+    """After a crash mid-pause: if that pause's memory header was committed, publish its
+    vmstate and adopt it (True); otherwise drop its leftovers (False)."""
+    try:
+        header = read_header(paths.snapshot_dir)
+    except (OSError, SnapshotError):
+        header = None
+    committed = (
+        header is not None
+        and str(header.build_id) != rec.snapshot_build_id
+        and paths.pending_vmstate.exists()
+    )
+    if committed:
+        assert header is not None
+        os.replace(paths.pending_vmstate, paths.vmstate)
+        fsync_dir(paths.snapshot_dir)
+        rec.generation, rec.snapshot_build_id = header.generation, str(header.build_id)
+        rec.need_full = False
+    paths.pending_memfile.unlink(missing_ok=True)
+    paths.pending_vmstate.unlink(missing_ok=True)
+    return committed
+
+
+def _settle(rec: SandboxRecord) -> str | None:
+    """The resting state for a record found at start; None: finish it as a destroy."""
+    if rec.state in (S.CREATING, S.STOPPING):
+        return None
+    if rec.state in (S.RUNNING, S.PAUSING, S.RESUMING):
+        was = rec.state.value
+        if rec.generation is not None:
+            rec.state = S.PAUSED
+            rec.error = (
+                f"the daemon stopped while the sandbox was {was}; restored to its last "
+                f"snapshot (generation {rec.generation})"
+            )
+        else:
+            rec.state = S.ERROR
+            rec.error = f"the daemon stopped while the sandbox was {was} and it has no snapshot"
+    rec.slot, rec.vmm_pid = None, None
+    return rec.error
+
+
+async def recover(deps: Deps) -> list[SandboxRecord]:
+    records, bad = await asyncio.to_thread(deps.records.load_all)
+    for err in bad:
+        log.error("unreadable sandbox record left alone", extra=kv(error=err))
+    kept: list[SandboxRecord] = []
+    for rec in records:
+        paths = deps.paths(rec.id)
+        if rec.vmm_pid is not None:
+            stopped = await asyncio.to_thread(
+                stop_stale_vmm, rec.vmm_pid, paths.vmm_files.api_socket
+            )
+            if stopped:
+                log.warning("stale vmm stopped", extra=kv(sandbox=rec.id, pid=rec.vmm_pid))
+        before = rec.state
+        if rec.state == S.PAUSING and await asyncio.to_thread(finish_interrupted_pause, paths, rec):
+            log.info("interrupted pause completed", extra=kv(sandbox=rec.id))
+            rec.state = S.PAUSED
+        if _settle(rec) is None and rec.state in (S.CREATING, S.STOPPING):
+            await teardown.destroy(deps, rec, None)
+            log.info("unfinished sandbox removed", extra=kv(sandbox=rec.id, state=before.value))
+            continue
+        await asyncio.to_thread(deps.records.save, rec)
+        log.info("sandbox recovered", extra=kv(sandbox=rec.id, was=before, now=rec.state))
+        kept.append(rec)
+    if records:
+        # Only a host that ran sandboxes can hold stale ones (a record is saved
+        # before anything is made for a sandbox).
+        await (await deps.network_ready()).cleanup_stale(())
+    await deps.storage.cleanup_stale(())
+    removed = await asyncio.to_thread(templates.cleanup_temporaries, deps)
+    if removed:
+        log.info("half-built templates removed", extra=kv(templates=",".join(removed)))
+    dirs = [deps.paths(r.id).snapshot_dir for r in kept if deps.paths(r.id).snapshot_dir.exists()]
+    dirs += await asyncio.to_thread(templates.snapshot_dirs, deps)
+    deps.cfg.store.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(recover_store, dirs, deps.cfg.store)
+    return kept

@@ -1,0 +1,37 @@
+"""Destroy: stop the VMM, remove the layer, the network, the snapshot and the record."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+
+from wrennd.sandbox.context import Deps
+from wrennd.sandbox.live import Live
+from wrennd.sandbox.record import SandboxRecord
+from wrennd.snapshot import delete_snapshot
+from wrennd.storage.errors import SandboxStorageNotFound
+
+
+def _remove_files(deps: Deps, sandbox_id: str) -> None:
+    paths = deps.paths(sandbox_id)
+    if paths.snapshot_dir.exists():
+        delete_snapshot(paths.snapshot_dir, deps.cfg.store)
+    shutil.rmtree(paths.run, ignore_errors=True)
+    if paths.state.exists():
+        deps.records.remove(sandbox_id)
+
+
+async def destroy(deps: Deps, rec: SandboxRecord, live: Live | None) -> None:
+    """Everything the sandbox holds goes; what is already gone is skipped."""
+    if live is not None:
+        await live.stop_vmm()
+        if live.slot is not None:
+            await deps.network.remove(live.slot)
+            deps.slots.release(live.slot)
+            live.slot = None
+    elif rec.slot is not None:
+        await (await deps.network_ready()).remove(rec.slot)
+    with contextlib.suppress(SandboxStorageNotFound):
+        await deps.storage.remove(rec.id)
+    await asyncio.to_thread(_remove_files, deps, rec.id)

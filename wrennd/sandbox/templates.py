@@ -1,0 +1,205 @@
+"""Templates: a paused sandbox frozen under a name, and the files clones start from.
+
+``state_dir/templates/<name>/``: ``rootfs.ext4`` (the sandbox's disk
+flattened into an independent image), ``snapshot/`` (its memory header with a
+link to every generation it names, the prefetch map and the vmstate) and
+``meta.json`` (vcpus and memory, which every clone must use).  A template is
+built in a hidden temporary directory and renamed into place, so it exists
+whole or not at all; a crash leaves only a temporary that startup removes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from wrennd.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
+from wrennd.log import kv
+from wrennd.sandbox.context import Deps, Progress
+from wrennd.sandbox.errors import LifecycleError
+from wrennd.snapshot import Header, delete_snapshot, read_prefetch_map, write_prefetch_map
+from wrennd.snapshot.store import commit, read_header
+
+log = logging.getLogger(__name__)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_TEMP_PREFIX = ".tmp-"
+
+
+class TemplateNotFound(LifecycleError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no template {name!r}")
+        self.name = name
+
+
+class TemplateExists(LifecycleError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"template {name!r} already exists")
+        self.name = name
+
+
+class TemplateInUse(LifecycleError):
+    def __init__(self, name: str, sandbox_ids: list[str]) -> None:
+        super().__init__(f"template {name!r} is used by sandboxes {', '.join(sandbox_ids)}")
+        self.name = name
+        self.sandbox_ids = sandbox_ids
+
+
+class TemplateMismatch(LifecycleError):
+    """A clone asked for other vcpus or memory than its template was taken with."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplateMeta:
+    name: str
+    vcpus: int
+    memory_mib: int
+    image: str | None
+    source_sandbox: str
+    created_at: float
+
+    @classmethod
+    def load(cls, path: Path) -> TemplateMeta:
+        try:
+            return cls(**json.loads(path.read_bytes()))
+        except (OSError, ValueError, TypeError) as e:
+            raise LifecycleError(f"{path}: unreadable template metadata: {e}") from e
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise TemplateNotFound(name)
+    return name
+
+
+def template_dir(deps: Deps, name: str) -> Path:
+    return deps.cfg.state_dir / "templates" / check_name(name)
+
+
+def rootfs_of(tdir: Path) -> Path:
+    return tdir / "rootfs.ext4"
+
+
+def snapshot_of(tdir: Path) -> Path:
+    return tdir / "snapshot"
+
+
+def copy_snapshot(src: Path, dst: Path, store: Path) -> Header:
+    """dst becomes the same snapshot as src: the header with links to its generations (no
+    memory copied), the prefetch map and the vmstate.  Blocking."""
+    header = read_header(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dst / "vmstate", (src / "vmstate").read_bytes())
+    ranges = read_prefetch_map(src)
+    if ranges:
+        write_prefetch_map(dst, ranges, header.memory_size)
+    commit(dst, store, header)
+    return header
+
+
+def _discard(tdir: Path, store: Path) -> None:
+    if snapshot_of(tdir).exists():
+        delete_snapshot(snapshot_of(tdir), store)
+    shutil.rmtree(tdir, ignore_errors=True)
+
+
+def _publish(tmp: Path, final: Path, meta: TemplateMeta) -> None:
+    atomic_write_json(tmp / "meta.json", dataclasses.asdict(meta))
+    try:
+        os.rename(tmp, final)
+    except OSError as e:
+        raise TemplateExists(meta.name) from e
+    fsync_dir(final.parent)
+
+
+async def build(
+    deps: Deps, sandbox_id: str, meta: TemplateMeta, progress: Progress
+) -> TemplateMeta:
+    """Flatten the (paused) sandbox's disk and link its memory into a new template."""
+    final = template_dir(deps, meta.name)
+    if final.exists():
+        raise TemplateExists(meta.name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{_TEMP_PREFIX}{meta.name}-{secrets.token_hex(4)}"
+    store = deps.cfg.store
+    try:
+        tmp.mkdir()
+        await progress("flatten", 0, 3)
+        await deps.storage.flatten(sandbox_id, rootfs_of(tmp))
+        flat = await asyncio.to_thread(lambda: rootfs_of(tmp).stat().st_blocks * 512)
+        await progress("snapshot", 1, 3, rootfs_bytes=flat)
+        src = deps.paths(sandbox_id).snapshot_dir
+        await asyncio.to_thread(copy_snapshot, src, snapshot_of(tmp), store)
+        await asyncio.to_thread(_publish, tmp, final, meta)
+    except BaseException:
+        await asyncio.shield(asyncio.to_thread(_discard, tmp, store))
+        raise
+    await progress("done", 3, 3)
+    log.info("template created", extra=kv(template=meta.name, sandbox=sandbox_id))
+    return meta
+
+
+def new_meta(name: str, vcpus: int, memory_mib: int, image: str | None, sid: str) -> TemplateMeta:
+    return TemplateMeta(check_name(name), vcpus, memory_mib, image, sid, time.time())
+
+
+def load(deps: Deps, name: str) -> TemplateMeta:
+    tdir = template_dir(deps, name)
+    if not (tdir / "meta.json").is_file():
+        raise TemplateNotFound(name)
+    return TemplateMeta.load(tdir / "meta.json")
+
+
+def list_all(deps: Deps) -> list[TemplateMeta]:
+    root = deps.cfg.state_dir / "templates"
+    if not root.is_dir():
+        return []
+    return [
+        TemplateMeta.load(d / "meta.json")
+        for d in sorted(root.iterdir())
+        if not d.name.startswith(".") and (d / "meta.json").is_file()
+    ]
+
+
+def delete(deps: Deps, name: str, users: list[str]) -> None:
+    """Remove a template nobody depends on (blocking)."""
+    if users:
+        raise TemplateInUse(name, users)
+    tdir = template_dir(deps, name)
+    if not tdir.is_dir():
+        raise TemplateNotFound(name)
+    _discard(tdir, deps.cfg.store)
+    fsync_dir(tdir.parent)
+    log.info("template deleted", extra=kv(template=name))
+
+
+def cleanup_temporaries(deps: Deps) -> list[str]:
+    """Half-built templates a crash left (startup).  Blocking."""
+    root = deps.cfg.state_dir / "templates"
+    if not root.is_dir():
+        return []
+    removed = []
+    for d in root.iterdir():
+        if d.name.startswith(_TEMP_PREFIX) and d.is_dir():
+            _discard(d, deps.cfg.store)
+            removed.append(d.name)
+    return removed
+
+
+def snapshot_dirs(deps: Deps) -> list[Path]:
+    root = deps.cfg.state_dir / "templates"
+    if not root.is_dir():
+        return []
+    return [snapshot_of(d) for d in root.iterdir() if snapshot_of(d).is_dir()]
+
+
+def describe(meta: TemplateMeta, users: list[str]) -> dict[str, Any]:
+    return {**dataclasses.asdict(meta), "sandboxes": users}
