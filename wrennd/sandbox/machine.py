@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.network.errors import SlotsExhausted
@@ -28,6 +29,9 @@ from wrennd.vm.vmm import Vmm
 
 GUEST_IFACE = "eth0"
 ROOT_DRIVE = "rootfs"
+# A VMM whose load returned has sent its handshake; the server may still be
+# setting the engine up (its page size comes from the handshake).
+UFFD_READY_TIMEOUT = 10.0
 
 
 async def attach_network(live: Live, network: NetworkManager, slots: SlotAllocator) -> None:
@@ -111,8 +115,7 @@ async def restore(
     except VmmError as e:
         live.vmm = None  # a failed load killed it
         raise VmmFailed(f"loading the snapshot of {live.sandbox_id}: {e}") from e
-    if not live.uffd.ready.is_set():
-        raise VmmFailed(f"{live.sandbox_id}: the VMM loaded without the UFFD handshake")
+    await _uffd_serving(live)
     try:
         await vmm.checked(lambda: vmm.client.patch_drive(ROOT_DRIVE, str(drive)))
         await vmm.checked(vmm.client.resume)
@@ -133,3 +136,23 @@ async def connect_guest(live: Live, cfg: HostConfig, env: dict[str, str], *, clo
         if vmm is not None and not vmm.proc.running:
             raise VmmFailed(str(vmm.proc.exited_error("the guest never answered"))) from e
         raise GuestFailed(f"guest agent of {live.sandbox_id}: {e}") from e
+
+
+async def _uffd_serving(live: Live) -> None:
+    """Wait until the UFFD server serves the loaded VMM, or say why it does not."""
+    assert live.uffd is not None and live.serving is not None
+    ready = asyncio.ensure_future(live.uffd.ready.wait())
+    waiters: set[asyncio.Future[Any]] = {ready, live.serving}
+    try:
+        await asyncio.wait(waiters, timeout=UFFD_READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ready.cancel()
+    if live.uffd.ready.is_set():
+        return
+    serving = live.serving
+    if serving.done() and not serving.cancelled() and serving.exception() is not None:
+        raise VmmFailed(f"{live.sandbox_id}: UFFD handshake failed: {serving.exception()}")
+    raise VmmFailed(
+        f"{live.sandbox_id}: the VMM loaded but the UFFD server was not serving it"
+        f" within {UFFD_READY_TIMEOUT:.0f} s"
+    )
