@@ -228,6 +228,8 @@ def wire(daemon: Daemon) -> None:
     sandbox_methods.register(daemon.methods, sandboxes.manager)
     daemon.stats.add("sandboxes", sandboxes.manager.counts_by_state)
     daemon.stats.add("uffd", sandboxes.manager.uffd_totals)
+    chosen = sandboxes.storage.backend.name
+    daemon.info.add("storage", lambda: {"configured": settings.storage_backend, "backend": chosen})
     daemon.on_startup("sandbox recovery", sandboxes.start)
     daemon.on_shutdown("pause all sandboxes", sandboxes.shutdown)
 

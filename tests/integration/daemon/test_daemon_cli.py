@@ -16,6 +16,7 @@ import pytest
 from wrennd import cli
 from wrennd.cli import Exit
 from wrennd.rpc.client import Client, ClientError
+from wrennd.storage.choose import choose_backend
 
 Spawn = Any
 
@@ -44,6 +45,10 @@ def test_host_info_table_and_json(daemon: Any) -> None:
     info = json.loads(raw.stdout)
     assert info["socket"]["path"] == str(daemon.socket_path)
     assert set(info["features"]) == {"root", "uffd", "netns", "dm", "kvm"}
+    # The backend really chosen for this state dir, not just the configured "auto".
+    assert info["storage"]["configured"] == "auto"
+    probed = choose_backend("auto", Path(info["config"]["state_dir"]))
+    assert info["storage"]["backend"] == probed.name
 
 
 def test_host_stats_reports_this_daemon_and_its_components(daemon: Any) -> None:
