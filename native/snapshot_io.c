@@ -102,29 +102,13 @@ static int scan_data(struct scan *s, uint64_t pos, uint64_t end)
     return punch_range(s, zero_start, zero_len);
 }
 
-/* Next data extent at or after pos, clamped to end: 0, 1 when none, -errno. */
-static int next_extent(int fd, uint64_t pos, uint64_t end, uint64_t *data, uint64_t *hole)
-{
-    off_t d = lseek(fd, (off_t)pos, SEEK_DATA);
-    if (d < 0)
-        return errno == ENXIO ? 1 : -errno;
-    if ((uint64_t)d >= end)
-        return 1;
-    off_t h = lseek(fd, d, SEEK_HOLE);
-    if (h < 0)
-        return -errno;
-    *data = (uint64_t)d;
-    *hole = (uint64_t)h < end ? (uint64_t)h : end;
-    return 0;
-}
-
 static int scan_extents(struct scan *s, uint64_t memory_size, int mode)
 {
     const uint64_t bs = s->block_size;
     uint64_t pos = 0;
     while (pos < memory_size) {
         uint64_t data = memory_size, hole = memory_size;
-        int rc = next_extent(s->fd, pos, memory_size, &data, &hole);
+        int rc = wr_next_extent(s->fd, pos, memory_size, &data, &hole);
         if (rc < 0)
             return rc;
         if (mode == WR_SCAN_DIFF && rc == 0 && (data % bs || hole % bs)) {

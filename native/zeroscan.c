@@ -144,24 +144,6 @@ static uint64_t round_up(uint64_t x, uint64_t base, uint64_t block_size,
     return r < end ? r : end;
 }
 
-/* Find the next data extent at or after pos: [*data, *hole), clamped to end.
- * Returns 0, or 1 when there is no more data, or -errno. */
-static int next_extent(int fd, uint64_t pos, uint64_t end, uint64_t *data,
-                       uint64_t *hole)
-{
-    off_t d = lseek(fd, (off_t)pos, SEEK_DATA);
-    if (d < 0)
-        return errno == ENXIO ? 1 : -errno;
-    if ((uint64_t)d >= end)
-        return 1;
-    off_t h = lseek(fd, d, SEEK_HOLE);
-    if (h < 0)
-        return -errno;
-    *data = (uint64_t)d;
-    *hole = (uint64_t)h < end ? (uint64_t)h : end;
-    return 0;
-}
-
 int64_t wr_zero_scan_fd(int fd, uint64_t offset, uint64_t len,
                         uint64_t block_size, uint8_t *bitmap)
 {
@@ -185,7 +167,7 @@ int64_t wr_zero_scan_fd(int fd, uint64_t offset, uint64_t len,
     int64_t zeros = 0;
     while (pos < end) {
         uint64_t data = end, hole = end;
-        int rc = next_extent(fd, pos, end, &data, &hole);
+        int rc = wr_next_extent(fd, pos, end, &data, &hole);
         if (rc < 0) {
             zeros = rc;
             break;

@@ -7,6 +7,9 @@ probe's reason in the -rs summary.
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from wrennd import features
@@ -28,3 +31,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         feature = probe()
         if not feature.available:
             pytest.skip(f"{mark.name}: {feature.reason}")
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> Path:
+    """The project's guest image (images/build-image: cached by the hash of its
+    inputs under /var/cache/wrennd/images, built here when missing, ~1 min)."""
+    out = subprocess.run(
+        [str(Path(__file__).resolve().parents[1] / "images" / "build-image"), "-"],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=900,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])

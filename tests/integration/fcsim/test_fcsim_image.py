@@ -30,21 +30,7 @@ from wrennd.network.plan import Naming
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
-REPO = Path(__file__).resolve().parents[3]
 AGENT_PORT = 49983
-
-
-@pytest.fixture(scope="session")
-def base_image() -> Path:
-    """The cached guest image (images/build-image; built when missing, ~1 min)."""
-    out = subprocess.run(
-        [str(REPO / "images" / "build-image"), "-"],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-        timeout=900,
-    )
-    return Path(out.stdout.strip().splitlines()[-1])
 
 
 def _make_outside(name: str) -> None:
@@ -116,10 +102,10 @@ async def get_health(netns: str, address: str) -> dict[str, object]:
 
 
 async def test_real_image_agent_health_via_host_address(
-    host: Host, base_image: Path, tmp_path: Path
+    host: Host, guest_image: Path, tmp_path: Path
 ) -> None:
     rootfs = tmp_path / "rootfs.ext4"
-    await asyncio.to_thread(sparse_copy, base_image, rootfs)
+    await asyncio.to_thread(sparse_copy, guest_image, rootfs)
     kernel = tmp_path / "vmlinux"
     kernel.write_bytes(b"fcsim does not run the kernel")
     sb = host.sandbox

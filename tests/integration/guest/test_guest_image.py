@@ -30,23 +30,9 @@ from wrennd.guest.protocol import AGENT_PORT, CommandSpec
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
-REPO = Path(__file__).resolve().parents[3]
 CLONE_NEWNET = 0x40000000
 UNSHARE = ("--mount", "--pid", "--uts", "--fork", "--kill-child")
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="session")
-def base_image() -> Path:
-    """The cached image; built here when missing (~1 min on a cold cache)."""
-    out = subprocess.run(
-        [str(REPO / "images" / "build-image"), "-"],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-        timeout=600,
-    )
-    return Path(out.stdout.strip().splitlines()[-1])
 
 
 def _in_netns(ns: str, work: Callable[[], Awaitable[T]]) -> T:
@@ -76,14 +62,14 @@ def _in_netns(ns: str, work: Callable[[], Awaitable[T]]) -> T:
 
 
 @pytest.fixture
-def guest(base_image: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+def guest(guest_image: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
     ns = f"wrn-gtest-{secrets.token_hex(4)}"
     dirs = {name: tmp_path / name for name in ("lower", "upper", "work", "root")}
     for d in dirs.values():
         d.mkdir()
     script = (
         "set -e\n"
-        f"mount -o loop,ro {base_image} {dirs['lower']}\n"
+        f"mount -o loop,ro {guest_image} {dirs['lower']}\n"
         f"mount -t overlay overlay -o lowerdir={dirs['lower']},upperdir={dirs['upper']},"
         f"workdir={dirs['work']} {dirs['root']}\n"
         f"exec chroot {dirs['root']} /usr/sbin/wrenn-init\n"
@@ -109,7 +95,7 @@ def guest(base_image: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Po
         if proc is not None:
             proc.wait(30)
         subprocess.run(["ip", "netns", "delete", ns], check=True)
-        _assert_loop_detached(base_image)
+        _assert_loop_detached(guest_image)
 
 
 def _assert_loop_detached(image: Path) -> None:

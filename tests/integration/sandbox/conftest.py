@@ -34,28 +34,13 @@ from wrennd.storage.aio import open_storage
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 
-REPO = Path(__file__).resolve().parents[3]
-
 
 def run(*argv: str | Path) -> None:
     subprocess.run([str(a) for a in argv], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="session")
-def cached_image() -> Path:
-    """The project's guest image (images/build-image; built when missing, ~1 min)."""
-    out = subprocess.run(
-        [str(REPO / "images" / "build-image"), "-"],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-        timeout=900,
-    )
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="session")
-def btrfs_root(tmp_path_factory: pytest.TempPathFactory, cached_image: Path) -> Iterator[Path]:
+def btrfs_root(tmp_path_factory: pytest.TempPathFactory, guest_image: Path) -> Iterator[Path]:
     """A btrfs mount holding images/base.ext4 (a reflink source for every sandbox)."""
     top = tmp_path_factory.mktemp("sbfs")
     image, mnt = top / "fs.img", top / "mnt"
@@ -70,7 +55,7 @@ def btrfs_root(tmp_path_factory: pytest.TempPathFactory, cached_image: Path) -> 
         run("mount", "-t", "btrfs", device.path, mnt)
         stack.callback(run, "umount", mnt)
         base = mnt / "base.ext4"
-        run("cp", "--sparse=always", cached_image, base)
+        run("cp", "--sparse=always", guest_image, base)
         yield mnt
 
 
