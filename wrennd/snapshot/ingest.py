@@ -22,6 +22,7 @@ import logging
 import os
 import stat
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,20 +125,37 @@ def _open_memfile(memfile: Path) -> int:
     return fd
 
 
-def _restore(dest: Path | None, memfile: Path) -> None:
-    """Undo adopt after a failed commit, so the memfile is not lost."""
-    if dest is not None:
-        with contextlib.suppress(OSError):
-            dest.rename(memfile)
+@dataclass
+class _Consumed:
+    fd: int
+    dest: Path | None = None  # where adopt_memfile put it in the store
+
+
+@contextlib.contextmanager
+def _consuming(memfile: Path) -> Iterator[_Consumed]:
+    """Open a memfile that ingest consumes: adopted into the store (``dest`` set)
+    or, when none of its data is kept, deleted.  On failure an adopted memfile
+    is renamed back, so it is never lost."""
+    c = _Consumed(_open_memfile(memfile))
+    try:
+        yield c
+    except BaseException:
+        if c.dest is not None:
+            with contextlib.suppress(OSError):
+                c.dest.rename(memfile)
+        raise
+    finally:
+        os.close(c.fd)
+    if c.dest is None:
+        memfile.unlink()
 
 
 def ingest_full(
     memfile: Path, snapshot_dir: Path, store: Path, block_size: int = DEFAULT_BLOCK_SIZE
 ) -> Header:
     """A Full memfile becomes `snapshot_dir` (generation 0); the memfile moves into the store."""
-    fd = _open_memfile(memfile)
-    dest: Path | None = None
-    try:
+    with _consuming(memfile) as mem:
+        fd = mem.fd
         size = os.fstat(fd).st_size
         if size <= 0 or size % block_size:
             raise IngestError(
@@ -151,15 +169,8 @@ def ingest_full(
         header.validate(str(memfile))
         with locked(store):  # adopted and linked at once: no collection in between
             if scan.data_bytes:
-                dest = adopt_memfile(memfile, fd, store, build_id, scan.mapping, 0)
+                mem.dest = adopt_memfile(memfile, fd, store, build_id, scan.mapping, 0)
             commit_locked(snapshot_dir, store, header)
-    except BaseException:
-        _restore(dest, memfile)
-        raise
-    finally:
-        os.close(fd)
-    if dest is None:
-        memfile.unlink()
     log.info(
         "full memfile ingested",
         extra=kv(
@@ -206,9 +217,8 @@ def ingest_diff(memfile: Path, parent_dir: Path, snapshot_dir: Path, store: Path
     finished meanwhile (same memory, other generations) is built upon rather
     than undone or raced by its garbage collection."""
     geometry = read_header(parent_dir)
-    fd = _open_memfile(memfile)
-    dest: Path | None = None
-    try:
+    with _consuming(memfile) as mem:
+        fd = mem.fd
         scan = _scan_diff(memfile, fd, geometry)
         with locked(store):
             parent = read_header(parent_dir)
@@ -221,15 +231,8 @@ def ingest_diff(memfile: Path, parent_dir: Path, snapshot_dir: Path, store: Path
             header = _diff_header(parent, scan.mapping, uuid.uuid4())
             if header.build_id in header.generations:
                 os.fsync(fd)
-                dest = adopt_memfile(memfile, fd, store, header.build_id, scan.mapping, 0)
+                mem.dest = adopt_memfile(memfile, fd, store, header.build_id, scan.mapping, 0)
             commit_locked(snapshot_dir, store, header)
-    except BaseException:
-        _restore(dest, memfile)
-        raise
-    finally:
-        os.close(fd)
-    if dest is None:
-        memfile.unlink()
     log.info(
         "diff memfile ingested",
         extra=kv(
