@@ -51,12 +51,14 @@ async def read_answer(reader: asyncio.StreamReader, within: float = 10) -> Any:
 @pytest.fixture
 def many_fds() -> Iterator[None]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, 8192)
-    if want < 2200:
-        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below the 2200 fds this test needs")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    # 2,200 fds are needed; root may raise even the hard limit (CAP_SYS_RESOURCE).
+    want = 8192
+    new_hard = max(hard, want) if os.geteuid() == 0 else hard
+    if min(want, new_hard) < 2200:
+        pytest.skip(f"root: RLIMIT_NOFILE hard limit {hard} < 2200 and only root may raise it")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, new_hard), new_hard))
     yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, new_hard))
 
 
 async def test_a_thousand_concurrent_connections(
