@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from wrennd.durable import atomic_write
 from wrennd.fcsim.memory import GuestMemory
 
 VMSTATE_FORMAT = "fcsim-vmstate"
@@ -70,22 +71,11 @@ def write_memory(mem: GuestMemory, path: Path, diff: bool) -> int:
 
 
 def write_vmstate(path: Path, state: dict[str, Any]) -> None:
-    """Atomically: temporary file, fsync, rename, fsync the directory."""
+    """Atomically and durably (wrennd.durable)."""
     doc = {"format": VMSTATE_FORMAT, "version": VMSTATE_VERSION, **state}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
-            json.dump(doc, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic_write(path, json.dumps(doc, sort_keys=True).encode())
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise SnapshotFileError(f"writing vmstate {path}: {e.strerror}") from e
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wrennd import fsutil
+from wrennd import durable
 from wrennd.sandbox.errors import ImageNotFound, LifecycleError
 from wrennd.storage import fileops
 
@@ -92,7 +92,7 @@ def register(images_dir: Path, name: str, source: Path) -> ImageInfo:
     final = images_dir / f"{name}.ext4"
     if final.exists():
         raise ImageExists(name)
-    tmp = fsutil.temp_name(final)
+    tmp = durable.temp_name(final)
     try:
         src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -109,7 +109,7 @@ def register(images_dir: Path, name: str, source: Path) -> ImageInfo:
             os.close(src)
         validate(tmp)  # what was copied, not only what was offered
         try:
-            fileops.publish_no_replace(tmp, final)
+            durable.publish_no_replace(tmp, final)
         except FileExistsError as e:
             raise ImageExists(name) from e
     finally:
@@ -131,7 +131,7 @@ def list_all(images_dir: Path) -> list[ImageInfo]:
         return []
     out = []
     for p in sorted(images_dir.glob("*.ext4")):
-        if NAME_RE.match(p.stem) and not fsutil.is_temp_name(p.name):
+        if NAME_RE.match(p.stem) and not durable.is_temp_name(p.name):
             with contextlib.suppress(FileNotFoundError):
                 out.append(info(images_dir, p.stem))
     return out

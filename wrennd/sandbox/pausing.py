@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from typing import Literal
 
-from wrennd.fsutil import fsync_dir
+from wrennd.durable import publish
 from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.log import kv
 from wrennd.sandbox.context import Deps, Progress
@@ -43,13 +42,7 @@ def _clear_pending(paths: SandboxPaths) -> None:
 
 
 def _publish_vmstate(paths: SandboxPaths) -> None:
-    fd = os.open(paths.pending_vmstate, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(paths.pending_vmstate, paths.vmstate)
-    fsync_dir(paths.snapshot_dir)
+    publish(paths.pending_vmstate, paths.vmstate)
 
 
 def _ingest(kind: str, paths: SandboxPaths, deps: Deps) -> Header:

@@ -2,7 +2,7 @@
 
 The record is the daemon's memory across restarts: what the sandbox was made
 from, its resources (network slot, VMM pid), its state and the last error.
-Writes are atomic (wrennd.fsutil); a record that cannot be parsed is reported
+Writes are atomic (wrennd.durable); a record that cannot be parsed is reported
 with its path, never silently dropped or guessed at.
 """
 
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wrennd.fsutil import atomic_write_json
+from wrennd.durable import atomic_write_json
 from wrennd.sandbox.state import SandboxState
 
 RECORD_VERSION = 1

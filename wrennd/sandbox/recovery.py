@@ -17,7 +17,7 @@ import signal
 import time
 from pathlib import Path
 
-from wrennd.fsutil import fsync_dir
+from wrennd.durable import publish
 from wrennd.log import kv
 from wrennd.sandbox import teardown, templates
 from wrennd.sandbox.context import Deps
@@ -78,8 +78,7 @@ def finish_interrupted_pause(paths: SandboxPaths, rec: SandboxRecord) -> bool:
     )
     if committed:
         assert header is not None
-        os.replace(paths.pending_vmstate, paths.vmstate)
-        fsync_dir(paths.snapshot_dir)
+        publish(paths.pending_vmstate, paths.vmstate)
         rec.generation, rec.snapshot_build_id = header.generation, str(header.build_id)
         rec.need_full = False
     paths.pending_memfile.unlink(missing_ok=True)

@@ -14,15 +14,20 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import re
-import secrets
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from wrennd.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
+from wrennd.durable import (
+    atomic_write,
+    atomic_write_json,
+    fsync_dir,
+    is_temp_name,
+    publish_no_replace,
+    temp_name,
+)
 from wrennd.log import kv
 from wrennd.sandbox.context import Deps, Progress
 from wrennd.sandbox.errors import LifecycleError
@@ -31,7 +36,6 @@ from wrennd.snapshot.store import commit, read_header
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_TEMP_PREFIX = ".tmp-"
 
 
 class TemplateNotFound(LifecycleError):
@@ -97,7 +101,7 @@ def copy_snapshot(src: Path, dst: Path, store: Path) -> Header:
     memory copied), the prefetch map and the vmstate.  Blocking."""
     header = read_header(src)
     dst.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(dst / "vmstate", (src / "vmstate").read_bytes())
+    atomic_write(dst / "vmstate", (src / "vmstate").read_bytes())
     ranges = read_prefetch_map(src)
     if ranges:
         write_prefetch_map(dst, ranges, header.memory_size)
@@ -114,10 +118,9 @@ def _discard(tdir: Path, store: Path) -> None:
 def _publish(tmp: Path, final: Path, meta: TemplateMeta) -> None:
     atomic_write_json(tmp / "meta.json", dataclasses.asdict(meta))
     try:
-        os.rename(tmp, final)
-    except OSError as e:
+        publish_no_replace(tmp, final)
+    except FileExistsError as e:
         raise TemplateExists(meta.name) from e
-    fsync_dir(final.parent)
 
 
 async def build(
@@ -128,7 +131,7 @@ async def build(
     if final.exists():
         raise TemplateExists(meta.name)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f"{_TEMP_PREFIX}{meta.name}-{secrets.token_hex(4)}"
+    tmp = temp_name(final)
     store = deps.cfg.store
     try:
         tmp.mkdir()
@@ -188,7 +191,7 @@ def cleanup_temporaries(deps: Deps) -> list[str]:
         return []
     removed = []
     for d in root.iterdir():
-        if d.name.startswith(_TEMP_PREFIX) and d.is_dir():
+        if is_temp_name(d.name) and d.is_dir():
             _discard(d, deps.cfg.store)
             removed.append(d.name)
     return removed
