@@ -30,7 +30,7 @@ from wrennd import __version__, config, features, log
 from wrennd.listener import Listener, ListenerError, open_listener
 from wrennd.log import kv
 from wrennd.metrics import LoopLag, Sections
-from wrennd.rpc import host, sandbox_methods
+from wrennd.rpc import host, sandbox_methods, views
 from wrennd.rpc.methods import MethodTable
 from wrennd.rpc.server import Limits, RpcServer
 from wrennd.sandbox.service import SandboxService
@@ -225,9 +225,9 @@ def wire(daemon: Daemon) -> None:
         daemon.methods, facts, daemon.server, daemon.lag, daemon.info, daemon.stats, daemon.started
     )
     sandboxes = SandboxService.from_settings(settings)
-    sandbox_methods.register(daemon.methods, sandboxes.manager)
-    daemon.stats.add("sandboxes", sandboxes.manager.counts_by_state)
-    daemon.stats.add("uffd", sandboxes.manager.uffd_totals)
+    sandbox_methods.register(daemon.methods, sandboxes)
+    daemon.stats.add("sandboxes", sandboxes.registry.counts_by_state)
+    daemon.stats.add("uffd", lambda: views.uffd_totals(sandboxes))
     chosen = sandboxes.storage.backend.name
     daemon.info.add("storage", lambda: {"configured": settings.storage_backend, "backend": chosen})
     daemon.on_startup("sandbox recovery", sandboxes.start)

@@ -18,10 +18,9 @@ from typing import Literal
 from wrennd.durable import publish
 from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.log import kv
-from wrennd.sandbox.context import Deps, Progress
-from wrennd.sandbox.errors import GuestFailed, LifecycleError, VmmFailed
+from wrennd.sandbox.environment import Deps, Progress, SandboxPaths
+from wrennd.sandbox.errors import PauseUndone, VmmFailed
 from wrennd.sandbox.live import Live
-from wrennd.sandbox.paths import SandboxPaths
 from wrennd.sandbox.record import SandboxRecord
 from wrennd.snapshot import Header, SnapshotError, ingest_diff, ingest_full, write_prefetch_map
 from wrennd.vm.errors import VmmError
@@ -30,10 +29,6 @@ log = logging.getLogger(__name__)
 
 # The agent thaws by itself if the host has not finished (or undone) a pause by then.
 PREPARE_THAW_AFTER = 60.0
-
-
-class PauseUndone(LifecycleError):
-    """The pause failed; the guest was thawed and resumed and keeps running."""
 
 
 def _clear_pending(paths: SandboxPaths) -> None:
@@ -125,6 +120,3 @@ async def pause(deps: Deps, rec: SandboxRecord, live: Live, progress: Progress) 
         )
     await progress("done", 4, 4, generation=header.generation)
     return header
-
-
-__all__ = ["GuestFailed", "PauseUndone", "pause", "undo_freeze"]

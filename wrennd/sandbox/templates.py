@@ -18,7 +18,6 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 from wrennd.durable import (
     atomic_write,
@@ -29,36 +28,19 @@ from wrennd.durable import (
     temp_name,
 )
 from wrennd.log import kv
-from wrennd.sandbox.context import Deps, Progress
-from wrennd.sandbox.errors import LifecycleError
+from wrennd.sandbox.environment import Deps, Progress
+from wrennd.sandbox.errors import (
+    SnapshotCorrupt,
+    TemplateExists,
+    TemplateInUse,
+    TemplateMismatch,
+    TemplateNotFound,
+)
 from wrennd.snapshot import Header, delete_snapshot, read_prefetch_map, write_prefetch_map
 from wrennd.snapshot.store import commit, read_header
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-class TemplateNotFound(LifecycleError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"no template {name!r}")
-        self.name = name
-
-
-class TemplateExists(LifecycleError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"template {name!r} already exists")
-        self.name = name
-
-
-class TemplateInUse(LifecycleError):
-    def __init__(self, name: str, sandbox_ids: list[str]) -> None:
-        super().__init__(f"template {name!r} is used by sandboxes {', '.join(sandbox_ids)}")
-        self.name = name
-        self.sandbox_ids = sandbox_ids
-
-
-class TemplateMismatch(LifecycleError):
-    """A clone asked for other vcpus or memory than its template was taken with."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +57,9 @@ class TemplateMeta:
         try:
             return cls(**json.loads(path.read_bytes()))
         except (OSError, ValueError, TypeError) as e:
-            raise LifecycleError(f"{path}: unreadable template metadata: {e}") from e
+            raise SnapshotCorrupt(
+                f"{path}: unreadable template metadata: {e}", file=str(path)
+            ) from e
 
 
 def check_name(name: str) -> str:
@@ -204,5 +188,14 @@ def snapshot_dirs(deps: Deps) -> list[Path]:
     return [snapshot_of(d) for d in root.iterdir() if snapshot_of(d).is_dir()]
 
 
-def describe(meta: TemplateMeta, users: list[str]) -> dict[str, Any]:
-    return {**dataclasses.asdict(meta), "sandboxes": users}
+def check_clone(meta: TemplateMeta, vcpus: int | None, memory_mib: int | None) -> None:
+    """A template fixes the machine it was taken with: a clone cannot change it."""
+    for what, asked, fixed in (
+        ("vcpus", vcpus, meta.vcpus),
+        ("memory_mib", memory_mib, meta.memory_mib),
+    ):
+        if asked is not None and asked != fixed:
+            raise TemplateMismatch(
+                f"template {meta.name!r} was taken with {what}={fixed}; a clone cannot ask"
+                f" for {what}={asked}"
+            )

@@ -1,0 +1,1 @@
+"""Simulator and test support for wrennd: the daemon never imports this package."""
