@@ -11,7 +11,6 @@ wrennd.rpc.errors; the shapes of results are wrennd.rpc.views'.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +25,11 @@ from wrennd.sandbox import (
     LifecycleError,
     Output,
     Progress,
+    ProtocolError,
     SandboxService,
     SandboxState,
     Started,
+    b64decode,
 )
 
 _ID = {"type": "string", "pattern": "^sb-[0-9a-f]{12}$"}
@@ -118,24 +119,21 @@ def _progress(ctx: CallContext) -> Progress:
 
 def _b64(text: str, field: str) -> bytes:
     try:
-        return base64.b64decode(text, validate=True)
-    except binascii.Error as e:
-        raise rpc.InvalidParams(
-            f"{field} is not base64", errors=[{"path": f"/{field}", "message": str(e)}]
-        ) from e
+        return b64decode(text, field)
+    except ProtocolError as e:
+        raise rpc.InvalidParams(str(e), errors=[{"path": f"/{field}", "message": str(e)}]) from e
+
+
+# The command fields of sandbox.exec and sandbox.process.start are CommandSpec's wire shape:
+# one decoder (the guest protocol's) reads them on both sides of the agent.
+_SPEC_FIELDS = ("argv", "shell", "env", "cwd", "user", "stdin", "timeout")
 
 
 def _spec(params: dict[str, Any]) -> CommandSpec:
-    stdin = params.get("stdin")
-    return CommandSpec(
-        argv=params.get("argv"),
-        shell=params.get("shell"),
-        env=dict(params.get("env", {})),
-        cwd=params.get("cwd"),
-        user=params.get("user"),
-        stdin=None if stdin is None else _b64(stdin, "stdin"),
-        timeout=params.get("timeout"),
-    )
+    try:
+        return CommandSpec.from_json({k: params[k] for k in _SPEC_FIELDS if k in params})
+    except ProtocolError as e:
+        raise rpc.InvalidParams(str(e), errors=[{"path": "", "message": str(e)}]) from e
 
 
 def _text(data: bytes) -> str:

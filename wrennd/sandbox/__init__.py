@@ -5,7 +5,7 @@ its errors, the states, and the guest protocol's types a caller needs to run
 a command.  Lower packages stay behind it.
 """
 
-from wrennd.guest.protocol import CommandSpec, Exited, Output, Started
+from wrennd.guest.protocol import CommandSpec, Exited, Output, ProtocolError, Started, b64decode
 from wrennd.sandbox.environment import Progress
 from wrennd.sandbox.errors import LifecycleError
 from wrennd.sandbox.images import ImageInfo
@@ -21,9 +21,11 @@ __all__ = [
     "LifecycleError",
     "Output",
     "Progress",
+    "ProtocolError",
     "Sandbox",
     "SandboxService",
     "SandboxState",
     "Started",
     "TemplateMeta",
+    "b64decode",
 ]
