@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from wrennd.fcsim.control import ControlClient
 from wrennd.guest.protocol import CommandSpec
 from wrennd.sandbox.manager import SandboxManager
 from wrennd.snapshot import parse_header
+from wrennd_sim.fcsim.control import ControlClient
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from wrennd.fcsim.control import ControlClient
 from wrennd.guest.protocol import CommandSpec
 from wrennd.sandbox.errors import ImageNotFound, SandboxNotFound, WrongState
 from wrennd.sandbox.manager import SandboxManager
 from wrennd.sandbox.pausing import PauseUndone
 from wrennd.snapshot import read_prefetch_map
+from wrennd_sim.fcsim.control import ControlClient
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from wrennd.fcsim.control import ControlClient
 from wrennd.guest.client import NotFound
 from wrennd.sandbox.manager import SandboxManager
 from wrennd.sandbox.templates import TemplateInUse, TemplateMismatch, TemplateNotFound
+from wrennd_sim.fcsim.control import ControlClient
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wrennd._native import ffi, lib
-from wrennd.uffd.vmm import touch_order
+from wrennd_sim.uffd_peer import touch_order
 
 PAGE_SIZE = mmap.PAGESIZE
 HUGE_PAGE_SIZE = 2 * 1024 * 1024

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from wrennd.fcsim.memory import GuestMemory
+from wrennd_sim.fcsim.memory import GuestMemory
 
 VMSTATE_FORMAT = "fcsim-vmstate"
 VMSTATE_VERSION = 1
