@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wrennd._native import ffi, lib
 from wrennd_sim import uffd_peer
+from wrennd_sim._simnative import ffi, lib
 
 PAGE = uffd_peer.BASE_PAGE_SIZE
 CLUSTER_PAGES = 16  # ws10 clusters: 64 KiB

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from wrennd._native import ffi, lib
+from wrennd_sim._simnative import ffi, lib
 from wrennd_sim.uffd_peer import touch_order
 
 PAGE_SIZE = mmap.PAGESIZE
