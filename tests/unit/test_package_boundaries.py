@@ -7,13 +7,16 @@ what it cannot see: the compiled extensions, and what is loaded at run time.
 from __future__ import annotations
 
 import json
+import pkgutil
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
 
+import wrennd
 from wrennd import _native
 from wrennd_sim import _simnative
 
@@ -80,3 +83,23 @@ def test_importing_the_daemon_never_loads_the_simulator() -> None:
 def test_probe_sees_the_simulator_when_it_is_loaded() -> None:
     # The same probe, with a simulator module loaded first, must report it.
     assert "wrennd_sim.uffd_peer" in _sim_modules_loaded_by("wrennd_sim.uffd_peer")
+
+
+# What wrennd.rpc may import besides its own modules (pyproject.toml says why).
+RPC_MAY_IMPORT = {
+    "wrennd.sandbox",
+    "wrennd.config",
+    "wrennd.log",
+    "wrennd.features",
+    "wrennd.metrics",
+}
+
+
+def test_rpc_contract_forbids_every_other_part_of_the_daemon() -> None:
+    """The contract lists what rpc must not import: a new package must join the list."""
+    pyproject = Path(wrennd.__file__).resolve().parents[1] / "pyproject.toml"
+    contracts = tomllib.loads(pyproject.read_text())["tool"]["importlinter"]["contracts"]
+    (rpc,) = [c for c in contracts if c["id"] == "rpc-via-sandbox"]
+    # _native is compiled: import-linter cannot see it, so it cannot be listed.
+    parts = {f"wrennd.{m.name}" for m in pkgutil.iter_modules(wrennd.__path__)} - {"wrennd._native"}
+    assert set(rpc["forbidden_modules"]) == parts - RPC_MAY_IMPORT - {"wrennd.rpc"} | {"wrennd_sim"}
