@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-NATIVE_SRC := $(wildcard native/*.c native/*.h) native/build_native.py
+NATIVE_SRC := $(wildcard native/*.c native/*.h native/sim/*.c native/sim/*.h) \
+              native/cffi_common.py native/build_native.py native/sim/build_sim.py
 NATIVE_STAMP := wrennd/.native-built
 SAN_FLAGS := -std=c11 -O1 -g -Wall -Wextra -Werror -fno-omit-frame-pointer \
              -fsanitize=address,undefined -fno-sanitize-recover=all
@@ -23,8 +24,9 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 	touch $@
 
-# The editable install imports wrennd._native from the source tree: rebuild it
-# in place whenever the C sources change.
+# The editable install imports wrennd._native (the daemon's) and
+# wrennd_sim._simnative (the simulator's VMM side) from the source tree:
+# rebuild both in place whenever the C sources change.
 $(NATIVE_STAMP): $(NATIVE_SRC) $(STAMP)
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
@@ -34,17 +36,20 @@ test: install lint typecheck sanitize pytest
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(VENV)/bin/mypy
 
-# Native unit tests, built with the library sources under ASan + UBSan.
+# Native unit tests, built under ASan + UBSan with the sources of both modules:
+# the engine's tests play the VMM with the simulator's side (native/sim/).
+SAN_SRC := $(wildcard native/*.c native/sim/*.c)
 sanitize: $(NATIVE_TESTS)
 	@set -e; for t in $(NATIVE_TESTS); do echo "== $$t"; $$t; done
 
-$(SAN_DIR)/%: native/tests/%.c $(wildcard native/*.c native/*.h native/tests/*.h)
+$(SAN_DIR)/%: native/tests/%.c $(SAN_SRC) $(wildcard native/*.h native/sim/*.h native/tests/*.h)
 	@mkdir -p $(SAN_DIR)
-	$(CC) $(SAN_FLAGS) -Inative -o $@ $< $(wildcard native/*.c)
+	$(CC) $(SAN_FLAGS) -Inative -o $@ $< $(SAN_SRC)
 
 pytest: install
 	$(PY) -m pytest -rs $(PYTEST_ARGS)
@@ -75,7 +80,7 @@ install-systemd:
 		systemctl daemon-reload; fi
 
 clean:
-	rm -rf build $(VENV) wrennd/_native*.so $(NATIVE_STAMP) *.egg-info
+	rm -rf build $(VENV) wrennd/_native*.so wrennd_sim/_simnative*.so $(NATIVE_STAMP) *.egg-info
 
 # Guest rootfs and kernel (images/, README "Guest agent and image").
 .PHONY: image kernel

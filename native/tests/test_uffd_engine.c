@@ -2,7 +2,8 @@
  * uffd served in-process (the engine thread serves, main thread touches). */
 #define _GNU_SOURCE
 #include "../uffd_engine.h"
-#include "../uffd_vmm.h"
+#include "../sim/uffd_vmm.h"
+#include "../uffd_open.h"
 #include "check.h"
 
 #include <errno.h>

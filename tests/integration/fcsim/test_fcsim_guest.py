@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from wrennd.fcsim import harness
-from wrennd.fcsim.harness import SimHandle
 from wrennd.network import links, nsutil, tap
 from wrennd.vm.errors import FirecrackerError
+from wrennd_sim.fcsim import harness
+from wrennd_sim.fcsim.harness import SimHandle
 
 pytestmark = [pytest.mark.netns]
 

@@ -26,11 +26,12 @@ import pytest
 from wrennd.network import nsutil
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import Naming
-from wrennd.network.testbed import TestBed
-from wrennd.sandbox.environment import HostConfig, VmmChoice, fcsim_binary
+from wrennd.sandbox.environment import HostConfig, VmmChoice
 from wrennd.storage import loopdev
 from wrennd.storage.aio import open_storage
+from wrennd_sim.fcsim.harness import require_fcsim
 from wrennd_sim.inproc import InProcess
+from wrennd_sim.network_testbed import TestBed
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 
@@ -184,8 +185,7 @@ def place(btrfs_root: Path) -> Iterator[Place]:
 @pytest.fixture
 async def env(place: Place, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     """The manager; ``parametrize("env", ["destroy"], indirect=True)`` sets ttl_action."""
-    sim = fcsim_binary()
-    assert sim is not None
+    sim = require_fcsim()
     cfg = HostConfig(
         state_dir=place.state_dir,
         run_dir=place.run_dir,

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from wrennd.fcsim.control import ControlClient
 from wrennd.guest.protocol import CommandSpec
 from wrennd.snapshot import parse_header
+from wrennd_sim.fcsim.control import ControlClient
 from wrennd_sim.inproc import InProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from wrennd.fcsim.control import ControlClient
 from wrennd.guest.protocol import CommandSpec
 from wrennd.sandbox.errors import ImageNotFound, PauseUndone, SandboxNotFound, WrongState
 from wrennd.snapshot import read_prefetch_map
+from wrennd_sim.fcsim.control import ControlClient
 from wrennd_sim.inproc import InProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from wrennd.fcsim.control import ControlClient
 from wrennd.guest.client import NotFound
 from wrennd.sandbox.errors import TemplateInUse, TemplateMismatch, TemplateNotFound
+from wrennd_sim.fcsim.control import ControlClient
 from wrennd_sim.inproc import InProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]

@@ -1,7 +1,8 @@
 /* The benchmark floor (bench/faultin.py): the simplest possible uffd handler.
  * One thread reads ONE message at a time and installs ONE page by UFFDIO_COPY
  * from a flat memory file mapped read-only: no mapping lookup, no batching,
- * no state.  Not used by the daemon.  See zeroscan.h for the CDEF rules. */
+ * no state.  Not used by the daemon: it lives in wrennd_sim._simnative.
+ * See ../zeroscan.h for the CDEF rules. */
 #ifndef WRENND_UFFD_MINIMAL_H
 #define WRENND_UFFD_MINIMAL_H
 

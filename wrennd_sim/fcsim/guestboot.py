@@ -1,6 +1,6 @@
 """fcsim's "vCPU": boot the guest rootfs as a container-like process tree.
 
-Run by fcsim as ``python -m wrennd.fcsim.guestboot ...``: joins the guest
+Run by fcsim as ``python -m wrennd_sim.fcsim.guestboot ...``: joins the guest
 network namespace, unshares mount, UTS, IPC and PID namespaces, attaches the
 root drive to a loop device (LOOP_CONFIGURE with autoclear) and mounts it
 privately, sets the hostname, then forks the image's init as PID 1 of the new

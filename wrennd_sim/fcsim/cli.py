@@ -13,13 +13,13 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
-from wrennd.fcsim import FIRECRACKER_VERSION
-from wrennd.fcsim.control import ControlServer
-from wrennd.fcsim.guest import GuestRunner
-from wrennd.fcsim.machine import Machine
-from wrennd.fcsim.server import ApiServer
-from wrennd.fcsim.spec import api_spec
-from wrennd.fcsim.vmmlog import LEVELS, VmmLog
+from wrennd_sim.fcsim import FIRECRACKER_VERSION
+from wrennd_sim.fcsim.control import ControlServer
+from wrennd_sim.fcsim.guest import GuestRunner
+from wrennd_sim.fcsim.machine import Machine
+from wrennd_sim.fcsim.server import ApiServer
+from wrennd_sim.fcsim.spec import api_spec
+from wrennd_sim.fcsim.vmmlog import LEVELS, VmmLog
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

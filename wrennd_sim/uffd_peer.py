@@ -26,9 +26,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
-from wrennd._native import ffi, lib
+from wrennd import _native
 from wrennd.uffd import handshake
 from wrennd.uffd.handshake import Region
+from wrennd_sim._simnative import ffi, lib
 
 BASE_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 HUGE_PAGE_SIZE = 2 * 1024 * 1024
@@ -160,8 +161,9 @@ class Userfaultfd:
     """A uffd created as Firecracker creates it (O_CLOEXEC|O_NONBLOCK, EVENT_REMOVE)."""
 
     def __init__(self) -> None:
-        features = ffi.new("uint64_t *")
-        self.fd: int = _check(lib.wr_uffd_create(features), "creating a userfaultfd")
+        # Created by the daemon's module: the same call is its userfaultfd probe.
+        features = _native.ffi.new("uint64_t *")
+        self.fd: int = _check(_native.lib.wr_uffd_create(features), "creating a userfaultfd")
         self.features: int = features[0]
 
     def register(self, address: int, length: int) -> int:

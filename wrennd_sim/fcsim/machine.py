@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from wrennd.fcsim import FIRECRACKER_VERSION
-from wrennd.fcsim.memory import GuestMemory, GuestMemoryError
-from wrennd.fcsim.snapshot import SnapshotFileError, read_vmstate, write_memory, write_vmstate
-from wrennd.fcsim.vmmlog import VmmLog
-from wrennd.uffd.vmm import UffdGuest
+from wrennd_sim.fcsim import FIRECRACKER_VERSION
+from wrennd_sim.fcsim.memory import GuestMemory, GuestMemoryError
+from wrennd_sim.fcsim.snapshot import SnapshotFileError, read_vmstate, write_memory, write_vmstate
+from wrennd_sim.fcsim.vmmlog import VmmLog
+from wrennd_sim.uffd_peer import UffdGuest
 
 DEFAULT_MACHINE: dict[str, Any] = {
     "vcpu_count": 1,

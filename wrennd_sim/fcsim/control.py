@@ -27,8 +27,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from wrennd.fcsim.machine import Machine, VmState
-from wrennd.fcsim.memory import GuestMemory, GuestMemoryError
+from wrennd_sim.fcsim.machine import Machine, VmState
+from wrennd_sim.fcsim.memory import GuestMemory, GuestMemoryError
 
 MAX_LINE = 16 * 1024 * 1024
 

@@ -3,7 +3,7 @@
 There is no guest kernel. At boot fcsim bridges the TAP named in
 network-interfaces to a fresh guest network namespace (the network helper's
 guest stand-in, holding the address from the kernel ``ip=`` argument) and
-starts ``wrennd.fcsim.guestboot``, which mounts the root drive and runs the
+starts ``wrennd_sim.fcsim.guestboot``, which mounts the root drive and runs the
 image's init as PID 1 of new mount/PID/UTS/IPC namespaces, chrooted, in that
 network namespace. The guest's processes live in their own cgroup (v2), which
 a pause freezes and a resume thaws. A guest does not survive fcsim: after a
@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wrennd.fcsim.vmmlog import VmmLog
+from wrennd_sim.fcsim.vmmlog import VmmLog
 
 if TYPE_CHECKING:
-    from wrennd.fcsim.machine import Machine
-    from wrennd.network.standin import GuestStandIn
+    from wrennd_sim.fcsim.machine import Machine
+    from wrennd_sim.guest_standin import GuestStandIn
 
 BOOT_TIMEOUT = 20.0
 STOP_GRACE = 5.0
@@ -135,7 +135,7 @@ class GuestRunner:
     async def _network(self, machine: Machine, boot: BootArgs) -> Path | None:
         if not machine.network_interfaces:
             return None
-        from wrennd.network.standin import GuestStandIn
+        from wrennd_sim.guest_standin import GuestStandIn
 
         iface = next(iter(machine.network_interfaces.values()))
         kw: dict[str, Any] = {"sandbox_tap": iface["host_dev_name"], "guest_ifname": boot.device}
@@ -158,7 +158,7 @@ class GuestRunner:
         argv = [
             sys.executable,
             "-m",
-            "wrennd.fcsim.guestboot",
+            "wrennd_sim.fcsim.guestboot",
             "--rootfs",
             root["path_on_host"],
             "--mountpoint",

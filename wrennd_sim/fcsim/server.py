@@ -12,8 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
-from wrennd.fcsim.machine import ApiFault, Machine
-from wrennd.fcsim.spec import ApiSpec, Operation, SpecError
+from wrennd_sim.fcsim.machine import ApiFault, Machine
+from wrennd_sim.fcsim.spec import ApiSpec, Operation, SpecError
 
 NOT_SIMULATED = (
     "fcsim does not simulate {what}: it is a Firecracker stand-in for hosts without KVM"

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from wrennd._native import ffi, lib
-from wrennd.uffd.vmm import touch_order
+from wrennd_sim._simnative import ffi, lib
+from wrennd_sim.uffd_peer import touch_order
 
 PAGE_SIZE = mmap.PAGESIZE
 HUGE_PAGE_SIZE = 2 * 1024 * 1024

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from wrennd.durable import atomic_write
-from wrennd.fcsim.memory import GuestMemory
+from wrennd_sim.fcsim.memory import GuestMemory
 
 VMSTATE_FORMAT = "fcsim-vmstate"
 VMSTATE_VERSION = 1

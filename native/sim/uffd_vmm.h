@@ -1,9 +1,11 @@
 /* The VMM side of Firecracker's userfaultfd protocol, for fcsim, tests and
- * benchmarks (DESIGN.md §5): guest memory mapped the way Firecracker maps it,
- * a uffd created and registered the way Firecracker does, and a page toucher
- * that plays the guest.  The handshake message itself is sent from Python
- * (wrennd/uffd/vmm.py).  See zeroscan.h for the CDEF rules.  Functions
- * return 0 (or a count) on success and a negative errno on failure.
+ * benchmarks (DESIGN.md §5), in the simulator's own module wrennd_sim._simnative:
+ * guest memory mapped the way Firecracker maps it, a uffd registered the way
+ * Firecracker does (it is created by wr_uffd_create, native/uffd_open.h, in
+ * the daemon's module), and a page toucher that plays the guest.  The
+ * handshake message itself is sent from Python (wrennd_sim/uffd_peer.py).
+ * See ../zeroscan.h for the CDEF rules.  Functions return 0 (or a count) on
+ * success and a negative errno on failure.
  */
 #ifndef WRENND_UFFD_VMM_H
 #define WRENND_UFFD_VMM_H
@@ -12,12 +14,6 @@
 #include <stdint.h>
 
 /* CDEF-BEGIN */
-
-/* Create a uffd as Firecracker does: /dev/userfaultfd (USERFAULTFD_IOC_NEW)
- * first, then the userfaultfd syscall, with O_CLOEXEC|O_NONBLOCK, and
- * negotiate UFFDIO_API requiring UFFD_FEATURE_EVENT_REMOVE.  Returns the fd;
- * *features_out receives the features the kernel reports. */
-int wr_uffd_create(uint64_t *features_out);
 
 /* UFFDIO_REGISTER [addr, addr+len) in MISSING mode; *ioctls_out receives the
  * ioctl bitmask the kernel allows on the range. */

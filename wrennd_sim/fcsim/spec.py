@@ -69,7 +69,7 @@ _Yaml12Loader.add_implicit_resolver(
 
 @functools.cache
 def load_document() -> dict[str, Any]:
-    text = resources.files("wrennd.fcsim").joinpath(SPEC_RESOURCE).read_text()
+    text = resources.files("wrennd_sim.fcsim").joinpath(SPEC_RESOURCE).read_text()
     doc = yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass
     if not isinstance(doc, dict) or doc.get("swagger") != "2.0":
         raise RuntimeError(f"{SPEC_RESOURCE}: not a Swagger 2.0 document")

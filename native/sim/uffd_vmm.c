@@ -4,18 +4,13 @@
 #include "uffd_vmm.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-#ifndef USERFAULTFD_IOC_NEW
-#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
-#endif
 #ifndef MAP_HUGE_SHIFT
 #define MAP_HUGE_SHIFT 26
 #endif
@@ -24,35 +19,6 @@
 #endif
 
 #define HUGE_2M (2u * 1024 * 1024)
-
-static int open_uffd(void)
-{
-    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-    if (dev >= 0) {
-        int fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
-        close(dev);
-        if (fd >= 0)
-            return fd;
-    }
-    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-    return fd < 0 ? -errno : fd;
-}
-
-int wr_uffd_create(uint64_t *features_out)
-{
-    int fd = open_uffd();
-    if (fd < 0)
-        return fd;
-    struct uffdio_api api = {.api = UFFD_API, .features = UFFD_FEATURE_EVENT_REMOVE};
-    if (ioctl(fd, UFFDIO_API, &api) < 0) {
-        int err = errno;
-        close(fd);
-        return -err;
-    }
-    if (features_out)
-        *features_out = api.features;
-    return fd;
-}
 
 int wr_uffd_register(int uffd, uint64_t addr, uint64_t len, uint64_t *ioctls_out)
 {
