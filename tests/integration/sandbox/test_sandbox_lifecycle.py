@@ -178,14 +178,22 @@ async def test_a_vmm_that_dies_puts_the_sandbox_in_error(manager: SandboxManager
     info = await manager.create("base", memory_mib=MEM_MIB)
     sid = info["id"]
     os.kill(info["vmm"]["pid"], signal.SIGTERM)
-    await wait_for(lambda: manager.get(sid)["state"] == "error", timeout=30, interval=0.05)
-    got = manager.get(sid)
-    assert got["state"] == "error" and "VMM exited" in got["error"], got
-    assert "vmm" not in got
-    record = json.loads(
-        await asyncio.to_thread((env.state_dir / "sandboxes" / sid / "state.json").read_bytes)
+    state_file = env.state_dir / "sandboxes" / sid / "state.json"
+
+    def persisted() -> dict[str, Any]:
+        return json.loads(state_file.read_bytes())  # type: ignore[no-any-return]
+
+    # The record on disk is written after the state in memory changes: wait for both.
+    await wait_for(
+        lambda: manager.get(sid)["state"] == "error" and persisted()["state"] == "error",
+        timeout=30,
+        interval=0.05,
+        what="the sandbox is in error, in memory and on disk",
     )
-    assert record["state"] == "error" and record["slot"] is None
+    got = manager.get(sid)
+    assert "VMM exited" in got["error"], got
+    assert "vmm" not in got
+    assert persisted()["slot"] is None
     with pytest.raises(WrongState, match="is error"):
         await manager.exec(sid, CommandSpec(argv=["true"]))
     await manager.destroy(sid)
