@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.polling import wait_for
 from wrennd import cli
 from wrennd.cli import Exit
 from wrennd.cli.render import render_nothing
@@ -141,11 +142,7 @@ async def test_a_stream_whose_client_leaves_kills_its_process(daemon: Any) -> No
     await client.close()
     with pytest.raises(ClientError):
         await call
-    for _ in range(500):
-        if not exists(pid):
-            break
-        await asyncio.sleep(0.01)
-    assert not exists(pid), "the streamed process outlived its client"
+    await wait_for(lambda: not exists(pid), what="the streamed process ended with its client")
 
 
 def exists(pid: int) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.polling import wait_for
 from wrennd.guest.protocol import CommandSpec
 from wrennd.sandbox.errors import ImageNotFound, PauseUndone, SandboxNotFound, WrongState
 from wrennd.snapshot import read_prefetch_map
@@ -91,11 +92,7 @@ async def test_timeout_pauses_then_resume_rearms(manager: InProcess) -> None:
     sid = info["id"]
     assert info["expires_at"] > info["created_at"] + 500
     await manager.set_timeout(sid, 0.5)
-    for _ in range(200):
-        if manager.get(sid)["state"] == "paused":
-            break
-        await asyncio.sleep(0.1)
-    assert manager.get(sid)["state"] == "paused", "the reaper paused the expired sandbox"
+    await wait_for(lambda: manager.get(sid)["state"] == "paused", timeout=60, interval=0.1)
     resumed = await manager.resume(sid)
     assert resumed["state"] == "running" and resumed["expires_at"] is not None
     await manager.set_timeout(sid, None)
@@ -180,17 +177,22 @@ async def test_a_vmm_that_dies_puts_the_sandbox_in_error(manager: InProcess, env
     info = await manager.create("base", memory_mib=MEM_MIB)
     sid = info["id"]
     os.kill(info["vmm"]["pid"], signal.SIGTERM)
-    for _ in range(200):
-        if manager.get(sid)["state"] == "error":
-            break
-        await asyncio.sleep(0.05)
-    got = manager.get(sid)
-    assert got["state"] == "error" and "VMM exited" in got["error"], got
-    assert "vmm" not in got
-    record = json.loads(
-        await asyncio.to_thread((env.state_dir / "sandboxes" / sid / "state.json").read_bytes)
+    state_file = env.state_dir / "sandboxes" / sid / "state.json"
+
+    def persisted() -> dict[str, Any]:
+        return json.loads(state_file.read_bytes())  # type: ignore[no-any-return]
+
+    # The record on disk is written after the state in memory changes: wait for both.
+    await wait_for(
+        lambda: manager.get(sid)["state"] == "error" and persisted()["state"] == "error",
+        timeout=30,
+        interval=0.05,
+        what="the sandbox is in error, in memory and on disk",
     )
-    assert record["state"] == "error" and record["slot"] is None
+    got = manager.get(sid)
+    assert "VMM exited" in got["error"], got
+    assert "vmm" not in got
+    assert persisted()["slot"] is None
     with pytest.raises(WrongState, match="is error"):
         await manager.exec(sid, CommandSpec(argv=["true"]))
     await manager.destroy(sid)
@@ -200,11 +202,7 @@ async def test_a_vmm_that_dies_puts_the_sandbox_in_error(manager: InProcess, env
 @pytest.mark.parametrize("env", ["destroy"], indirect=True)
 async def test_timeout_destroys_when_configured(manager: InProcess, env: Any) -> None:
     info = await manager.create("base", memory_mib=MEM_MIB, timeout_s=0.5)
-    for _ in range(200):
-        if not manager.list():
-            break
-        await asyncio.sleep(0.1)
-    assert manager.list() == [], "ttl_action=destroy removed the expired sandbox"
+    await wait_for(lambda: manager.list() == [], timeout=60, interval=0.1)
     with pytest.raises(SandboxNotFound):
         manager.get(info["id"])
     assert not env.leaks()
