@@ -34,7 +34,8 @@ from wrennd.sandbox import (
 
 _ID = {"type": "string", "pattern": "^sb-[0-9a-f]{12}$"}
 _STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-_PATH = {"type": "string", "minLength": 1, "maxLength": 4096}
+# A file system path: the kernel ends a path at NUL, so one inside it cannot be meant.
+_PATH = {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[^\\x00]*$"}
 
 
 def _obj(required: list[str], **props: Any) -> dict[str, Any]:
@@ -47,6 +48,8 @@ def _obj(required: list[str], **props: Any) -> dict[str, Any]:
 
 
 _NAME = {"type": "string", "minLength": 1, "maxLength": 64}
+# Seconds until a sandbox's timeout action; ten years is as good as never.
+_TIMEOUT = {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 10 * 365 * 86400}
 CREATE = {
     **_obj(
         [],
@@ -54,7 +57,7 @@ CREATE = {
         template=_NAME,
         vcpus={"type": "integer", "minimum": 1, "maximum": 32},
         memory_mib={"type": "integer", "minimum": 16, "maximum": 1 << 20},
-        timeout_s={"type": ["number", "null"], "exclusiveMinimum": 0},
+        timeout_s=_TIMEOUT,
         env=_STR_MAP,
         metadata=_STR_MAP,
     ),
@@ -73,7 +76,7 @@ TEMPLATE_CREATE = _obj(["name", "sandbox_id"], name=_NAME, sandbox_id=_ID)
 BY_NAME = _obj(["name"], name=_NAME)
 BY_ID = _obj(["id"], id=_ID)
 LIST = _obj([], state={"enum": [s.value for s in SandboxState]}, metadata=_STR_MAP)
-SET_TIMEOUT = _obj(["id", "timeout_s"], id=_ID, timeout_s={"type": ["number", "null"]})
+SET_TIMEOUT = _obj(["id", "timeout_s"], id=_ID, timeout_s=_TIMEOUT)
 EXEC = {
     **_obj(
         ["id"],

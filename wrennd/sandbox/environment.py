@@ -77,6 +77,7 @@ class HostConfig:
     uffd_batch_bytes: int = 64 * 1024
     ttl_action: str = "pause"
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
+    memory_overcommit_percent: int = 100
     # The namespace where host-reachable sandbox addresses are routed (None: ours).
     host_netns: Path | None = None
 
@@ -90,6 +91,7 @@ class HostConfig:
             max_generations=settings.max_generations,
             uffd_batch_bytes=settings.uffd_batch_bytes,
             ttl_action=settings.ttl_action,
+            memory_overcommit_percent=settings.memory_overcommit_percent,
             host_netns=settings.host_netns,
         )
 
