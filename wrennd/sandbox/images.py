@@ -107,7 +107,7 @@ def register(images_dir: Path, name: str, source: Path) -> ImageInfo:
 
 
 def _copy_into(src: int, tmp: Path) -> None:
-    dst = fileops.create_exclusive(tmp, 0o444)
+    dst = fileops.create_exclusive(tmp, 0o400)
     try:
         try:
             fileops.reflink(src, dst)

@@ -97,7 +97,7 @@ class Lifecycle:
         else:
             assert image is not None
             path = images.path_of(self.deps.cfg.images_dir, image)
-        self._admit(memory_mib or 128)
+        _admit(self.deps, self.registry, memory_mib or 128)
         now = self.clock()
         sb = Sandbox(
             SandboxRecord(
@@ -205,7 +205,7 @@ class Lifecycle:
         async with sb.lock:
             self.registry.still(sb)
             if sb.record.state in (S.PAUSED, S.ERROR):
-                self._admit(sb.record.memory_mib)
+                _admit(self.deps, self.registry, sb.record.memory_mib)
             await self.registry.move(sb, S.RESUMING, "resume")
             if sb.collapse is not None:
                 # The engine maps the chain's files: let a collapse finish first.
@@ -235,10 +235,6 @@ class Lifecycle:
             await self.registry.save(sb)
             self.reaper.set(sandbox_id, rec.expires_at if rec.state == S.RUNNING else None)
         return sb
-
-    def _admit(self, memory_mib: int) -> None:
-        records = [sb.record for sb in self.registry]
-        admission.admit(memory_mib, records, self.deps.cfg.memory_overcommit_percent)
 
     # --- resting states ----------------------------------------------------------
     async def _rest(self, sb: Sandbox, target: SandboxState, error: str | None = None) -> None:
@@ -286,3 +282,8 @@ class Lifecycle:
 def _check_timeout(timeout_s: float | None) -> None:
     if timeout_s is not None and not timeout_s > 0:
         raise Refused(f"timeout_s must be positive (or null for none), not {timeout_s}")
+
+
+def _admit(deps: Deps, registry: Registry, memory_mib: int) -> None:
+    records = [sb.record for sb in registry]
+    admission.admit(memory_mib, records, deps.cfg.memory_overcommit_percent)

@@ -143,10 +143,9 @@ async def recover(deps: Deps) -> list[SandboxRecord]:
         await asyncio.to_thread(deps.records.save, rec)
         log.info("sandbox recovered", extra=kv(sandbox=rec.id, was=before, now=rec.state))
         kept.append(rec)
-    if records:
-        # Only a host that ran sandboxes can hold stale ones (a record is saved
-        # before anything is made for a sandbox).
-        await (await deps.network_ready()).cleanup_stale(())
+    # Always, records or not: a VMM killed after its record was removed (or a record
+    # that cannot be read) can leave namespaces behind that would poison their slot.
+    await (await deps.network_ready()).cleanup_stale(())
     await deps.storage.cleanup_stale(())
     removed = await asyncio.to_thread(templates.cleanup_temporaries, deps)
     if removed:

@@ -20,6 +20,7 @@ import fcntl
 import ipaddress
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,7 +149,9 @@ class GuestRunner:
         return self.standin.guest_netns_path
 
     def _make_cgroup(self) -> Path:
-        cg = _cgroup2_root() / _own_cgroup().lstrip("/") / f"fcsim-guest-{os.getpid()}"
+        parent = _cgroup2_root() / _own_cgroup().lstrip("/")
+        _reap_orphans(parent, self.log)
+        cg = parent / f"fcsim-guest-{os.getpid()}"
         cg.mkdir()
         return cg
 
@@ -305,6 +308,34 @@ def _busy(cg: Path) -> str:
     with contextlib.suppress(OSError):
         return "still running: " + ", ".join(_unstopped(cg)[:8])
     return "its tasks could not be read"
+
+
+def _reap_orphans(parent: Path, log: VmmLog) -> None:
+    """Kill and remove the guest cgroups of fcsim processes that are gone (SIGKILLed:
+    their guests kept running, holding their layer mounted)."""
+    for cg in parent.glob("fcsim-guest-*"):
+        pid = cg.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        try:
+            with contextlib.suppress(OSError):
+                (cg / "cgroup.freeze").write_text("0")
+            for _ in range(200):
+                if not (cg / "cgroup.procs").read_text().strip():
+                    break
+                (cg / "cgroup.kill").write_text("1")
+                time.sleep(0.01)
+            for _ in range(200):
+                try:
+                    _remove_dir(cg)
+                    break
+                except OSError as e:
+                    if e.errno != errno.EBUSY:
+                        raise
+                    time.sleep(0.01)
+            log.info(f"removed the guest cgroup {cg} of a killed fcsim")
+        except OSError as e:
+            log.warning(f"cannot remove the guest cgroup {cg} of a killed fcsim: {e}")
 
 
 async def _remove_cgroup(cg: Path, limit: float = 2.0) -> None:

@@ -1,0 +1,130 @@
+"""Issue 20 against a real daemon: private state whatever the umask, a clean SIGTERM with
+timeouts armed, and hostile image paths that must not stall the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.sandbox.test_sandbox_daemon import Daemon
+from wrennd import permissions
+from wrennd.rpc.client import RemoteError
+
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
+
+
+@pytest.fixture
+def daemon(place: Any) -> Iterator[Daemon]:
+    d = Daemon(place)
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop(signal.SIGTERM)
+
+
+SECRET = b"only root in the guest may read this\n"
+
+
+def _layer_files(state_dir: Path, sid: str) -> list[Path]:
+    return [p for p in (state_dir / "sandboxes" / sid).rglob("*") if p.is_file()]
+
+
+async def test_state_is_private_under_umask_000(daemon: Daemon, place: Any) -> None:
+    place.state_dir.chmod(0o755)  # as a state dir made without StateDirectoryMode would be
+    daemon.start("--fix-permissions", umask=0)
+    c = await daemon.client()
+    sid = (await c.call("sandbox.create", {"image": "base", "memory_mib": 64}))["id"]
+    data = base64.b64encode(SECRET).decode()
+    await c.call(
+        "sandbox.files.write", {"id": sid, "path": "/root/secret", "data": data, "mode": 0o600}
+    )
+    await c.call("sandbox.pause", {"id": sid})
+    await c.call("sandbox.resume", {"id": sid})
+    await c.call("sandbox.pause", {"id": sid})
+    assert permissions.loose(place.state_dir) == [], "everything in state_dir is private"
+    assert "modes tightened" in daemon.log.read_text()
+
+    # What the issue did: debugfs as nobody on the sandbox's layer.
+    for layer in _layer_files(place.state_dir, sid):
+        argv = ["runuser", "-u", "nobody", "--", "debugfs", "-R", "cat /root/secret", str(layer)]
+        out = await asyncio.to_thread(subprocess.run, argv, capture_output=True)
+        assert SECRET not in out.stdout, layer
+    await c.call("sandbox.destroy", {"id": sid})
+    await c.close()
+    assert daemon.stop(signal.SIGTERM) == 0
+
+
+async def test_sigterm_with_timeouts_is_quick_and_clean(daemon: Daemon, place: Any) -> None:
+    daemon.start(WRENND_SHUTDOWN_TIMEOUT="30")
+    c = await daemon.client()
+    sid = (await c.call("sandbox.create", {"image": "base", "memory_mib": 64, "timeout_s": 3600}))[
+        "id"
+    ]
+    await c.close()
+    t0 = time.monotonic()
+    assert daemon.stop(signal.SIGTERM) == 0
+    took = time.monotonic() - t0
+    assert took < 15, f"SIGTERM took {took:.1f} s of the 30 s deadline"
+    assert "clean=true" in daemon.log.read_text().lower().replace(" ", "")
+    daemon.start()
+    c = await daemon.client()
+    assert (await c.call("sandbox.get", {"id": sid}))["state"] == "paused"
+    await c.call("sandbox.destroy", {"id": sid})
+    await c.close()
+    assert daemon.stop(signal.SIGTERM) == 0
+
+
+async def test_fifo_registrations_do_not_stall_the_daemon(daemon: Daemon, place: Any) -> None:
+    fifo = place.run_dir / "fifo"
+    os.mkfifo(fifo)
+    daemon.start()
+    c = await daemon.client()
+    sid = (await c.call("sandbox.create", {"image": "base", "memory_mib": 64}))["id"]
+    calls = [c.call("image.register", {"name": f"f{i}", "path": str(fifo)}) for i in range(8)]
+    answers = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+    assert all(isinstance(a, RemoteError) and a.code == -32602 for a in answers), answers
+    t0 = time.monotonic()
+    await c.call("image.list")
+    assert time.monotonic() - t0 < 1
+    t0 = time.monotonic()
+    await c.call("sandbox.pause", {"id": sid})
+    assert time.monotonic() - t0 < 5
+    await c.call("sandbox.destroy", {"id": sid})
+    await c.close()
+    t0 = time.monotonic()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - t0 < 10
+
+
+async def test_a_killed_vmm_leaves_its_slot_usable(daemon: Daemon, place: Any) -> None:
+    daemon.start()
+    c = await daemon.client()
+    a = await c.call("sandbox.create", {"image": "base", "memory_mib": 64})
+    os.kill(a["vmm"]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while (await c.call("sandbox.get", {"id": a["id"]}))["state"] != "error":
+        assert time.monotonic() < deadline, "the VMM's death was not noticed"
+        await asyncio.sleep(0.1)
+    # The same slot at once (the lowest free one), then again after a restart.
+    b = await c.call("sandbox.create", {"image": "base", "memory_mib": 64})
+    assert b["state"] == "running"
+    os.kill(b["vmm"]["pid"], signal.SIGKILL)
+    await c.close()
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    daemon.start()
+    c = await daemon.client()
+    again = await c.call("sandbox.create", {"image": "base", "memory_mib": 64})
+    assert again["state"] == "running"
+    for sb in (await c.call("sandbox.list"))["sandboxes"]:
+        await c.call("sandbox.destroy", {"id": sb["id"]})
+    await c.close()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not place.leaks()
