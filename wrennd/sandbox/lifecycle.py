@@ -230,6 +230,8 @@ class Lifecycle:
         async with sb.lock:
             self.registry.still(sb)
             rec = sb.record
+            if rec.state == S.DAMAGED:
+                raise WrongState(sandbox_id, rec.state, "set a timeout")
             rec.timeout_s = timeout_s
             rec.expires_at = None if timeout_s is None else self.clock() + timeout_s
             await self.registry.save(sb)

@@ -121,9 +121,12 @@ def _settle(rec: SandboxRecord) -> str | None:
 
 async def recover(deps: Deps) -> list[SandboxRecord]:
     records, bad = await asyncio.to_thread(deps.records.load_all)
-    for err in bad:
-        log.error("unreadable sandbox record left alone", extra=kv(error=err))
     kept: list[SandboxRecord] = []
+    for err in bad:
+        # Kept visible (state damaged) so that destroy can remove what it owned.
+        log.error("unreadable sandbox record: shown as damaged", extra=kv(error=err))
+        if err.sandbox_id is not None:
+            kept.append(SandboxRecord.damaged(err.sandbox_id, str(err)))
     for rec in records:
         paths = deps.paths(rec.id)
         api_socket = paths.vmm_files.api_socket

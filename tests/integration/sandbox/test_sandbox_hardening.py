@@ -18,6 +18,7 @@ import pytest
 from tests.integration.sandbox.test_sandbox_daemon import Daemon
 from wrennd import permissions
 from wrennd.rpc.client import RemoteError
+from wrennd_sim.fcsim.control import ControlClient
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 
@@ -128,3 +129,87 @@ async def test_a_killed_vmm_leaves_its_slot_usable(daemon: Daemon, place: Any) -
     await c.close()
     assert daemon.stop(signal.SIGTERM) == 0
     assert not place.leaks()
+
+
+async def test_damaged_state_is_reported_and_destroyable(daemon: Daemon, place: Any) -> None:
+    daemon.start()
+    c = await daemon.client()
+    ids = []
+    for n in range(4):
+        made = await c.call("sandbox.create", {"image": "base", "memory_mib": 64})
+        sid = made["id"]
+        ctl = ControlClient(Path(made["vmm"]["control_socket"]))
+        try:  # memory that a generation file must hold (all-zero memory needs none)
+            await ctl.call("dirty", fraction=0.05, seed=n)
+        finally:
+            await ctl.close()
+        await c.call("sandbox.pause", {"id": sid})
+        ids.append(sid)
+    await c.close()
+    assert daemon.stop(signal.SIGTERM) == 0
+    truncated, bad_header, bad_prefetch, no_generation = ids
+    sandboxes = place.state_dir / "sandboxes"
+    record = sandboxes / truncated / "state.json"
+    record.write_bytes(record.read_bytes()[:40])
+    header = sandboxes / bad_header / "snapshot" / "memory.header"
+    raw = bytearray(header.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    header.write_bytes(bytes(raw))
+    (sandboxes / bad_prefetch / "snapshot" / "memory.prefetch").write_bytes(b"\x07garbage" * 9)
+    links = sandboxes / no_generation / "snapshot" / "memfiles"
+    for link in links.iterdir():
+        (place.state_dir / "memfiles" / link.name).unlink(missing_ok=True)
+        link.unlink()
+
+    daemon.start()
+    c = await daemon.client()
+    listed = {s["id"]: s for s in (await c.call("sandbox.list"))["sandboxes"]}
+    assert listed[truncated]["state"] == "damaged" and "state.json" in listed[truncated]["error"]
+    assert (await c.call("sandbox.get", {"id": truncated}))["state"] == "damaged"
+    with pytest.raises(RemoteError) as wrong:
+        await c.call("sandbox.resume", {"id": truncated})
+    assert wrong.value.type == "wrong_state"
+    for sid, file in ((bad_header, "memory.header"), (no_generation, "")):
+        with pytest.raises(RemoteError) as corrupt:
+            await c.call("sandbox.resume", {"id": sid})
+        assert corrupt.value.type == "snapshot_corrupt", corrupt.value
+        assert file in (corrupt.value.data.get("file") or ""), corrupt.value.data
+        assert (await c.call("sandbox.get", {"id": sid}))["state"] == "paused"
+    resumed = await c.call("sandbox.resume", {"id": bad_prefetch})  # only a speed hint
+    assert resumed["state"] == "running"
+    for sid in ids:
+        await c.call("sandbox.destroy", {"id": sid})
+    assert (await c.call("sandbox.list"))["sandboxes"] == []
+    assert not (sandboxes / truncated).exists(), "destroy removed everything it owned"
+    await c.close()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not place.leaks()
+
+
+async def test_a_full_disk_during_pause_is_resource_exhausted(daemon: Daemon, place: Any) -> None:
+    store = place.state_dir / "memfiles"
+    store.mkdir(exist_ok=True)
+    # The generation store on a 1 MiB tmpfs: the first pause's ingest runs out of space.
+    await asyncio.to_thread(
+        subprocess.run, ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(store)], check=True
+    )
+    try:
+        daemon.start()
+        c = await daemon.client()
+        made = await c.call("sandbox.create", {"image": "base", "memory_mib": 64})
+        sid = made["id"]
+        ctl = ControlClient(Path(made["vmm"]["control_socket"]))
+        try:  # 16 MiB of data to ingest into 1 MiB
+            await ctl.call("dirty", fraction=0.25, seed=1)
+        finally:
+            await ctl.close()
+        with pytest.raises(RemoteError) as full:
+            await c.call("sandbox.pause", {"id": sid})
+        assert full.value.type == "resource_exhausted", full.value
+        assert full.value.data.get("resource") == "disk"
+        assert (await c.call("sandbox.get", {"id": sid}))["state"] == "running"
+        await c.call("sandbox.destroy", {"id": sid})
+        await c.close()
+        assert daemon.stop(signal.SIGTERM) == 0
+    finally:
+        await asyncio.to_thread(subprocess.run, ["umount", str(store)], check=True)
