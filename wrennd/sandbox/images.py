@@ -60,9 +60,12 @@ def open_image(path: Path) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise BadImage(f"{path}: not a regular file")
-        raw = os.pread(fd, 2, _MAGIC_OFFSET)
         sized = st.st_size > 0 and st.st_size % SECTOR == 0
-        if not sized or len(raw) != 2 or struct.unpack("<H", raw)[0] != EXT4_MAGIC:
+        try:
+            raw = os.pread(fd, 2, _MAGIC_OFFSET) if sized else b""
+        except OSError:
+            raw = b""  # unreadable (a proc file, a failing disk): not an image either way
+        if len(raw) != 2 or struct.unpack("<H", raw)[0] != EXT4_MAGIC:
             raise BadImage(
                 f"{path}: not an ext2/3/4 image (a superblock with magic 0xEF53 at byte 1080"
                 f" and a size that is a positive multiple of {SECTOR} bytes)"
