@@ -18,7 +18,10 @@ import pytest
 from tests.integration.sandbox.test_sandbox_daemon import Daemon
 from wrennd import permissions
 from wrennd.rpc.client import RemoteError
+from wrennd.sandbox.errors import LifecycleError, SandboxNotFound
+from wrennd.sandbox.recovery import vmms_using
 from wrennd_sim.fcsim.control import ControlClient
+from wrennd_sim.inproc import InProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 
@@ -213,3 +216,57 @@ async def test_a_full_disk_during_pause_is_resource_exhausted(daemon: Daemon, pl
         assert daemon.stop(signal.SIGTERM) == 0
     finally:
         await asyncio.to_thread(subprocess.run, ["umount", str(store)], check=True)
+
+
+def _killer(api_socket: Path) -> asyncio.Task[int]:
+    """SIGKILL the VMM serving ``api_socket`` as soon as it exists; its pid."""
+
+    async def kill() -> int:
+        while True:
+            for pid in await asyncio.to_thread(vmms_using, api_socket):
+                os.kill(pid, signal.SIGKILL)
+                return pid
+            await asyncio.sleep(0.001)
+
+    return asyncio.ensure_future(kill())
+
+
+async def test_a_vmm_killed_early_in_resume_is_not_waited_for(manager: InProcess, env: Any) -> None:
+    sid = (await manager.create("base", memory_mib=64))["id"]
+    await manager.pause(sid)
+    api_socket = manager.service.paths(sid).vmm_files.api_socket
+    killer: list[asyncio.Task[int]] = []
+
+    async def on_progress(stage: str, done: int, total: int, **facts: int) -> None:
+        if stage == "load":
+            killer.append(_killer(api_socket))
+
+    t0 = time.monotonic()
+    with pytest.raises(LifecycleError):
+        await manager.resume(sid, on_progress)
+    took = time.monotonic() - t0
+    await asyncio.wait_for(killer[0], 5)
+    assert took < 5, f"the failed resume took {took:.1f} s"
+    assert manager.get(sid)["state"] == "paused"
+    assert (await manager.resume(sid))["state"] == "running"
+    await manager.destroy(sid)
+    assert not env.leaks()
+
+
+async def test_destroy_waiting_on_a_failing_create(manager: InProcess, env: Any) -> None:
+    """Issue 20 item 7: a destroy that waited for a create that then failed answers
+    sandbox_not_found, not an internal KeyError."""
+    destroyed: list[asyncio.Future[None]] = []
+
+    async def on_progress(stage: str, done: int, total: int, **facts: int) -> None:
+        if stage == "boot":
+            (sb,) = [s for s in manager.service.registry if s.record.state.value == "creating"]
+            _killer(manager.service.paths(sb.id).vmm_files.api_socket)
+            destroyed.append(asyncio.ensure_future(manager.destroy(sb.id)))
+
+    with pytest.raises(LifecycleError):
+        await manager.create("base", memory_mib=64, progress=on_progress)
+    with pytest.raises(SandboxNotFound):
+        await asyncio.wait_for(destroyed[0], 30)
+    assert manager.list() == []
+    assert not env.leaks()
