@@ -119,6 +119,28 @@ def _settle(rec: SandboxRecord) -> str | None:
     return rec.error
 
 
+async def _reap_simulated_guests(fcsim: Path) -> None:
+    """A killed fcsim leaves its guest (a cgroup of processes holding the layer mounted);
+    fcsim knows its own, so it is asked to remove them."""
+    proc = await asyncio.create_subprocess_exec(
+        str(fcsim),
+        "--reap-orphans",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        log.error("fcsim --reap-orphans did not finish in 30 s")
+        return
+    if proc.returncode != 0 or out.strip():
+        log.info(
+            "simulated guests reaped", extra=kv(rc=proc.returncode, output=out.decode().strip())
+        )
+
+
 async def recover(deps: Deps) -> list[SandboxRecord]:
     records, bad = await asyncio.to_thread(deps.records.load_all)
     kept: list[SandboxRecord] = []
@@ -150,6 +172,8 @@ async def recover(deps: Deps) -> list[SandboxRecord]:
     # that cannot be read) can leave namespaces behind that would poison their slot.
     await (await deps.network_ready()).cleanup_stale(())
     await deps.storage.cleanup_stale(())
+    if deps.cfg.vmm.simulated:
+        await _reap_simulated_guests(deps.cfg.vmm.binary)
     removed = await asyncio.to_thread(templates.cleanup_temporaries, deps)
     if removed:
         log.info("half-built templates removed", extra=kv(templates=",".join(removed)))

@@ -310,6 +310,12 @@ def _busy(cg: Path) -> str:
     return "its tasks could not be read"
 
 
+def reap_orphans(log: VmmLog) -> None:
+    """``fcsim --reap-orphans``: what a daemon runs at start-up, since it does not know
+    fcsim's cgroups (it drives fcsim as it would Firecracker)."""
+    _reap_orphans(_cgroup2_root() / _own_cgroup().lstrip("/"), log)
+
+
 def _reap_orphans(parent: Path, log: VmmLog) -> None:
     """Kill and remove the guest cgroups of fcsim processes that are gone (SIGKILLed:
     their guests kept running, holding their layer mounted)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import signal
 import subprocess
@@ -270,3 +271,29 @@ async def test_destroy_waiting_on_a_failing_create(manager: InProcess, env: Any)
         await asyncio.wait_for(destroyed[0], 30)
     assert manager.list() == []
     assert not env.leaks()
+
+
+async def test_a_shutdown_cut_off_at_its_deadline_says_so(daemon: Daemon, place: Any) -> None:
+    daemon.start(WRENND_SHUTDOWN_TIMEOUT="3")
+    c = await daemon.client()
+    made = await c.call("sandbox.create", {"image": "base", "memory_mib": 64})
+    await c.close()
+    vmm = made["vmm"]["pid"]
+    os.kill(vmm, signal.SIGSTOP)  # its pause (PATCH /vm) now waits for an answer
+    try:
+        t0 = time.monotonic()
+        assert daemon.stop(signal.SIGTERM) == 1, "a cut-off shutdown is not a clean one"
+        assert time.monotonic() - t0 < 20
+        text = daemon.log.read_text()
+        assert "shutdown hook ran out of time" in text
+        assert "clean=False" in text
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(vmm, signal.SIGCONT)
+    daemon.start()  # recovery stops whatever the cut-off pause left
+    c = await daemon.client()
+    for sb in (await c.call("sandbox.list"))["sandboxes"]:
+        await c.call("sandbox.destroy", {"id": sb["id"]})
+    await c.close()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not place.leaks()
