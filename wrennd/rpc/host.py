@@ -14,6 +14,7 @@ from wrennd.config import Settings
 from wrennd.metrics import LoopLag, Sections, process_stats
 from wrennd.rpc.methods import CallContext, Kind, MethodTable
 from wrennd.rpc.server import RpcServer
+from wrennd.vm import kernel
 
 STATS_PARAMS = {
     "type": "object",
@@ -78,6 +79,7 @@ class HostFacts:
             },
             "vmm": dataclasses.asdict(self.vmm),
             "config": _config_facts(self.settings),
+            "kernel": kernel.describe(self.settings.kernel_path),  # where make kernel got it
             "socket": {"path": self.socket_path, "activated": self.socket_activated},
         }
         if self.jailer is not None:
