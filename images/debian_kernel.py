@@ -77,7 +77,10 @@ def run(argv: list[str], **kw: object) -> str:
 
 def resolve_package(meta: str) -> tuple[str, str]:
     """The image package apt's candidate of ``meta`` depends on, and its exact version."""
-    show = run(["apt-cache", "show", "--no-all-versions", meta])
+    try:
+        show = run(["apt-cache", "show", "--no-all-versions", meta])
+    except KernelError as e:
+        raise KernelError(f"{e} (apt-get update, with Debian's main in the sources?)") from e
     m = re.search(r"^Depends:.*?\b(linux-image-[^\s,(]+)\s*\(=\s*([^)\s]+)\)", show, re.M)
     if m is None:
         raise KernelError(f"{meta} names no linux-image-* package of an exact version")
