@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -116,22 +116,43 @@ class Qemu:
         proc = await netns.spawn(netns_path, make)
         return cls(proc, console, time.monotonic())
 
+    async def exited(self) -> int:
+        """QEMU's exit status, once it exits (a pidfd on the loop: no thread blocks)."""
+        if self.proc.poll() is None:
+            fd = os.pidfd_open(self.proc.pid)  # a zombie's pidfd is readable too
+            loop = asyncio.get_running_loop()
+            gone: asyncio.Future[None] = loop.create_future()
+
+            def readable() -> None:
+                if not gone.done():
+                    gone.set_result(None)
+
+            loop.add_reader(fd, readable)
+            try:
+                await gone
+            finally:
+                loop.remove_reader(fd)
+                os.close(fd)
+        return self.proc.wait()
+
     async def wait(self, within: float) -> int | None:
         try:
-            return await asyncio.to_thread(self.proc.wait, within)
-        except subprocess.TimeoutExpired:
+            return await asyncio.wait_for(self.exited(), within)
+        except TimeoutError:
             return None
 
     async def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        await asyncio.to_thread(self.proc.wait)
+        await self.exited()
 
-    def console_text(self) -> str:
-        try:
-            return self.console.read_text(errors="replace")
-        except OSError:
-            return ""
+    def output(self) -> str:
+        """The guest console, then QEMU's own messages."""
+        text = []
+        for path in (self.console, self.console.with_name("qemu.stderr")):
+            with suppress(OSError):
+                text.append(path.read_text(errors="replace"))
+        return "\n".join(text)
 
 
 @asynccontextmanager
@@ -160,7 +181,15 @@ async def run_ok(c: GuestClient, argv: list[str]) -> str:
 
 
 async def check_health(c: GuestClient, vm: Qemu) -> dict[str, Any]:
-    health = await c.wait_healthy(time.monotonic() + BOOT_TIMEOUT)
+    """Wait for /health, or fail at once if QEMU exits first."""
+    healthy = asyncio.ensure_future(c.wait_healthy(time.monotonic() + BOOT_TIMEOUT))
+    exited = asyncio.ensure_future(vm.exited())
+    await asyncio.wait({healthy, exited}, return_when=asyncio.FIRST_COMPLETED)
+    exited.cancel()
+    if not healthy.done():
+        healthy.cancel()
+        raise CheckFailed(f"QEMU exited {exited.result()} before the agent answered")
+    health = healthy.result()
     boot_s = time.monotonic() - vm.started
     check(health.status == "ok" and not health.frozen, f"health: {health}")
     return {"status": health.status, "api": health.api, "boot_s": round(boot_s, 2)}
@@ -257,8 +286,7 @@ async def check_shutdown(c: GuestClient, vm: Qemu, disk: Path) -> dict[str, Any]
     code = await vm.wait(30.0)
     check(code is not None, "QEMU still runs 30 s after init was told to stop")
     check(code == 0, f"QEMU exited {code}")
-    console = vm.console_text()
-    check("wrenn-init: resetting" in console, "init never said it was resetting")
+    check("wrenn-init: resetting" in vm.output(), "init never said it was resetting")
     fsck = await _run(["e2fsck", "-fn", str(disk)])
     check(fsck.returncode == 0, f"e2fsck after shutdown: {fsck.stdout[-500:]}")
     cat = await _run(["debugfs", "-R", "cat /root/during-freeze", str(disk)])
@@ -301,7 +329,7 @@ async def smoke(args: argparse.Namespace, work: Path, results: dict[str, Any]) -
         try:
             await checks(c, vm, meta, disk, results)
         except BaseException:
-            sys.stderr.write(f"--- guest console\n{vm.console_text()[-6000:]}\n")
+            sys.stderr.write(f"--- guest console and QEMU\n{vm.output()[-6000:]}\n")
             raise
         finally:
             await vm.kill()
