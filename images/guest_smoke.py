@@ -203,7 +203,15 @@ async def check_uname(c: GuestClient, meta: dict[str, Any]) -> dict[str, Any]:
         check(release == meta["release"], f"guest kernel {release}, expected {meta['release']}")
     root = await run_ok(c, ["sh", "-c", "grep ' / ' /proc/mounts"])
     check(root.startswith("/dev/vda / ext4 rw"), f"root is not /dev/vda (ext4, rw): {root}")
-    return {"release": release, "host_release": host, "root_mount": root}
+    loaded = {line.split()[0] for line in (await run_ok(c, ["cat", "/proc/modules"])).splitlines()}
+    wanted = {m.removesuffix(".ko").replace("-", "_") for m in meta.get("modules", [])}
+    check(wanted <= loaded, f"modules the initrd should have loaded are not: {wanted - loaded}")
+    return {
+        "release": release,
+        "host_release": host,
+        "root_mount": root,
+        "modules_loaded": sorted(loaded),
+    }
 
 
 async def check_files(c: GuestClient) -> dict[str, Any]:

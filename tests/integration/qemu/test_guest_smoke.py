@@ -68,6 +68,8 @@ def test_guest_smoke_boots_the_image_and_checks_it_through_the_agent(
     meta = json.loads((debian_kernel / "kernel.json").read_text())
     assert result["uname"]["release"] == meta["release"] != os.uname().release
     assert result["uname"]["root_mount"].startswith("/dev/vda / ext4 rw")
+    loaded = set(result["uname"]["modules_loaded"])
+    assert {"virtio_mmio", "virtio_blk", "virtio_net", "vmw_vsock_virtio_transport"} <= loaded
     assert "ip=169.254.0.21::169.254.0.22:255.255.255.252::eth0:off" in result["cmdline"]
     freeze = result["freeze"]
     assert freeze["blocked_while_frozen"] and freeze["landed_after_thaw"]
