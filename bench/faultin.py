@@ -47,7 +47,7 @@ from typing import Any
 from wrennd import config, features
 from wrennd._native import ffi, lib
 from wrennd.uffd import handshake, vmm
-from wrennd.uffd.engine import SOURCE_ZERO, MapEntry
+from wrennd.uffd.engine import DEFAULT_WINDOW_MAX_BYTES, SOURCE_ZERO, MapEntry
 from wrennd.uffd.server import SnapshotMemory, UffdServer
 
 PAGE = vmm.BASE_PAGE_SIZE
@@ -211,10 +211,18 @@ class Bench:
         }
 
     async def engine(
-        self, pattern: str, write: bool, batch: int, prefetch: Any = (), prefetch_run: bool = False
+        self,
+        pattern: str,
+        write: bool,
+        batch: int,
+        prefetch: Any = (),
+        prefetch_run: bool = False,
+        window: int = DEFAULT_WINDOW_MAX_BYTES,
     ) -> dict[str, Any]:
         memory = dataclasses.replace(self.fx.memory, prefetch=list(prefetch))
-        server = UffdServer(self.workdir / "uffd.sock", memory, batch_bytes=batch)
+        server = UffdServer(
+            self.workdir / "uffd.sock", memory, batch_bytes=batch, window_max_bytes=window
+        )
         await server.start()
         serving = asyncio.ensure_future(server.serve())
         try:
@@ -314,7 +322,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         pats = ("sequential", "random", "ws10")
         handlers: dict[str, Callable[[str, bool], Awaitable[dict[str, Any]]]] = {
             "engine": lambda o, w: b.engine(o, w, batch),
-            "engine-b1": lambda o, w: b.engine(o, w, PAGE),
+            "engine-b1": lambda o, w: b.engine(o, w, PAGE, window=PAGE),
             "kernel": b.kernel,
             "minimal": b.minimal,
         }
