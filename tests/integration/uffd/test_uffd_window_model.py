@@ -18,6 +18,7 @@ import itertools
 import os
 import random
 import struct
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -41,9 +42,9 @@ T = TypeVar("T")
 @dataclass
 class Chain:
     sizes: list[int]  # region sizes in pages, memory-file order
-    pages: list[bytes]  # what each page reads as
-    entries: list[MapEntry]
-    generations: list[bytes]
+    pages: list[bytes] = field(repr=False)  # what each page reads as
+    entries: list[MapEntry] = field(repr=False)
+    generations: list[bytes] = field(repr=False)
 
 
 @dataclass
@@ -132,8 +133,18 @@ class Model:
         except FutureTimeout:
             pytest.fail(f"a fault was not served; engine: {self.engine.stats()}")
 
+    def settled(self) -> set[int]:
+        """Present pages once the engine has finished every fault it has read:
+        the faulting thread wakes before the rest of its window is installed."""
+        for _ in range(100000):
+            s = self.engine.stats()
+            if s.lat_count == s.faults:
+                return present_pages(self.guest)
+            time.sleep(0.0001)
+        pytest.fail(f"the engine did not finish its faults: {self.engine.stats()}")
+
     def fault(self, page: int, write: bool) -> None:
-        before = present_pages(self.guest)
+        before = self.settled()
         if write:
             data = struct.pack("<Q", page) + self.content[page][8:]
             self.call(lambda: self.guest.write(page * P, data[:8]))
@@ -142,7 +153,7 @@ class Model:
             self.content[page] = data
         else:
             assert self.call(lambda: self.guest.read(page * P, P)) == self.content[page], page
-        new = present_pages(self.guest) - before
+        new = self.settled() - before
         assert page in before | new
         lo, hi = self.region_of[page]
         base = page - page % self.case.batch_pages
@@ -169,7 +180,7 @@ class Model:
                     self.fault(p, False)
             else:
                 self.fault(page, kind == "write")
-            assert units(engine.present()) == present_pages(self.guest)
+            assert units(engine.present()) == self.settled()
             assert units(engine.removed()) == self.removed
         everything = self.call(lambda: self.guest.read(0, len(self.content) * P))
         assert everything == b"".join(self.content)
