@@ -377,7 +377,8 @@ async def run_chains(
     size = args.size_mib * MiB
     names = ["engine", "engine-b1", "kernel"]
     names += ["engine-runs", "engine-bounce"] if args.copy_modes else []
-    scen = [("sequential", "read", "warm"), ("random", "read", "warm")]
+    scen = [("sequential", "read", "warm"), ("sequential", "write", "warm")]
+    scen += [("random", "read", "warm")]
     scen += [("sequential", "read", "cold")] if cold else []
     rows: list[dict[str, Any]] = []
     facts = {}
@@ -439,8 +440,8 @@ def find(rows: list[dict[str, Any]], **kw: str) -> dict[str, Any]:
 def chain_ratios(rows: list[dict[str, Any]], fixture: str, cold: bool) -> dict[str, Any]:
     """Engine against kernel paging (warm, cold) and one page per fault, sequential read."""
 
-    def secs(h: str, cache: str, pattern: str = "sequential") -> float:
-        r = find(rows, fixture=fixture, handler=h, pattern=pattern, rw="read", cache=cache)
+    def secs(h: str, cache: str, pattern: str = "sequential", rw: str = "read") -> float:
+        r = find(rows, fixture=fixture, handler=h, pattern=pattern, rw=rw, cache=cache)
         return float(r["seconds"])
 
     out: dict[str, Any] = {

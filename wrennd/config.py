@@ -126,7 +126,7 @@ class Settings:
     socket_group: str = _setting("wrennd", _str, "a group name")
     max_generations: int = _setting(10, _pos_int, "a positive integer")
     uffd_batch_bytes: int = _setting(64 * 1024, _pos_int, "a positive integer (bytes)")
-    # 0: half of each sandbox's memory
+    # 0: the sandbox's memory size (the map never exceeds what was resident at the pause)
     prefetch_max_bytes: int = _setting(0, _nonneg_int, "0 or a positive integer (bytes)")
     storage_backend: str = _setting(
         "auto", _choice(*STORAGE_BACKENDS), f"one of {', '.join(STORAGE_BACKENDS)}"

@@ -15,7 +15,7 @@ def test_defaults_and_derived_paths() -> None:
     assert s.kernel_path == Path("/var/lib/wrennd/kernels/vmlinux")
     assert s.memfiles_dir == Path("/var/lib/wrennd/memfiles")
     assert s.max_generations == 10
-    assert s.prefetch_max_bytes == 0  # half of each sandbox's memory
+    assert s.prefetch_max_bytes == 0  # the sandbox's memory size
 
 
 def test_file_then_env_override(tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ class HostConfig:
     kernel: Path
     max_generations: int = 10
     uffd_batch_bytes: int = 64 * 1024
-    prefetch_max_bytes: int = 0  # 0: half of each sandbox's memory
+    prefetch_max_bytes: int = 0  # 0: the sandbox's memory size
     ttl_action: str = "pause"
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
     # The namespace where host-reachable sandbox addresses are routed (None: ours).

@@ -26,7 +26,7 @@ def test_faultin_small_run(tmp_path: Path) -> None:
     rows = res["rows"]
     handlers = {r["handler"] for r in rows}
     assert handlers == {"engine", "engine-b1", "kernel", "minimal"}
-    assert len(rows) == 4 * 3 * 2 + 2 + 3 * 2  # the chain: 3 handlers, 2 patterns
+    assert len(rows) == 4 * 3 * 2 + 2 + 3 * 3  # the chain: 3 handlers, 3 scenarios
     npages = 4 * 1024 * 1024 // res["page_size"]
     for r in rows:
         if r["handler"] in ("engine-b1", "minimal") and r["pattern"] != "ws10":
