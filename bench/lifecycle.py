@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Sandbox lifecycle timings under the real manager (fcsim VMs), side by side in one run.
 
-Runs as root against a test bed (wrennd.network.testbed) and a btrfs state
+Runs as root against a test bed (wrennd_sim.network_testbed) and a btrfs state
 dir in a loop file (reflink layers), never the machine's own network.
 
 - create: time to a running sandbox with a healthy agent;
@@ -43,15 +43,17 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from wrennd.fcsim.control import ControlClient
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import Naming
-from wrennd.network.testbed import TestBed
-from wrennd.sandbox.host import HostConfig, VmmChoice, fcsim_binary
-from wrennd.sandbox.manager import SandboxManager
+from wrennd.rpc import views
+from wrennd.sandbox.environment import HostConfig, VmmChoice
 from wrennd.snapshot import read_prefetch_map
 from wrennd.storage import loopdev
 from wrennd.storage.aio import open_storage
+from wrennd_sim.fcsim.control import ControlClient
+from wrennd_sim.fcsim.harness import require_fcsim
+from wrennd_sim.inproc import InProcess
+from wrennd_sim.network_testbed import TestBed
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = 4096
@@ -94,7 +96,7 @@ def stats(samples: list[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(samples) * 1e3, "min_ms": min(samples) * 1e3}
 
 
-async def measure(mgr: SandboxManager, args: argparse.Namespace) -> dict[str, Any]:
+async def measure(mgr: InProcess, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"memory_mib": args.memory_mib, "reps": args.reps}
     creates, fulls, sids = [], [], []
     for _ in range(args.reps):
@@ -150,19 +152,19 @@ async def measure(mgr: SandboxManager, args: argparse.Namespace) -> dict[str, An
 
 
 async def one_cycle(
-    mgr: SandboxManager, sid: str, args: argparse.Namespace, n: int, prefetch: bool
+    mgr: InProcess, sid: str, args: argparse.Namespace, n: int, prefetch: bool
 ) -> dict[str, Any]:
     ws_pages = (args.ws_mib << 20) // PAGE
     info = await mgr.resume(sid, prefetch=prefetch)
-    f0 = mgr.uffd_totals()["faults"]
+    f0 = views.uffd_totals(mgr.service)["faults"]
     ws = await control(info, "touch", count=ws_pages, order=args.ws_order, arg=1)
-    f1 = mgr.uffd_totals()["faults"]
+    f1 = views.uffd_totals(mgr.service)["faults"]
     # new pages: a fresh random order per cycle, written (they end up in the Diff)
     new = await control(info, "touch", count=args.new_pages, order="random", arg=1000 + n,
                         write=True)  # fmt: skip
-    f2 = mgr.uffd_totals()["faults"]
+    f2 = views.uffd_totals(mgr.service)["faults"]
     await mgr.pause(sid)
-    pmap = read_prefetch_map(mgr.deps.paths(sid).snapshot_dir)
+    pmap = read_prefetch_map(mgr.service.paths(sid).snapshot_dir)
     return {
         "cycle": n,
         "faults_ws": f1 - f0,
@@ -174,7 +176,7 @@ async def one_cycle(
     }
 
 
-async def cycles(mgr: SandboxManager, args: argparse.Namespace) -> dict[str, Any]:
+async def cycles(mgr: InProcess, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"memory_mib": args.memory_mib, "ws_mib": args.ws_mib,
                            "ws_order": args.ws_order, "new_pages": args.new_pages,
                            "prefetch_max_mib": args.prefetch_max_mib,
@@ -205,7 +207,7 @@ async def cycles(mgr: SandboxManager, args: argparse.Namespace) -> dict[str, Any
     return out
 
 
-async def fanout(mgr: SandboxManager, sid: str, sizes: list[int]) -> dict[str, Any]:
+async def fanout(mgr: InProcess, sid: str, sizes: list[int]) -> dict[str, Any]:
     """A template from a paused sandbox, then N clones created at once, for each N."""
     await mgr.create_template(sid, "bench")
     result: dict[str, Any] = {}
@@ -232,8 +234,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     image = sh(REPO / "images" / "build-image", "-").strip().splitlines()[-1]
     tag = secrets.token_hex(2)
     bed = TestBed(f"lb{tag}")
-    sim = fcsim_binary()
-    assert sim is not None, "fcsim is not installed (make install)"
+    sim = require_fcsim()
     with btrfs_dir(8) as mnt, tempfile.TemporaryDirectory(prefix="wlr", dir="/tmp") as run_dir:
         (mnt / "images").mkdir()
         sh("cp", "--sparse=always", image, mnt / "images" / "base.ext4")
@@ -251,19 +252,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             naming=Naming(prefix=f"lb{tag}s", table=f"lb_{tag}"), host_netns=bed.host_path
         )
         storage = await open_storage("reflink", mnt)
-        mgr = SandboxManager(cfg, storage, network)
         try:
             bed.build()
-            await mgr.start()
-            return await (cycles(mgr, args) if args.cycles else measure(mgr, args))
+            async with InProcess.started(cfg, storage, network) as mgr:
+                return await (cycles(mgr, args) if args.cycles else measure(mgr, args))
         finally:
-            for sb in mgr.list():
-                with contextlib.suppress(Exception):
-                    await mgr.destroy(sb["id"])
-            await mgr.close()
-            await storage.aclose()
-            with contextlib.suppress(Exception):
-                await network.uninstall()
             bed.destroy()
 
 

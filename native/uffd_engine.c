@@ -394,7 +394,8 @@ uint64_t wr_engine_working_set(struct wr_engine *e, struct wr_range *out, uint64
 {
     pthread_mutex_lock(&e->ws_lock);
     uint64_t n = e->nws;
-    if (out && cap)
+    /* Before the first demand fault e->ws is NULL: memcpy from NULL is UB even for 0 bytes. */
+    if (out && cap && n)
         memcpy(out, e->ws, (n < cap ? n : cap) * sizeof *out);
     pthread_mutex_unlock(&e->ws_lock);
     return n;

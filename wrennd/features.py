@@ -1,15 +1,21 @@
 """Detect the host features wrennd and its tests depend on.
 
 Each probe returns a ``Feature``: whether it is usable and, if not, a reason
-that names what is missing.  Tests skip on these reasons; ``host.info``
-reports them.  Probes look at the real kernel; nothing is assumed.
+that names what is missing.  One probe per feature, cached: the product
+(storage backend choice, ``host.info``) and the test markers (tests/conftest.py)
+use the same ones.  Every probe tries the feature on the real kernel (opens the
+device and asks it, creates the namespace) rather than trusting that a path
+exists: a stale or stray device node must not pass.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import functools
 import os
 import shutil
+import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +47,7 @@ def root() -> Feature:
 
 @functools.cache
 def userfaultfd() -> Feature:
-    # Open and negotiate a uffd exactly as the VMM side does, then drop it.
+    # Open and negotiate a uffd exactly as Firecracker does (native/uffd_open.c), then drop it.
     rc = lib.wr_uffd_create(ffi.NULL)
     if rc >= 0:
         os.close(rc)
@@ -53,25 +59,78 @@ def userfaultfd() -> Feature:
     )
 
 
+# Tried in a throwaway network namespace, which the kernel frees when the command
+# exits: a veth pair and a TAP device, the two link kinds a sandbox needs.
+_NETNS_TRIAL = (
+    "ip link add wrprobe0 type veth peer name wrprobe1 && ip tuntap add dev wrprobe2 mode tap"
+)
+
+
 @functools.cache
 def netns() -> Feature:
     if not root().available:
         return _missing("netns", "network namespaces, veth and TAP need root")
-    if not Path("/proc/self/ns/net").exists():
-        return _missing("netns", "kernel without network namespaces (/proc/self/ns/net)")
-    if not Path("/dev/net/tun").exists():
-        return _missing("netns", "no TUN/TAP device (/dev/net/tun)")
+    for tool in ("unshare", "ip"):
+        if shutil.which(tool) is None:
+            return _missing("netns", f"{tool} is not installed (util-linux, iproute2)")
+    try:
+        done = subprocess.run(
+            ["unshare", "--net", "sh", "-c", _NETNS_TRIAL],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return _missing("netns", "creating a network namespace with veth and TAP hung for 30 s")
+    if done.returncode != 0:
+        why = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        return _missing(
+            "netns", f"cannot create a network namespace with a veth pair and a TAP: {why[0]}"
+        )
     return _ok("netns")
 
 
+DM_CONTROL = Path("/dev/mapper/control")
+# DM_VERSION = _IOWR(0xfd, 0, struct dm_ioctl), sizeof(struct dm_ioctl) == 312.
+_DM_IOCTL_SIZE = 312
+_DM_VERSION = (3 << 30) | (_DM_IOCTL_SIZE << 16) | (0xFD << 8) | 0
+
+
+def dm_interface_version(control: Path = DM_CONTROL) -> tuple[int, int, int]:
+    """Ask the device-mapper driver behind ``control`` for its ioctl interface version.
+
+    Raises OSError when ``control`` is not a working device-mapper control node: a
+    plain file or another device answers ENOTTY, a node whose driver the kernel
+    lacks fails to open with ENODEV or ENXIO.
+    """
+    buf = bytearray(_DM_IOCTL_SIZE)
+    struct.pack_into("=3II", buf, 0, 4, 0, 0, _DM_IOCTL_SIZE)  # we speak interface 4.x
+    fd = os.open(control, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, _DM_VERSION, buf)
+    finally:
+        os.close(fd)
+    major, minor, patch = struct.unpack_from("=3I", buf, 0)
+    return major, minor, patch
+
+
 @functools.cache
-def device_mapper() -> Feature:
-    if not Path("/dev/mapper/control").exists():
-        return _missing("dm", "device-mapper is not available: /dev/mapper/control does not exist")
+def device_mapper(control: Path = DM_CONTROL) -> Feature:
+    try:
+        version = dm_interface_version(control)
+    except OSError as e:
+        why = f"{control}: {e.strerror}"
+        if e.errno in (errno.ENODEV, errno.ENXIO, errno.ENOTTY):
+            why += " (no device-mapper driver behind this node)"
+        elif e.errno in (errno.EACCES, errno.EPERM):
+            why += " (device-mapper needs root)"
+        return _missing("dm", f"device-mapper is not available: {why}")
+    if version[0] != 4:
+        return _missing("dm", f"device-mapper ioctl interface {version} is not 4.x")
     if shutil.which("dmsetup") is None:
         return _missing("dm", "dmsetup is not installed")
-    if not root().available:
-        return _missing("dm", "device-mapper needs root")
     return _ok("dm")
 
 
@@ -82,11 +141,36 @@ def _loaded_modules() -> set[str]:
         return set()
 
 
+# From <linux/kvm.h>: _IO(KVMIO, 0x00) and _IO(KVMIO, 0x01); the stable API is 12.
+_KVM_GET_API_VERSION = 0xAE00
+_KVM_CREATE_VM = 0xAE01
+_KVM_API_VERSION = 12
+
+
+def _try_kvm_vm(dev: str = "/dev/kvm") -> str:
+    """Create (and drop) an empty VM: "" when that works, else why not."""
+    try:
+        fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        return f"{dev}: {e.strerror}"
+    try:
+        api = fcntl.ioctl(fd, _KVM_GET_API_VERSION)
+        if api != _KVM_API_VERSION:
+            return f"{dev} speaks KVM API {api}, not {_KVM_API_VERSION}"
+        os.close(fcntl.ioctl(fd, _KVM_CREATE_VM, 0))
+    except OSError as e:
+        return f"{dev}: creating a VM failed: {e.strerror}"
+    finally:
+        os.close(fd)
+    return ""
+
+
 @functools.cache
 def kvm() -> Feature:
     """A KVM that boots a standard guest kernel (hardware virtualization)."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return _missing("kvm", "/dev/kvm is missing or not accessible")
+    failure = _try_kvm_vm()
+    if failure:
+        return _missing("kvm", failure)
     modules = _loaded_modules()
     if "kvm_intel" in modules or "kvm_amd" in modules:
         return _ok("kvm")

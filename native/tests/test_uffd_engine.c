@@ -1,13 +1,18 @@
-/* Native tests of the engine under ASan+UBSan: argument checks, then a real
- * uffd served in-process (the engine thread serves, main thread touches). */
+/* Native tests of the engine under ASan+UBSan and under TSan (`make sanitize`):
+ * argument checks, then a real uffd served in-process (the engine threads
+ * serve, test threads touch, while the prefetch thread installs). */
 #define _GNU_SOURCE
 #include "../uffd_engine.h"
-#include "../uffd_vmm.h"
+#include "../sim/uffd_vmm.h"
+#include "../uffd_open.h"
 #include "check.h"
 
 #include <errno.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <sys/ioctl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -206,6 +211,112 @@ static void test_window_across_entries(int g0, int g1, uint32_t mode)
     CHECK_EQ(wr_vmm_unmap(addr, NPAGES * page), 0);
 }
 
+/* The fault thread and the prefetch thread on one engine at once, sharing the
+ * page-state map: two toucher threads fault on the lower half, upward, while
+ * prefetch installs the whole memory upward in small batches, a reader thread
+ * polls stats and the working set, and the main thread discards every 16th
+ * page of the upper half from the top down (REMOVE events racing prefetch
+ * copies where prefetch is about to arrive).  Every touched page must hold its
+ * snapshot bytes; every discarded page must read back as zeros, never as
+ * snapshot data a late prefetch put there.  Under TSan this schedule catches a
+ * prefetch that installs without the engine lock (checked by removing it). */
+#define RACE_PAGES 8192
+
+struct toucher {
+    uint64_t addr, first, step, end;
+    uint64_t wrong; /* pages that did not hold their snapshot bytes */
+};
+
+static void *touch_pages(void *arg)
+{
+    struct toucher *t = arg;
+    const volatile uint8_t *mem = (const volatile uint8_t *)(uintptr_t)t->addr;
+    for (uint64_t i = t->first; i < t->end; i += t->step)
+        if (mem[i * page + (i % page)] != (uint8_t)(i * 7 + 3))
+            t->wrong++;
+    return NULL;
+}
+
+struct watcher {
+    struct wr_engine *e;
+    atomic_bool done;
+    uint64_t polls;
+};
+
+static void *watch_engine(void *arg)
+{
+    struct watcher *w = arg;
+    struct wr_range ws[16];
+    while (!atomic_load(&w->done)) {
+        struct wr_engine_stats s;
+        wr_engine_stats(w->e, &s);
+        wr_engine_working_set(w->e, ws, 16);
+        w->polls++;
+    }
+    return NULL;
+}
+
+static void test_fault_and_prefetch_threads_race(void)
+{
+    int g = make_generation(3, RACE_PAGES);
+    CHECK(g >= 0);
+    uint64_t size = RACE_PAGES * page, addr = 0;
+    CHECK_EQ(wr_vmm_map(size, page, 0, &addr), 0);
+    int uffd = wr_uffd_create(NULL);
+    CHECK(uffd >= 0);
+    CHECK_EQ(wr_uffd_register(uffd, addr, size, NULL), 0);
+    struct wr_map_entry ent = {.offset = 0, .length = size, .source = 0};
+    struct wr_engine_config cfg = {.memory_size = size, .page_size = page,
+                                   .batch_bytes = page, .prefetch_batch_bytes = 2 * page};
+    struct wr_engine *e = NULL;
+    CHECK_EQ(wr_engine_create(&cfg, &ent, 1, &g, 1, &e), 0);
+    close(g); /* the engine keeps its own mapping */
+    struct wr_range pf[RACE_PAGES / 64];
+    uint64_t npf = RACE_PAGES / 64;
+    for (uint64_t i = 0; i < npf; i++) /* bottom up, 64 pages a range */
+        pf[i] = (struct wr_range){.offset = i * 64 * page, .length = 64 * page};
+    CHECK_EQ(wr_engine_set_prefetch(e, pf, npf), 0);
+
+    /* The touchers start first: their faults wait in the kernel until start. */
+    struct toucher tt[2] = {{addr, 0, 2, RACE_PAGES / 2, 0}, {addr, 1, 2, RACE_PAGES / 2, 0}};
+    pthread_t th[2], wt;
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pthread_create(&th[i], NULL, touch_pages, &tt[i]), 0);
+    struct wr_region reg = {.base = addr, .size = size, .offset = 0};
+    CHECK_EQ(wr_engine_start(e, uffd, &reg, 1), 0);
+    struct watcher w = {.e = e};
+    atomic_init(&w.done, false);
+    CHECK_EQ(pthread_create(&wt, NULL, watch_engine, &w), 0);
+
+    /* Discard every 16th page of the upper half while prefetch works on it. */
+    for (uint64_t i = RACE_PAGES - 16; i >= RACE_PAGES / 2; i -= 16)
+        CHECK_EQ(wr_vmm_discard(addr + i * page, page), 0);
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ(pthread_join(th[i], NULL), 0);
+    CHECK_EQ(tt[0].wrong + tt[1].wrong, 0);
+
+    const volatile uint8_t *mem = (const volatile uint8_t *)(uintptr_t)addr;
+    uint64_t wrong = 0;
+    for (uint64_t i = RACE_PAGES / 2; i < RACE_PAGES; i++) {
+        uint8_t want = i % 16 == 0 ? 0 : (uint8_t)(i * 7 + 3);
+        wrong += mem[i * page + page - 1] != want;
+    }
+    CHECK_EQ(wrong, 0);
+    atomic_store(&w.done, true);
+    CHECK_EQ(pthread_join(wt, NULL), 0);
+    CHECK(w.polls > 0);
+
+    CHECK_EQ(wr_engine_stop(e), 0);
+    struct wr_engine_stats s;
+    wr_engine_stats(e, &s);
+    CHECK_EQ(s.stop_error, 0);
+    CHECK_EQ(s.prefetch_error, 0);
+    CHECK_EQ(s.removes, RACE_PAGES / 2 / 16);
+    CHECK_EQ(s.lat_count, s.faults);
+    wr_engine_destroy(e); /* closes uffd */
+    CHECK_EQ(wr_vmm_unmap(addr, size), 0);
+}
+
 int main(void)
 {
     page = (uint64_t)sysconf(_SC_PAGESIZE);
@@ -219,6 +330,7 @@ int main(void)
         test_eexist_is_marked_and_skipped(g0);
         for (uint32_t mode = WR_COPY_AUTO; mode <= WR_COPY_BOUNCE; mode++)
             test_window_across_entries(g0, g1, mode);
+        test_fault_and_prefetch_threads_race();
     } else {
         printf("test_uffd_engine: userfaultfd unusable (%s): in-process serving skipped\n",
                strerror(-probe));

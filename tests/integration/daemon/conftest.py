@@ -39,6 +39,8 @@ def pytest_asyncio_loop_factories() -> dict[str, Callable[[], asyncio.AbstractEv
 class Demo:
     table: MethodTable = field(default_factory=MethodTable)
     calls: list[tuple[str, Any]] = field(default_factory=list)
+    # "wait" calls block until the test sets this: in flight for as long as it needs.
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def demo_methods() -> Demo:
@@ -105,6 +107,11 @@ def demo_methods() -> Demo:
             demo.calls.append(("sleep-cancelled", p.get("tag")))
             raise
         return "slept"
+
+    @t.register("wait")
+    async def wait(ctx: CallContext, p: dict[str, Any]) -> str:
+        await demo.gate.wait()
+        return "released"
 
     @t.register(
         "lifecycle.sleep",

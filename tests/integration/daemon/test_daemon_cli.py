@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from tests.polling import wait_for
 from wrennd import cli
 from wrennd.cli import Exit
+from wrennd.cli.render import render_nothing
 from wrennd.rpc.client import Client, ClientError
 from wrennd.storage.choose import choose_backend
 
@@ -115,7 +117,7 @@ def test_a_streamed_command_writes_as_it_runs_and_exits_with_the_remote_code(
         ("test", "exec"),
         "test.exec",
         "run a shell script",
-        render=cli.render_nothing,
+        render=render_nothing,
         params=lambda a: {"script": a.script},
         arguments=lambda p: p.add_argument("script"),
         exit_status=lambda result: int(result["exit_code"]),
@@ -140,11 +142,7 @@ async def test_a_stream_whose_client_leaves_kills_its_process(daemon: Any) -> No
     await client.close()
     with pytest.raises(ClientError):
         await call
-    for _ in range(500):
-        if not exists(pid):
-            break
-        await asyncio.sleep(0.01)
-    assert not exists(pid), "the streamed process outlived its client"
+    await wait_for(lambda: not exists(pid), what="the streamed process ended with its client")
 
 
 def exists(pid: int) -> bool:

@@ -9,12 +9,13 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.polling import wait_for
 from wrennd.rpc import errors
 from wrennd.rpc.client import Client, RemoteError
 from wrennd.rpc.methods import CallContext, MethodTable
@@ -30,14 +31,6 @@ def request(method: str, rid: Any, **params: Any) -> bytes:
 
 def open_fds() -> int:
     return sum(1 for _ in Path("/proc/self/fd").iterdir())
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 10) -> None:
-    """Poll ``predicate`` until true or ``within`` seconds have passed."""
-    for _ in range(int(within / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
 
 
 async def read_answer(reader: asyncio.StreamReader, within: float = 10) -> Any:
@@ -68,21 +61,23 @@ async def test_a_thousand_concurrent_connections(
     fds_before = open_fds()
     conns = await asyncio.gather(*(asyncio.open_unix_connection(path) for _ in range(1000)))
     for i, (_, writer) in enumerate(conns):
-        writer.write(request("sleep", i, seconds=0.5))
-    # Every client is connected and has a call running at the same time.
-    await eventually(lambda: server.stats()["inflight"] >= 1000)
+        writer.write(request("wait", i))
+    # Every client is connected and has a call running at the same time: the calls
+    # wait on the gate, so none ends before the last one has started however slow.
+    await wait_for(lambda: server.stats()["inflight"] >= 1000, timeout=60)
     assert server.stats()["connections"] == 1000
     assert server.stats()["inflight"] == 1000
+    demo.gate.set()
     answers = await asyncio.gather(*(read_answer(reader) for reader, _ in conns))
     assert [a["id"] for a in answers] == list(range(1000))
-    assert all(a["result"] == "slept" for a in answers)
+    assert all(a["result"] == "released" for a in answers)
     for _, writer in conns:
         writer.close()
     await asyncio.gather(*(writer.wait_closed() for _, writer in conns))
     # Nothing of the thousand connections stays behind on either side.
-    await eventually(lambda: server.stats()["connections"] == 0)
+    await wait_for(lambda: server.stats()["connections"] == 0)
     assert server.stats()["connections"] == 0
-    await eventually(lambda: open_fds() <= fds_before)
+    await wait_for(lambda: open_fds() <= fds_before)
     assert open_fds() <= fds_before
 
 
@@ -150,9 +145,16 @@ async def test_a_large_message_in_many_small_writes_is_accepted(
 async def test_calls_in_flight_are_limited_per_connection(demo: Demo, start_server: Start) -> None:
     server, path = await start_server(demo.table, max_inflight=2)
     reader, writer = await asyncio.open_unix_connection(path)
-    writer.write(b"".join(request("sleep", i, seconds=0.3) for i in range(5)))
-    await asyncio.sleep(0.15)
-    assert server.stats()["inflight"] == 2
+    writer.write(b"".join(request("wait", i) for i in range(5)))
+    await wait_for(lambda: server.stats()["inflight"] == 2)
+    # The other three stay queued behind the limit for as long as the two block: a
+    # round trip on another connection lets the server read all it can, and still
+    # (the waits only end on the gate) two are in flight, not five.
+    other = await Client.connect(path)
+    assert await other.call("ping") == "pong"
+    await other.close()
+    await wait_for(lambda: server.stats()["inflight"] == 2)
+    demo.gate.set()
     answers = [await read_answer(reader) for _ in range(5)]
     assert sorted(a["id"] for a in answers) == list(range(5))
     # A batch larger than the limit is refused as a whole.
@@ -179,15 +181,15 @@ async def test_read_work_stops_with_its_client_but_lifecycle_work_does_not(
         asyncio.ensure_future(client.call("sleep", {"seconds": 30, "tag": "r"}, seen)),
         asyncio.ensure_future(client.call("lifecycle.sleep", {"seconds": 0.3, "tag": "l"}, seen)),
     ]
-    await eventually(lambda: len(started) >= 2)
+    await wait_for(lambda: len(started) >= 2)
     await client.close()
     await asyncio.gather(*calls, return_exceptions=True)
-    await eventually(lambda: len(demo.calls) >= 2)
+    await wait_for(lambda: len(demo.calls) >= 2)
     # The read call was cancelled at once; the lifecycle call ran to its end, its
     # last progress notification going nowhere.
     assert demo.calls == [("sleep-cancelled", "r"), ("lifecycle-finished", ("l", False, False))]
     # The handler recorded itself just before returning: its task ends right after.
-    await eventually(lambda: server.stats()["lifecycle_running"] == 0)
+    await wait_for(lambda: server.stats()["lifecycle_running"] == 0)
     assert server.stats()["lifecycle_running"] == 0
 
 
@@ -280,7 +282,7 @@ async def test_shutdown_answers_read_work_and_waits_for_lifecycle_work(
     life = asyncio.ensure_future(
         client.call("lifecycle.sleep", {"seconds": 0.3}, lambda m, p: started.append(p))
     )
-    await eventually(lambda: len(started) >= 2)
+    await wait_for(lambda: len(started) >= 2)
     server.stop_accepting()
     await server.stop_reads(2.0)
     with pytest.raises(RemoteError) as e:

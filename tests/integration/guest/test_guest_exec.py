@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import wait_for
 from wrennd.guest.client import BadRequest, Conflict, GuestClient, NotFound, ProcessNotFound
 from wrennd.guest.protocol import CommandSpec, Exited, Lost, Output, Started
 
@@ -26,10 +27,7 @@ def _alive(pid: int) -> bool:
 
 
 async def _wait_dead(pid: int, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while _alive(pid):
-        assert time.monotonic() < deadline, f"pid {pid} still alive"
-        await asyncio.sleep(0.02)
+    await wait_for(lambda: not _alive(pid), timeout=within, what=f"pid {pid} exited")
 
 
 async def test_binary_output_exit_code_and_streams(client: GuestClient) -> None:

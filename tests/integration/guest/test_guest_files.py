@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.polling import wait_for
 from wrennd.guest.client import (
     AgentUnavailable,
     AlreadyExists,
@@ -74,10 +74,10 @@ async def test_an_aborted_upload_leaves_the_old_file(client: GuestClient, agent_
 
     with pytest.raises(AgentUnavailable, match="mid-way"):  # aiohttp wraps it as a send error
         await client.write_file("/keep", broken())
-    deadline = time.monotonic() + 5
-    while sorted(p.name for p in agent_root.iterdir()) != ["keep"]:
-        assert time.monotonic() < deadline, "temporary file left behind"
-        await asyncio.sleep(0.02)
+    await wait_for(
+        lambda: sorted(p.name for p in agent_root.iterdir()) == ["keep"],
+        what="no temporary file left behind",
+    )
     assert target.read_bytes() == b"original"
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import wait_for_blocking
 from wrennd.guest.client import Conflict, GuestClient
 
 pytestmark = pytest.mark.root
@@ -32,11 +33,17 @@ def ext4_mount(tmp_path: Path) -> Iterator[Path]:
     finally:
         # Never leave a frozen filesystem behind: unmounting one would hang.
         subprocess.run(["fsfreeze", "--unfreeze", str(mnt)], capture_output=True)
-        subprocess.run(["umount", str(mnt)], check=True)  # autoclear detaches the loop device
-        loops = subprocess.run(
-            ["losetup", "-j", str(image)], capture_output=True, text=True, check=True
+        subprocess.run(["umount", str(mnt)], check=True)
+        # Autoclear detaches the loop device on its last close, from a kernel work
+        # item: soon after umount returns, not necessarily before.
+        wait_for_blocking(
+            lambda: (
+                not subprocess.run(
+                    ["losetup", "-j", str(image)], capture_output=True, text=True, check=True
+                ).stdout
+            ),
+            what=f"the loop device of {image} detached",
         )
-        assert loops.stdout == "", f"loop device left attached: {loops.stdout}"
 
 
 async def _writer(path: Path) -> asyncio.subprocess.Process:

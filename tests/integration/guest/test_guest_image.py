@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import pytest
 
+from tests.polling import wait_for_blocking
 from wrennd.guest.client import GuestClient
 from wrennd.guest.protocol import AGENT_PORT, CommandSpec
 
@@ -99,13 +100,10 @@ def guest(guest_image: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.P
 
 
 def _assert_loop_detached(image: Path) -> None:
-    deadline = time.monotonic() + 5
-    while True:
-        out = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True)
-        if not out.stdout or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert out.stdout == "", f"loop device left attached: {out.stdout}"
+    def attached() -> str:
+        return subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True).stdout
+
+    wait_for_blocking(lambda: not attached(), timeout=10, interval=0.05, what="loop detached")
 
 
 PROBE = """
@@ -119,19 +117,33 @@ print(open('/etc/resolv.conf').read().strip())
 """
 
 # A grandchild orphaned to PID 1 must be reaped by wrenn-init, not left a zombie.
+# It exits only once orphaned; then the script polls (bounded) until it is gone
+# from /proc and prints its last state: "gone" when reaped, "Z" when left a zombie.
 ORPHAN = """
 import os, time
+r, w = os.pipe()
 child = os.fork()
 if child == 0:
-    if os.fork() == 0:
-        time.sleep(0.2)
+    parent = os.getpid()
+    grandchild = os.fork()
+    if grandchild == 0:
+        while os.getppid() == parent:
+            time.sleep(0.01)
         os._exit(0)
+    os.write(w, str(grandchild).encode())
     os._exit(0)
+os.close(w)
 os.waitpid(child, 0)
-time.sleep(0.8)
-states = [open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()[0]
-          for p in os.listdir('/proc') if p.isdigit()]
-print(states.count('Z'), len(states))
+grandchild = int(os.read(r, 32))
+def state():
+    try:
+        return open(f'/proc/{grandchild}/stat').read().rsplit(')', 1)[1].split()[0]
+    except FileNotFoundError:
+        return 'gone'
+deadline = time.monotonic() + 30
+while state() != 'gone' and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(state())
 """
 
 
@@ -165,7 +177,7 @@ def test_image_boots_its_init_and_agent(
     assert "wrenn-init" in init_cmd
     assert mounts == "['/dev:devtmpfs', '/proc:proc', '/run:tmpfs', '/sys:sysfs', '/tmp:tmpfs']"
     assert resolv.startswith("nameserver ")
-    assert orphans.split()[0] == "0", f"zombies left: {orphans}"
+    assert orphans == "gone", f"the orphaned grandchild was not reaped: state {orphans}"
     # wrenn-init stopped the agent and reset: in a PID namespace the kernel ends
     # the namespace and reports its init killed by SIGHUP, which unshare passes on.
     assert proc.wait(30) == -signal.SIGHUP, log.read_text(errors="replace")

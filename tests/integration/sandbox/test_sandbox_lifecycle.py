@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from wrennd.fcsim.control import ControlClient
+from tests.polling import wait_for
 from wrennd.guest.protocol import CommandSpec
-from wrennd.sandbox.errors import ImageNotFound, SandboxNotFound, WrongState
-from wrennd.sandbox.manager import SandboxManager
-from wrennd.sandbox.pausing import PauseUndone
+from wrennd.sandbox.errors import ImageNotFound, PauseUndone, SandboxNotFound, WrongState
 from wrennd.snapshot import read_prefetch_map
+from wrennd_sim.fcsim.control import ControlClient
+from wrennd_sim.inproc import InProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 
@@ -34,7 +34,7 @@ async def checksum(info: dict[str, object]) -> str:
         await ctl.close()
 
 
-async def test_create_exec_file_pause_resume(manager: SandboxManager, env: Any) -> None:
+async def test_create_exec_file_pause_resume(manager: InProcess, env: Any) -> None:
     info = await manager.create("base", memory_mib=MEM_MIB, metadata={"t": "basic"})
     sid = info["id"]
     assert info["state"] == "running"
@@ -71,7 +71,7 @@ async def test_create_exec_file_pause_resume(manager: SandboxManager, env: Any) 
     assert not env.leaks()
 
 
-async def test_wrong_state_and_unknown(manager: SandboxManager) -> None:
+async def test_wrong_state_and_unknown(manager: InProcess) -> None:
     with pytest.raises(SandboxNotFound):
         manager.get("sb-000000000000")
     with pytest.raises(ImageNotFound):
@@ -87,16 +87,12 @@ async def test_wrong_state_and_unknown(manager: SandboxManager) -> None:
     await manager.destroy(info["id"])
 
 
-async def test_timeout_pauses_then_resume_rearms(manager: SandboxManager) -> None:
+async def test_timeout_pauses_then_resume_rearms(manager: InProcess) -> None:
     info = await manager.create("base", memory_mib=MEM_MIB, timeout_s=600)
     sid = info["id"]
     assert info["expires_at"] > info["created_at"] + 500
     await manager.set_timeout(sid, 0.5)
-    for _ in range(200):
-        if manager.get(sid)["state"] == "paused":
-            break
-        await asyncio.sleep(0.1)
-    assert manager.get(sid)["state"] == "paused", "the reaper paused the expired sandbox"
+    await wait_for(lambda: manager.get(sid)["state"] == "paused", timeout=60, interval=0.1)
     resumed = await manager.resume(sid)
     assert resumed["state"] == "running" and resumed["expires_at"] is not None
     await manager.set_timeout(sid, None)
@@ -104,7 +100,7 @@ async def test_timeout_pauses_then_resume_rearms(manager: SandboxManager) -> Non
     await manager.destroy(sid)
 
 
-async def test_failed_pause_thaws_and_keeps_running(manager: SandboxManager, env: Any) -> None:
+async def test_failed_pause_thaws_and_keeps_running(manager: InProcess, env: Any) -> None:
     info = await manager.create("base", memory_mib=MEM_MIB)
     sid = info["id"]
     await manager.pause(sid)
@@ -163,7 +159,7 @@ def _agents_under(pid: int) -> list[int]:
     return out
 
 
-async def test_a_frozen_guest_does_not_outlive_its_vmm(manager: SandboxManager, env: Any) -> None:
+async def test_a_frozen_guest_does_not_outlive_its_vmm(manager: InProcess, env: Any) -> None:
     """The guest's root frozen and its agent stopped (SIGSTOP: nothing in the guest can
     thaw it, and its init does not shut the guest down by itself as it would if the agent
     died): stopping the VMM must leave no frozen filesystem, loop device or mount behind."""
@@ -177,21 +173,26 @@ async def test_a_frozen_guest_does_not_outlive_its_vmm(manager: SandboxManager, 
     assert not env.leaks()
 
 
-async def test_a_vmm_that_dies_puts_the_sandbox_in_error(manager: SandboxManager, env: Any) -> None:
+async def test_a_vmm_that_dies_puts_the_sandbox_in_error(manager: InProcess, env: Any) -> None:
     info = await manager.create("base", memory_mib=MEM_MIB)
     sid = info["id"]
     os.kill(info["vmm"]["pid"], signal.SIGTERM)
-    for _ in range(200):
-        if manager.get(sid)["state"] == "error":
-            break
-        await asyncio.sleep(0.05)
-    got = manager.get(sid)
-    assert got["state"] == "error" and "VMM exited" in got["error"], got
-    assert "vmm" not in got
-    record = json.loads(
-        await asyncio.to_thread((env.state_dir / "sandboxes" / sid / "state.json").read_bytes)
+    state_file = env.state_dir / "sandboxes" / sid / "state.json"
+
+    def persisted() -> dict[str, Any]:
+        return json.loads(state_file.read_bytes())  # type: ignore[no-any-return]
+
+    # The record on disk is written after the state in memory changes: wait for both.
+    await wait_for(
+        lambda: manager.get(sid)["state"] == "error" and persisted()["state"] == "error",
+        timeout=30,
+        interval=0.05,
+        what="the sandbox is in error, in memory and on disk",
     )
-    assert record["state"] == "error" and record["slot"] is None
+    got = manager.get(sid)
+    assert "VMM exited" in got["error"], got
+    assert "vmm" not in got
+    assert persisted()["slot"] is None
     with pytest.raises(WrongState, match="is error"):
         await manager.exec(sid, CommandSpec(argv=["true"]))
     await manager.destroy(sid)
@@ -199,13 +200,9 @@ async def test_a_vmm_that_dies_puts_the_sandbox_in_error(manager: SandboxManager
 
 
 @pytest.mark.parametrize("env", ["destroy"], indirect=True)
-async def test_timeout_destroys_when_configured(manager: SandboxManager, env: Any) -> None:
+async def test_timeout_destroys_when_configured(manager: InProcess, env: Any) -> None:
     info = await manager.create("base", memory_mib=MEM_MIB, timeout_s=0.5)
-    for _ in range(200):
-        if not manager.list():
-            break
-        await asyncio.sleep(0.1)
-    assert manager.list() == [], "ttl_action=destroy removed the expired sandbox"
+    await wait_for(lambda: manager.list() == [], timeout=60, interval=0.1)
     with pytest.raises(SandboxNotFound):
         manager.get(info["id"])
     assert not env.leaks()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.polling import wait_for
 from wrennd.uffd.engine import SOURCE_ZERO, MapEntry
 from wrennd.uffd.server import ServeResult, SnapshotMemory, UffdServer
 
@@ -148,11 +149,7 @@ async def serve_child(
 
 async def until(predicate: Callable[[], bool]) -> None:
     """Poll a condition on native state (the engine has no awaitable for it)."""
-    async with asyncio.timeout(30):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.001)
+    await wait_for(predicate, timeout=30, interval=0.001)
 
 
 def engine_threads() -> list[str]:

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wrennd.uffd.engine import SOURCE_ZERO, Engine, MapEntry
-from wrennd.uffd.vmm import UffdGuest
+from wrennd_sim.uffd_peer import UffdGuest
 
 pytestmark = pytest.mark.uffd
 P = os.sysconf("SC_PAGE_SIZE")

@@ -39,10 +39,17 @@ def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(path))
     dead.close()  # the file stays, nobody listens: a crashed daemon's leftover
+    stale_ino = path.stat().st_ino
     listener = create(path, "no-such-group-here")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.connect(str(path))
-    probe.close()
+    assert stat.S_ISSOCK(path.stat().st_mode) and path.stat().st_ino != stale_ino
+    # The new listener, not just some socket, answers on the path.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(str(path))
+        client.sendall(b"hello")
+        listener.sock.settimeout(10)
+        conn, _ = listener.sock.accept()
+        with conn:
+            assert conn.recv(5) == b"hello"
     listener.sock.close()
 
 
