@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-NATIVE_SRC := $(wildcard native/*.c native/*.h) native/build_native.py
+NATIVE_SRC := $(wildcard native/*.c native/*.h native/sim/*.c native/sim/*.h) \
+              native/cffi_common.py native/build_native.py native/sim/build_sim.py
 NATIVE_STAMP := wrennd/.native-built
 C_FLAGS := -std=c11 -O1 -g -Wall -Wextra -Werror -fno-omit-frame-pointer
 SAN_FLAGS := $(C_FLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all
@@ -30,8 +31,9 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 	touch $@
 
-# The editable install imports wrennd._native from the source tree: rebuild it
-# in place whenever the C sources change.
+# The editable install imports wrennd._native (the daemon's) and
+# wrennd_sim._simnative (the simulator's VMM side) from the source tree:
+# rebuild both in place whenever the C sources change.
 $(NATIVE_STAMP): $(NATIVE_SRC) $(STAMP)
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
@@ -41,24 +43,27 @@ test: install lint typecheck sanitize pytest
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(VENV)/bin/mypy
 
-# Native unit tests, built with the library sources under ASan + UBSan, then
+# Native unit tests, built under ASan + UBSan with the sources of both modules
+# (the engine's tests play the VMM with the simulator's side, native/sim/), then
 # again under TSan.
+SAN_SRC := $(wildcard native/*.c native/sim/*.c)
 sanitize: $(NATIVE_TESTS) $(TSAN_TESTS)
 	@set -e; for t in $(NATIVE_TESTS); do echo "== $$t"; $$t; done
 	@set -e; for t in $(TSAN_TESTS); do echo "== $$t"; \
 		TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" $$t; done
 
-$(SAN_DIR)/%: native/tests/%.c $(wildcard native/*.c native/*.h native/tests/*.h)
+$(SAN_DIR)/%: native/tests/%.c $(SAN_SRC) $(wildcard native/*.h native/sim/*.h native/tests/*.h)
 	@mkdir -p $(SAN_DIR)
-	$(CC) $(SAN_FLAGS) -Inative -o $@ $< $(wildcard native/*.c)
+	$(CC) $(SAN_FLAGS) -Inative -o $@ $< $(SAN_SRC)
 
-$(TSAN_DIR)/%: native/tests/%.c $(wildcard native/*.c native/*.h native/tests/*.h)
+$(TSAN_DIR)/%: native/tests/%.c $(SAN_SRC) $(wildcard native/*.h native/sim/*.h native/tests/*.h)
 	@mkdir -p $(TSAN_DIR)
-	$(CC) $(TSAN_FLAGS) -Inative -o $@ $< $(wildcard native/*.c)
+	$(CC) $(TSAN_FLAGS) -Inative -o $@ $< $(SAN_SRC)
 
 pytest: install
 	$(PY) -m pytest -rs $(PYTEST_ARGS)
@@ -89,15 +94,19 @@ install-systemd:
 		systemctl daemon-reload; fi
 
 clean:
-	rm -rf build $(VENV) wrennd/_native*.so $(NATIVE_STAMP) *.egg-info
+	rm -rf build $(VENV) wrennd/_native*.so wrennd_sim/_simnative*.so $(NATIVE_STAMP) *.egg-info
 
 # Guest rootfs and kernel (images/, README "Guest agent and image").
-.PHONY: image kernel
+.PHONY: image kernel guest-smoke
 image:
 	images/build-image build/base.ext4
 
 kernel:
 	images/fetch-kernel build/vmlinux
+
+# The image on a real kernel under QEMU -M microvm (TCG), through the agent (docs/real-host.md).
+guest-smoke: install kernel image
+	$(PY) images/guest_smoke.py --kernel build/vmlinux --image build/base.ext4
 
 # The main job, scripted with wrennctl (README "Sandboxes"): root, cleans up after itself.
 .PHONY: demo

@@ -45,12 +45,13 @@ from pathlib import Path
 from typing import Any
 
 from wrennd import config, features
-from wrennd._native import ffi, lib
-from wrennd.uffd import handshake, vmm
+from wrennd.uffd import handshake
 from wrennd.uffd.engine import SOURCE_ZERO, MapEntry
 from wrennd.uffd.server import SnapshotMemory, UffdServer
+from wrennd_sim import uffd_peer
+from wrennd_sim._simnative import ffi, lib
 
-PAGE = vmm.BASE_PAGE_SIZE
+PAGE = uffd_peer.BASE_PAGE_SIZE
 MiB = 1 << 20
 CLUSTER_PAGES = 16
 

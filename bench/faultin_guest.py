@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wrennd._native import ffi, lib
-from wrennd.uffd import vmm
+from wrennd_sim import uffd_peer
+from wrennd_sim._simnative import ffi, lib
 
-PAGE = vmm.BASE_PAGE_SIZE
+PAGE = uffd_peer.BASE_PAGE_SIZE
 CLUSTER_PAGES = 16  # ws10 clusters: 64 KiB
 
 
@@ -38,7 +38,7 @@ def order(pattern: str, npages: int, seed: int) -> array.array[int]:
         for c in clusters:
             out.extend(range(c * CLUSTER_PAGES, (c + 1) * CLUSTER_PAGES))
         return out
-    return vmm.touch_order(pattern, npages, seed)  # type: ignore[arg-type]
+    return uffd_peer.touch_order(pattern, npages, seed)  # type: ignore[arg-type]
 
 
 def touch(base: int, pages: array.array[int], write: bool, lat_path: str) -> float:
@@ -64,7 +64,7 @@ def main() -> None:
         c = json.loads(line)
         pages = order(c["pattern"], c["size"] // PAGE, c["seed"])
         if c["cmd"] == "uffd":
-            with vmm.UffdGuest([c["size"]]) as g:
+            with uffd_peer.UffdGuest([c["size"]]) as g:
                 g.handshake(c["socket"])
                 say({"ready": True})
                 sys.stdin.readline()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Sandbox lifecycle timings under the real manager (fcsim VMs), side by side in one run.
 
-Runs as root against a test bed (wrennd.network.testbed) and a btrfs state
+Runs as root against a test bed (wrennd_sim.network_testbed) and a btrfs state
 dir in a loop file (reflink layers), never the machine's own network.
 
 - create: time to a running sandbox with a healthy agent;
@@ -34,14 +34,15 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from wrennd.fcsim.control import ControlClient
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import Naming
-from wrennd.network.testbed import TestBed
-from wrennd.sandbox.host import HostConfig, VmmChoice, fcsim_binary
-from wrennd.sandbox.manager import SandboxManager
+from wrennd.sandbox.environment import HostConfig, VmmChoice
 from wrennd.storage import loopdev
 from wrennd.storage.aio import open_storage
+from wrennd_sim.fcsim.control import ControlClient
+from wrennd_sim.fcsim.harness import require_fcsim
+from wrennd_sim.inproc import InProcess
+from wrennd_sim.network_testbed import TestBed
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = 4096
@@ -84,7 +85,7 @@ def stats(samples: list[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(samples) * 1e3, "min_ms": min(samples) * 1e3}
 
 
-async def measure(mgr: SandboxManager, args: argparse.Namespace) -> dict[str, Any]:
+async def measure(mgr: InProcess, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"memory_mib": args.memory_mib, "reps": args.reps}
     creates, fulls, sids = [], [], []
     for _ in range(args.reps):
@@ -139,7 +140,7 @@ async def measure(mgr: SandboxManager, args: argparse.Namespace) -> dict[str, An
     return out
 
 
-async def fanout(mgr: SandboxManager, sid: str, sizes: list[int]) -> dict[str, Any]:
+async def fanout(mgr: InProcess, sid: str, sizes: list[int]) -> dict[str, Any]:
     """A template from a paused sandbox, then N clones created at once, for each N."""
     await mgr.create_template(sid, "bench")
     result: dict[str, Any] = {}
@@ -166,8 +167,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     image = sh(REPO / "images" / "build-image", "-").strip().splitlines()[-1]
     tag = secrets.token_hex(2)
     bed = TestBed(f"lb{tag}")
-    sim = fcsim_binary()
-    assert sim is not None, "fcsim is not installed (make install)"
+    sim = require_fcsim()
     with btrfs_dir(8) as mnt, tempfile.TemporaryDirectory(prefix="wlr", dir="/tmp") as run_dir:
         (mnt / "images").mkdir()
         sh("cp", "--sparse=always", image, mnt / "images" / "base.ext4")
@@ -184,19 +184,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             naming=Naming(prefix=f"lb{tag}s", table=f"lb_{tag}"), host_netns=bed.host_path
         )
         storage = await open_storage("reflink", mnt)
-        mgr = SandboxManager(cfg, storage, network)
         try:
             bed.build()
-            await mgr.start()
-            return await measure(mgr, args)
+            async with InProcess.started(cfg, storage, network) as mgr:
+                return await measure(mgr, args)
         finally:
-            for sb in mgr.list():
-                with contextlib.suppress(Exception):
-                    await mgr.destroy(sb["id"])
-            await mgr.close()
-            await storage.aclose()
-            with contextlib.suppress(Exception):
-                await network.uninstall()
             bed.destroy()
 
 

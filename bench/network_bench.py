@@ -2,7 +2,7 @@
 """Per-sandbox network setup and teardown time, and 20 setups at once vs one after another.
 
 Runs as root against a test bed (a namespace playing the host, another the
-outside world: wrennd.network.testbed), never the machine's own network.
+outside world: wrennd_sim.network_testbed), never the machine's own network.
 
 - cycles: N create/remove cycles of one slot, p50/p95/max of each;
 - burst: 20 slots created one after another, then 20 created concurrently
@@ -25,7 +25,7 @@ import time
 
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import Naming
-from wrennd.network.testbed import TestBed
+from wrennd_sim.network_testbed import TestBed
 
 
 def pct(samples: list[float], q: float) -> float:

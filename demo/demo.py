@@ -28,8 +28,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from wrennd.fcsim.control import ControlClient
-from wrennd.network.testbed import TestBed
+from wrennd_sim.fcsim.control import ControlClient
+from wrennd_sim.network_testbed import TestBed
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

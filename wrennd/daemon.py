@@ -30,12 +30,13 @@ from wrennd import __version__, config, features, log
 from wrennd.listener import Listener, ListenerError, open_listener
 from wrennd.log import kv
 from wrennd.metrics import LoopLag, Sections
-from wrennd.rpc import host, sandbox_methods
+from wrennd.rpc import host, sandbox_methods, views
 from wrennd.rpc.methods import MethodTable
 from wrennd.rpc.server import Limits, RpcServer
 from wrennd.sandbox.service import SandboxService
 from wrennd.storage.errors import StorageError
 from wrennd.systemd import Notifier, watchdog_interval
+from wrennd.vm.kernel import describe as describe_kernel
 
 logger = logging.getLogger("wrennd.daemon")
 # Exit status for a configuration error: the unit's RestartPreventExitStatus.
@@ -225,11 +226,13 @@ def wire(daemon: Daemon) -> None:
         daemon.methods, facts, daemon.server, daemon.lag, daemon.info, daemon.stats, daemon.started
     )
     sandboxes = SandboxService.from_settings(settings)
-    sandbox_methods.register(daemon.methods, sandboxes.manager)
-    daemon.stats.add("sandboxes", sandboxes.manager.counts_by_state)
-    daemon.stats.add("uffd", sandboxes.manager.uffd_totals)
+    sandbox_methods.register(daemon.methods, sandboxes)
+    daemon.stats.add("sandboxes", sandboxes.registry.counts_by_state)
+    daemon.stats.add("uffd", lambda: views.uffd_totals(sandboxes))
     chosen = sandboxes.storage.backend.name
     daemon.info.add("storage", lambda: {"configured": settings.storage_backend, "backend": chosen})
+    kernel_facts = describe_kernel(settings.kernel_path)  # where make kernel got it; read once
+    daemon.info.add("kernel", lambda: kernel_facts)
     daemon.on_startup("sandbox recovery", sandboxes.start)
     daemon.on_shutdown("pause all sandboxes", sandboxes.shutdown)
 

@@ -47,7 +47,7 @@ def root() -> Feature:
 
 @functools.cache
 def userfaultfd() -> Feature:
-    # Open and negotiate a uffd exactly as the VMM side does, then drop it.
+    # Open and negotiate a uffd exactly as Firecracker does (native/uffd_open.c), then drop it.
     rc = lib.wr_uffd_create(ffi.NULL)
     if rc >= 0:
         os.close(rc)

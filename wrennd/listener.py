@@ -16,7 +16,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from wrennd import systemd
+from wrennd import durable, systemd
 from wrennd.log import kv
 
 log = logging.getLogger("wrennd.listener")
@@ -94,7 +94,7 @@ def create(path: Path, group: str) -> Listener:
         else:
             log.info("socket group does not exist; socket stays root's", extra=kv(group=group))
         sock.listen(BACKLOG)
-        tmp.rename(path)
+        durable.publish(tmp, path)
     except OSError as e:
         sock.close()
         tmp.unlink(missing_ok=True)

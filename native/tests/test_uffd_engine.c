@@ -3,7 +3,8 @@
  * serve, test threads touch, while the prefetch thread installs). */
 #define _GNU_SOURCE
 #include "../uffd_engine.h"
-#include "../uffd_vmm.h"
+#include "../sim/uffd_vmm.h"
+#include "../uffd_open.h"
 #include "check.h"
 
 #include <errno.h>

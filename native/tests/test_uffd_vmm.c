@@ -1,6 +1,6 @@
 /* Native tests of the VMM-side helpers that need no handler: touch orders,
  * mapping arguments, and the toucher on plain (unregistered) memory. */
-#include "../uffd_vmm.h"
+#include "../sim/uffd_vmm.h"
 #include "check.h"
 
 #include <errno.h>

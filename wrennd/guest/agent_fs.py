@@ -21,8 +21,10 @@ import stat
 import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from wrennd import durable
 from wrennd.guest import protocol as p
 
 FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
@@ -213,12 +215,7 @@ class AtomicWriter:
                 os.fchown(self.file.fileno(), *self.owner)
             os.fsync(self.file.fileno())
             self.file.close()
-            os.rename(self.tmp, self.real)
-            dirfd = os.open(posixpath.dirname(self.real), os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
+            durable.publish(Path(self.tmp), Path(self.real))
         except OSError as exc:
             self.abort()
             raise os_error(exc, self.path) from None

@@ -1,8 +1,8 @@
 """The guest agent's files, laid out as the image carries them.
 
 The image (images/build-image) and the agent tests both stage the agent with
-``stage(dest)``: ``dest/wrennd/__init__.py`` (empty) and the guest-side modules
-under ``dest/wrennd/guest/``.  With ``dest`` on PYTHONPATH, ``python3 -m
+``stage(dest)``: ``dest/wrennd/__init__.py`` (empty), ``dest/wrennd/durable.py``
+and the guest-side modules under ``dest/wrennd/guest/``.  With ``dest`` on PYTHONPATH, ``python3 -m
 wrennd.guest.agent`` runs exactly what a guest runs, unable to import anything
 else of wrennd.  Standard library only: the build script runs it with the host's
 python3.
@@ -27,6 +27,9 @@ def stage(dest: Path) -> list[Path]:
     top = dest / "wrennd" / "__init__.py"
     top.write_text('"""wrennd guest agent files (see wrennd.guest.bundle)."""\n')
     written = [top]
+    # The agent writes files the way the daemon does (wrennd.durable, stdlib only).
+    shutil.copyfile(SOURCE.parent / "durable.py", dest / "wrennd" / "durable.py")
+    written.append(dest / "wrennd" / "durable.py")
     for name in GUEST_MODULES:
         shutil.copyfile(SOURCE / name, pkg / name)
         written.append(pkg / name)

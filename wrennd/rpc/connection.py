@@ -26,17 +26,15 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, cast
 
 from wrennd.log import kv
-from wrennd.rpc import protocol
+from wrennd.rpc import dispatch, protocol
 from wrennd.rpc.errors import (
-    InternalError,
     InvalidRequest,
     MessageTooLarge,
     ParseError,
     RpcError,
-    ShuttingDown,
 )
-from wrennd.rpc.methods import Kind, Method, PeerCred
-from wrennd.rpc.protocol import Request, RequestError, RequestId
+from wrennd.rpc.methods import Kind, PeerCred
+from wrennd.rpc.protocol import Request, RequestId
 
 if TYPE_CHECKING:
     from wrennd.rpc.server import RpcServer
@@ -299,11 +297,7 @@ class Connection(asyncio.Protocol):
             self._close_if_done()
 
     async def _finish_batch(self, parts: list[bytes | Awaitable[bytes | None]]) -> None:
-        answers: list[bytes] = []
-        for part in parts:
-            answer = part if isinstance(part, bytes) else await part
-            if answer is not None:
-                answers.append(answer)
+        answers = [a for a in [p if isinstance(p, bytes) else await p for p in parts] if a]
         if answers:
             self._send_batch(answers)
 
@@ -315,44 +309,17 @@ class Connection(asyncio.Protocol):
 
         A single call started here sends its own answer when it finishes.
         """
-        counters = self.server.counters
-        try:
-            request = protocol.parse_request(item)
-        except RequestError as e:
-            counters["errors"] += 1
-            return protocol.encode(protocol.error_response(e.request_id, e.error))
-        counters["notifications" if request.is_notification else "requests"] += 1
-        try:
-            if self.server.shutting_down:
-                raise ShuttingDown()
-            method = self.server.methods.get(request.method)
-            params = method.bind(request.params)
-        except RpcError as e:
-            if request.is_notification:
-                return None
-            counters["errors"] += 1
-            return protocol.encode(protocol.error_response(request.id, e))
-        if method.mutating:
-            log.info(
-                "rpc call",
-                extra=kv(
-                    method=method.name,
-                    id=request.id,
-                    peer_pid=self.peer.pid,
-                    peer_uid=self.peer.uid,
-                    peer_gid=self.peer.gid,
-                ),
-            )
-        return self._start_call(method, request, params, single)
+        call = dispatch.prepare(self.server, item, self.peer)
+        if not isinstance(call, dispatch.Call):
+            return call
+        return self._start_call(call, single)
 
-    def _start_call(
-        self, method: Method, request: Request, params: dict[str, Any], single: bool
-    ) -> asyncio.Future[bytes | None]:
-        context = Context(self, request, method.kind)
-        task = asyncio.ensure_future(self._run(method, request, params, context, single))
+    def _start_call(self, call: dispatch.Call, single: bool) -> asyncio.Future[bytes | None]:
+        context = Context(self, call.request, call.method.kind)
+        task = asyncio.ensure_future(self._run(call, context, single))
         self.inflight += 1
         task.add_done_callback(self._call_done)
-        if method.kind is Kind.LIFECYCLE:
+        if call.method.kind is Kind.LIFECYCLE:
             self.server.own_lifecycle(task)
             # The batch or connection waiting on it may be cancelled; the work is not.
             return asyncio.shield(task)
@@ -365,47 +332,12 @@ class Connection(asyncio.Protocol):
         if not self.closed:
             self._process_buffer()
 
-    async def _run(
-        self,
-        method: Method,
-        request: Request,
-        params: dict[str, Any],
-        context: Context,
-        single: bool,
-    ) -> bytes | None:
-        answer = await self._answer(method, request, params, context)
+    async def _run(self, call: dispatch.Call, context: Context, single: bool) -> bytes | None:
+        answer = await dispatch.answer(self.server, call, context)
         if single and answer is not None:
             self.send(answer)
             return None
         return answer
-
-    async def _answer(
-        self, method: Method, request: Request, params: dict[str, Any], context: Context
-    ) -> bytes | None:
-        try:
-            result = await method.handler(context, params)
-            response = protocol.result_response(request.id, result)
-        except RpcError as e:
-            response = protocol.error_response(request.id, e)
-        except asyncio.CancelledError:
-            if not (self.server.shutting_down and not self.closed):
-                raise
-            # Read work stopped by the daemon's shutdown: tell the client why.
-            response = protocol.error_response(request.id, ShuttingDown())
-        except Exception as e:
-            log.exception("rpc handler failed", extra=kv(method=method.name, id=request.id))
-            response = protocol.error_response(request.id, InternalError(exception=repr(e)[:200]))
-        if request.is_notification:
-            return None
-        if "error" in response:
-            self.server.counters["errors"] += 1
-        try:
-            return protocol.encode(response)
-        except (TypeError, ValueError) as e:
-            log.error("rpc result is not JSON", extra=kv(method=method.name, error=e))
-            self.server.counters["errors"] += 1
-            error = InternalError(reason="the result could not be encoded as JSON")
-            return protocol.encode(protocol.error_response(request.id, error))
 
     # -- shutdown ------------------------------------------------------------
 

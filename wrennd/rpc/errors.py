@@ -32,6 +32,9 @@ RESOURCE_EXHAUSTED = 1004
 VMM_FAILURE = 1005
 GUEST_FAILURE = 1006
 NOT_FOUND = 1007
+IMAGE_IN_USE = 1008
+STORAGE_FAILURE = 1009
+SNAPSHOT_CORRUPT = 1010
 
 
 class RpcError(Exception):
@@ -134,6 +137,24 @@ class NotFound(RpcError):
     default_message = "Not found"
 
 
+class ImageInUse(RpcError):
+    code = IMAGE_IN_USE
+    type = "image_in_use"
+    default_message = "The image is in use"
+
+
+class StorageFailure(RpcError):
+    code = STORAGE_FAILURE
+    type = "storage_failure"
+    default_message = "The rootfs storage failed"
+
+
+class SnapshotCorrupt(RpcError):
+    code = SNAPSHOT_CORRUPT
+    type = "snapshot_corrupt"
+    default_message = "Persisted data is damaged"
+
+
 APPLICATION_ERRORS: tuple[type[RpcError], ...] = (
     SandboxNotFound,
     WrongState,
@@ -142,4 +163,17 @@ APPLICATION_ERRORS: tuple[type[RpcError], ...] = (
     VmmFailure,
     GuestFailure,
     NotFound,
+    ImageInUse,
+    StorageFailure,
+    SnapshotCorrupt,
 )
+
+# The one table from a sandbox-layer error code (LifecycleError.code) to its API error;
+# invalid_params is how a request that cannot be carried out as asked is refused.
+_MAPPED: tuple[type[RpcError], ...] = (*APPLICATION_ERRORS, InvalidParams)
+BY_TYPE: dict[str, type[RpcError]] = {cls.type: cls for cls in _MAPPED}
+
+
+def from_code(code: str, message: str, data: dict[str, Any]) -> RpcError:
+    """The API error for a sandbox-layer error; an unknown code is a daemon bug."""
+    return BY_TYPE.get(code, InternalError)(message, **data)

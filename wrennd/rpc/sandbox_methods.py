@@ -1,33 +1,36 @@
-"""``sandbox.*`` and ``sandbox.files.*``: the sandbox manager over JSON-RPC.
+"""``sandbox.*``, ``template.*`` and ``image.*``: the sandbox service over JSON-RPC.
 
 Lifecycle calls (create, pause, resume, destroy) are never cancelled by a
 client; pause and resume report their stages as ``progress`` notifications.
 ``sandbox.exec`` with ``stream: true`` sends output as ``stream``
 notifications while the command runs and answers with the exit status.
-Manager and guest errors become the typed application errors of
-wrennd.rpc.errors.
+Sandbox-layer errors become the typed application errors of
+wrennd.rpc.errors; the shapes of results are wrennd.rpc.views'.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from wrennd.guest.client import AgentUnavailable, GuestError
-from wrennd.guest.protocol import CommandSpec, Exited, Output, Started
 from wrennd.rpc import errors as rpc
+from wrennd.rpc import views
 from wrennd.rpc.methods import CallContext, Kind, MethodTable
-from wrennd.sandbox import errors as sb
-from wrennd.sandbox import images, templates
-from wrennd.sandbox.context import Progress
-from wrennd.sandbox.manager import SandboxManager
-from wrennd.sandbox.pausing import PauseUndone
-from wrennd.sandbox.state import SandboxState
-from wrennd.storage.errors import BaseImageInUse, NoSpace, StorageError
+from wrennd.sandbox import (
+    CommandSpec,
+    Exited,
+    LifecycleError,
+    Output,
+    Progress,
+    ProtocolError,
+    SandboxService,
+    SandboxState,
+    Started,
+    b64decode,
+)
 
 _ID = {"type": "string", "pattern": "^sb-[0-9a-f]{12}$"}
 _STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
@@ -100,41 +103,11 @@ REMOVE = _obj(["id", "path"], id=_ID, path=_PATH, recursive={"type": "boolean"})
 
 @contextlib.contextmanager
 def _translated() -> Iterator[None]:
-    """Manager, storage and guest errors as the API's typed errors."""
+    """Sandbox-layer errors as the API's typed errors, through the one code table."""
     try:
         yield
-    except sb.SandboxNotFound as e:
-        raise rpc.SandboxNotFound(str(e), id=e.sandbox_id) from e
-    except sb.WrongState as e:
-        raise rpc.WrongState(str(e), id=e.sandbox_id, state=e.state.value) from e
-    except templates.TemplateNotFound as e:
-        raise rpc.NotFound(str(e), template=e.name) from e
-    except templates.TemplateInUse as e:
-        raise rpc.TemplateInUse(str(e), template=e.name, sandboxes=e.sandbox_ids) from e
-    except (templates.TemplateExists, templates.TemplateMismatch) as e:
-        raise rpc.InvalidParams(str(e), errors=[{"path": "", "message": str(e)}]) from e
-    except images.ImageInUse as e:
-        raise rpc.WrongState(str(e), image=e.name, sandboxes=e.users) from e
-    except (images.ImageExists, images.BadImage) as e:
-        raise rpc.InvalidParams(str(e), errors=[{"path": "", "message": str(e)}]) from e
-    except BaseImageInUse as e:
-        raise rpc.WrongState(str(e)) from e
-    except sb.ImageNotFound as e:
-        raise rpc.NotFound(str(e), image=e.name) from e
-    except sb.NoCapacity as e:
-        raise rpc.ResourceExhausted(str(e), resource=e.resource) from e
-    except NoSpace as e:
-        raise rpc.ResourceExhausted(str(e), resource="disk") from e
-    except PauseUndone as e:
-        raise rpc.VmmFailure(str(e), state="running") from e
-    except (sb.VmmFailed, StorageError) as e:
-        raise rpc.VmmFailure(str(e)) from e
-    except sb.GuestFailed as e:
-        raise rpc.GuestFailure(str(e)) from e
-    except GuestError as e:
-        raise rpc.GuestFailure(e.message, code=e.code, status=e.status) from e
-    except AgentUnavailable as e:
-        raise rpc.GuestFailure(str(e), code="unavailable") from e
+    except LifecycleError as e:
+        raise rpc.from_code(e.code, str(e), e.data) from e
 
 
 def _progress(ctx: CallContext) -> Progress:
@@ -146,24 +119,21 @@ def _progress(ctx: CallContext) -> Progress:
 
 def _b64(text: str, field: str) -> bytes:
     try:
-        return base64.b64decode(text, validate=True)
-    except binascii.Error as e:
-        raise rpc.InvalidParams(
-            f"{field} is not base64", errors=[{"path": f"/{field}", "message": str(e)}]
-        ) from e
+        return b64decode(text, field)
+    except ProtocolError as e:
+        raise rpc.InvalidParams(str(e), errors=[{"path": f"/{field}", "message": str(e)}]) from e
+
+
+# The command fields of sandbox.exec and sandbox.process.start are CommandSpec's wire shape:
+# one decoder (the guest protocol's) reads them on both sides of the agent.
+_SPEC_FIELDS = ("argv", "shell", "env", "cwd", "user", "stdin", "timeout")
 
 
 def _spec(params: dict[str, Any]) -> CommandSpec:
-    stdin = params.get("stdin")
-    return CommandSpec(
-        argv=params.get("argv"),
-        shell=params.get("shell"),
-        env=dict(params.get("env", {})),
-        cwd=params.get("cwd"),
-        user=params.get("user"),
-        stdin=None if stdin is None else _b64(stdin, "stdin"),
-        timeout=params.get("timeout"),
-    )
+    try:
+        return CommandSpec.from_json({k: params[k] for k in _SPEC_FIELDS if k in params})
+    except ProtocolError as e:
+        raise rpc.InvalidParams(str(e), errors=[{"path": "", "message": str(e)}]) from e
 
 
 def _text(data: bytes) -> str:
@@ -171,44 +141,46 @@ def _text(data: bytes) -> str:
 
 
 async def _exec_streamed(
-    manager: SandboxManager, ctx: CallContext, sid: str, spec: CommandSpec
+    service: SandboxService, ctx: CallContext, sid: str, spec: CommandSpec
 ) -> dict[str, Any]:
     pid, exited = 0, None
-    events = manager.exec_stream(sid, spec)
-    try:
-        async for event in events:
-            if isinstance(event, Output):
-                await ctx.notify("stream", {"stream": event.stream, "data": _text(event.data)})
-            elif isinstance(event, Started):
-                pid = event.pid
-            elif isinstance(event, Exited):
-                exited = event
-    finally:
-        # Leaving early drops the connection: the agent kills the command.
-        close = getattr(events, "aclose", None)
-        if close is not None:
-            await close()
+    async with service.guest(sid) as guest:
+        events = guest.exec(spec)
+        try:
+            async for event in events:
+                if isinstance(event, Output):
+                    await ctx.notify("stream", {"stream": event.stream, "data": _text(event.data)})
+                elif isinstance(event, Started):
+                    pid = event.pid
+                elif isinstance(event, Exited):
+                    exited = event
+        finally:
+            # Leaving early drops the connection: the agent kills the command.
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
     if exited is None:
         raise rpc.GuestFailure("the command's output ended without its exit status")
     return {"pid": pid, "code": exited.code, "signal": exited.signal, "timed_out": exited.timed_out}
 
 
-def register(methods: MethodTable, manager: SandboxManager) -> None:
-    _register_lifecycle(methods, manager)
-    _register_templates(methods, manager)
-    _register_images(methods, manager)
-    _register_processes(methods, manager)
-    _register_queries(methods, manager)
-    _register_files(methods, manager)
+def register(methods: MethodTable, service: SandboxService) -> None:
+    _register_lifecycle(methods, service)
+    _register_templates(methods, service)
+    _register_images(methods, service)
+    _register_processes(methods, service)
+    _register_queries(methods, service)
+    _register_files(methods, service)
 
 
-def _register_lifecycle(methods: MethodTable, manager: SandboxManager) -> None:
+def _register_lifecycle(methods: MethodTable, service: SandboxService) -> None:
     life = Kind.LIFECYCLE
+    lifecycle = service.lifecycle
 
     @methods.register("sandbox.create", params=CREATE, kind=life, mutating=True)
     async def create(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            return await manager.create(
+            sb = await lifecycle.create(
                 p.get("image"),
                 template=p.get("template"),
                 vcpus=p.get("vcpus"),
@@ -218,48 +190,49 @@ def _register_lifecycle(methods: MethodTable, manager: SandboxManager) -> None:
                 metadata=p.get("metadata"),
                 progress=_progress(ctx),
             )
+        return views.sandbox(service, sb)
 
     @methods.register("sandbox.pause", params=BY_ID, kind=life, mutating=True)
     async def pause(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            return await manager.pause(p["id"], _progress(ctx))
+            return views.sandbox(service, await lifecycle.pause(p["id"], _progress(ctx)))
 
     @methods.register("sandbox.resume", params=BY_ID, kind=life, mutating=True)
     async def resume(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            return await manager.resume(p["id"], _progress(ctx))
+            return views.sandbox(service, await lifecycle.resume(p["id"], _progress(ctx)))
 
     @methods.register("sandbox.destroy", params=BY_ID, kind=life, mutating=True)
     async def destroy(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            await manager.destroy(p["id"])
+            await lifecycle.destroy(p["id"])
         return {"id": p["id"], "destroyed": True}
 
     @methods.register("sandbox.set_timeout", params=SET_TIMEOUT, mutating=True)
     async def set_timeout(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            return await manager.set_timeout(p["id"], p["timeout_s"])
+            return views.sandbox(service, await lifecycle.set_timeout(p["id"], p["timeout_s"]))
 
 
-def _register_queries(methods: MethodTable, manager: SandboxManager) -> None:
+def _register_queries(methods: MethodTable, service: SandboxService) -> None:
     @methods.register("sandbox.get", params=BY_ID)
     async def get(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            info = manager.get(p["id"])
-            info["usage"] = await manager.usage(p["id"])
-        return info
+            sb = service.registry.get(p["id"])
+            return {**views.sandbox(service, sb), "usage": await service.usage(sb)}
 
     @methods.register("sandbox.list", params=LIST)
     async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
-        return {"sandboxes": manager.list(p.get("state"), p.get("metadata"))}
+        return {"sandboxes": views.sandboxes(service, p.get("state"), p.get("metadata"))}
 
     @methods.register("sandbox.exec", params=EXEC, mutating=True)
     async def exec_(ctx: CallContext, p: dict[str, Any]) -> Any:
         spec = _spec(p)
         with _translated():
             if p.get("stream"):
-                return await _exec_streamed(manager, ctx, p["id"], spec)
-            r = await manager.exec(p["id"], spec)
+                return await _exec_streamed(service, ctx, p["id"], spec)
+            async with service.guest(p["id"]) as guest:
+                r = await guest.run(spec)
         return {
             "pid": r.pid,
             "code": r.code,
@@ -270,125 +243,143 @@ def _register_queries(methods: MethodTable, manager: SandboxManager) -> None:
         }
 
 
-def _register_files(methods: MethodTable, manager: SandboxManager) -> None:
+def _register_files(methods: MethodTable, service: SandboxService) -> None:
     @methods.register("sandbox.files.read", params=FILE)
     async def read(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            data = await manager.guest(p["id"]).read_bytes(p["path"])
+            async with service.guest(p["id"]) as guest:
+                data = await guest.read_bytes(p["path"])
         return {"path": p["path"], "size": len(data), "data": base64.b64encode(data).decode()}
 
     @methods.register("sandbox.files.write", params=WRITE, mutating=True)
     async def write(ctx: CallContext, p: dict[str, Any]) -> Any:
         data = _b64(p["data"], "data")
         with _translated():
-            info = await manager.guest(p["id"]).write_file(p["path"], data, mode=p.get("mode"))
+            async with service.guest(p["id"]) as guest:
+                info = await guest.write_file(p["path"], data, mode=p.get("mode"))
         return info.to_json()
 
     @methods.register("sandbox.files.stat", params=FILE)
     async def stat(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            return (await manager.guest(p["id"]).stat(p["path"])).to_json()
+            async with service.guest(p["id"]) as guest:
+                return (await guest.stat(p["path"])).to_json()
 
     @methods.register("sandbox.files.list", params=FILE)
     async def list_dir(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            entries = await manager.guest(p["id"]).list_dir(p["path"])
+            async with service.guest(p["id"]) as guest:
+                entries = await guest.list_dir(p["path"])
         return {"entries": [e.to_json() for e in entries]}
 
     @methods.register("sandbox.files.mkdir", params=MKDIR, mutating=True)
     async def mkdir(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            created = await manager.guest(p["id"]).mkdir(p["path"], parents=p.get("parents", True))
+            async with service.guest(p["id"]) as guest:
+                created = await guest.mkdir(p["path"], parents=p.get("parents", True))
         return {"created": created}
 
     @methods.register("sandbox.files.remove", params=REMOVE, mutating=True)
     async def remove(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            await manager.guest(p["id"]).remove(p["path"], recursive=p.get("recursive", False))
+            async with service.guest(p["id"]) as guest:
+                await guest.remove(p["path"], recursive=p.get("recursive", False))
         return {"removed": True}
 
 
-def _register_templates(methods: MethodTable, manager: SandboxManager) -> None:
+def _register_templates(methods: MethodTable, service: SandboxService) -> None:
+    catalog = service.templates
+
     @methods.register("template.create", params=TEMPLATE_CREATE, kind=Kind.LIFECYCLE, mutating=True)
     async def create(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            return await manager.create_template(p["sandbox_id"], p["name"], _progress(ctx))
+            meta = await catalog.create(p["sandbox_id"], p["name"], _progress(ctx))
+        return views.template(meta, [])
 
     @methods.register("template.get", params=BY_NAME)
     async def get(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            return await manager.get_template(p["name"])
+            meta = await catalog.get(p["name"])
+        return views.template(meta, catalog.users(meta.name))
 
     @methods.register("template.list")
     async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            return {"templates": await manager.list_templates()}
+            metas = await catalog.all()
+        return {"templates": [views.template(m, catalog.users(m.name)) for m in metas]}
 
     @methods.register("template.delete", params=BY_NAME, kind=Kind.LIFECYCLE, mutating=True)
     async def delete(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            await manager.delete_template(p["name"])
+            await catalog.delete(p["name"])
         return {"name": p["name"], "deleted": True}
 
 
-def _register_images(methods: MethodTable, manager: SandboxManager) -> None:
+def _register_images(methods: MethodTable, service: SandboxService) -> None:
+    catalog = service.images
+
     @methods.register("image.register", params=IMAGE_REGISTER, kind=Kind.LIFECYCLE, mutating=True)
     async def register_(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            return await manager.register_image(p["name"], Path(p["path"]))
+            made = await catalog.register(p["name"], Path(p["path"]))
+        return views.image(made, [])
 
     @methods.register("image.list")
     async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
-        return {"images": await manager.list_images()}
+        with _translated():
+            found = await catalog.all()
+        return {"images": [views.image(i, catalog.users(i.name)) for i in found]}
 
     @methods.register("image.delete", params=BY_NAME, kind=Kind.LIFECYCLE, mutating=True)
     async def delete(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            await manager.delete_image(p["name"])
+            await catalog.delete(p["name"])
         return {"name": p["name"], "deleted": True}
 
 
-def _register_processes(methods: MethodTable, manager: SandboxManager) -> None:
+def _register_processes(methods: MethodTable, service: SandboxService) -> None:
     """Background processes in the guest: they outlive the call that started them."""
 
     @methods.register("sandbox.process.start", params=EXEC, mutating=True)
     async def start(ctx: CallContext, p: dict[str, Any]) -> Any:
         spec = _spec(p)
         with _translated():
-            return (await manager.guest(p["id"]).start(spec)).to_json()
+            async with service.guest(p["id"]) as guest:
+                return (await guest.start(spec)).to_json()
 
     @methods.register("sandbox.process.list", params=BY_ID)
     async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            return {"processes": [x.to_json() for x in await manager.guest(p["id"]).processes()]}
+            async with service.guest(p["id"]) as guest:
+                return {"processes": [x.to_json() for x in await guest.processes()]}
 
     @methods.register("sandbox.process.get", params=PROCESS)
     async def get(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            return (await manager.guest(p["id"]).process(p["process"])).to_json()
+            async with service.guest(p["id"]) as guest:
+                return (await guest.process(p["process"])).to_json()
 
     @methods.register("sandbox.process.signal", params=SIGNAL, mutating=True)
     async def signal(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            await manager.guest(p["id"]).signal(
-                p["process"], p.get("signal", 15), p.get("group", True)
-            )
+            async with service.guest(p["id"]) as guest:
+                await guest.signal(p["process"], p.get("signal", 15), p.get("group", True))
         return {"signalled": True}
 
     @methods.register("sandbox.process.output", params=PROCESS)
     async def output(ctx: CallContext, p: dict[str, Any]) -> Any:
         """The retained output so far (stream notifications), then the process's state."""
         with _translated():
-            guest = manager.guest(p["id"])
-            events = guest.attach(p["process"], follow=False)
-            try:
-                async for event in events:
-                    if isinstance(event, Output):
-                        await ctx.notify(
-                            "stream", {"stream": event.stream, "data": _text(event.data)}
-                        )
-            finally:
-                close = getattr(events, "aclose", None)
-                if close is not None:
-                    await close()
-            return (await guest.process(p["process"])).to_json()
+            async with service.guest(p["id"]) as guest:
+                events = guest.attach(p["process"], follow=False)
+                try:
+                    async for event in events:
+                        if isinstance(event, Output):
+                            await ctx.notify(
+                                "stream", {"stream": event.stream, "data": _text(event.data)}
+                            )
+                finally:
+                    close = getattr(events, "aclose", None)
+                    if close is not None:
+                        await close()
+                return (await guest.process(p["process"])).to_json()

@@ -1,1 +1,31 @@
-"""Sandbox lifecycle: state machine, persisted records, manager, reaper (DESIGN.md §2)."""
+"""Sandboxes: lifecycle, records, images and templates (DESIGN.md sections 2, 3, 12).
+
+This package's face, and all the API layer (wrennd.rpc) may use: the service,
+its errors, the states, and the guest protocol's types a caller needs to run
+a command.  Lower packages stay behind it.
+"""
+
+from wrennd.guest.protocol import CommandSpec, Exited, Output, ProtocolError, Started, b64decode
+from wrennd.sandbox.environment import Progress
+from wrennd.sandbox.errors import LifecycleError
+from wrennd.sandbox.images import ImageInfo
+from wrennd.sandbox.record import SandboxState
+from wrennd.sandbox.registry import Sandbox
+from wrennd.sandbox.service import SandboxService
+from wrennd.sandbox.templates import TemplateMeta
+
+__all__ = [
+    "CommandSpec",
+    "Exited",
+    "ImageInfo",
+    "LifecycleError",
+    "Output",
+    "Progress",
+    "ProtocolError",
+    "Sandbox",
+    "SandboxService",
+    "SandboxState",
+    "Started",
+    "TemplateMeta",
+    "b64decode",
+]

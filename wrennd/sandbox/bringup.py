@@ -1,20 +1,169 @@
-"""Create and resume: build a ``Live`` step by step, releasing all of it on any failure."""
+"""Bring a sandbox's VM up: a fresh boot (create), a restore of its snapshot (resume),
+or a restore of a template's snapshot (clone).
+
+Each fills in a ``Live`` step by step (network, storage, VMM, guest) and, when
+a later step fails, releases exactly what was made.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
+from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.log import kv
+from wrennd.network.errors import SlotsExhausted
+from wrennd.network.manager import NetworkManager
+from wrennd.network.slots import SlotAllocator
 from wrennd.sandbox import templates
-from wrennd.sandbox.context import Deps, Progress
-from wrennd.sandbox.live import Live
-from wrennd.sandbox.machine import attach_network, boot, connect_guest, restore
+from wrennd.sandbox.environment import Deps, HostConfig, Progress, SandboxPaths
+from wrennd.sandbox.errors import GuestFailed, NoCapacity, VmmFailed
+from wrennd.sandbox.live import Live, guest_client
 from wrennd.sandbox.record import SandboxRecord
-from wrennd.snapshot import delete_snapshot
+from wrennd.snapshot import delete_snapshot, open_snapshot
+from wrennd.uffd.server import SnapshotMemory, UffdServer
+from wrennd.vm.api import MemBackend
+from wrennd.vm.errors import VmmError
+from wrennd.vm.kernel import initrd_path
+from wrennd.vm.launcher import FirecrackerArgs
+from wrennd.vm.vmm import Vmm
 
 log = logging.getLogger(__name__)
+GUEST_IFACE = "eth0"
+ROOT_DRIVE = "rootfs"
+# A VMM whose load returned has sent its handshake; the server may still be
+# setting the engine up (its page size comes from the handshake).
+UFFD_READY_TIMEOUT = 10.0
+
+
+async def attach_network(live: Live, network: NetworkManager, slots: SlotAllocator) -> None:
+    try:
+        live.slot = slots.allocate()
+    except SlotsExhausted as e:
+        raise NoCapacity("network slots", str(e)) from e
+    live.net = await network.create(live.slot)
+
+
+async def start_vmm(live: Live, cfg: HostConfig, paths: SandboxPaths) -> Vmm:
+    assert live.net is not None
+    files = paths.vmm_files
+    args = FirecrackerArgs(cfg.vmm.binary, live.sandbox_id.replace("-", "_"), files)
+    try:
+        live.vmm = await Vmm.start(args.argv(), files, netns_path=live.net.netns_path)
+    except VmmError as e:
+        raise VmmFailed(f"starting the VMM for {live.sandbox_id}: {e}") from e
+    return live.vmm
+
+
+def boot_args(record: SandboxRecord, ip_arg: str) -> str:
+    return f"console=ttyS0 reboot=k panic=1 pci=off {ip_arg} wrenn.hostname={record.id}"
+
+
+async def boot(
+    live: Live, cfg: HostConfig, paths: SandboxPaths, record: SandboxRecord, drive: Path
+) -> None:
+    """Configure and start a fresh VM from the sandbox's root drive."""
+    assert live.net is not None
+    tap = live.net.tap
+    vmm = await start_vmm(live, cfg, paths)
+    c = vmm.client
+    try:
+        await vmm.checked(
+            lambda: c.put_machine_config(record.vcpus, record.memory_mib, track_dirty_pages=True)
+        )
+        args = boot_args(record, live.net.kernel_ip_arg)
+        # A kernel made from Debian's package boots through its own initrd (vm.kernel).
+        initrd = initrd_path(cfg.kernel)
+        initrd_arg = None if initrd is None else str(initrd)
+        await vmm.checked(lambda: c.put_boot_source(str(cfg.kernel), args, initrd_arg))
+        await vmm.checked(lambda: c.put_drive(ROOT_DRIVE, str(drive), is_root_device=True))
+        await vmm.checked(lambda: c.put_network_interface(GUEST_IFACE, tap))
+        await vmm.checked(c.start)
+    except VmmError as e:
+        raise VmmFailed(f"booting {record.id}: {e}") from e
+
+
+async def restore(
+    live: Live, cfg: HostConfig, paths: SandboxPaths, drive: Path, prefetch: bool = True
+) -> None:
+    """Start a VMM and load the last snapshot with the UFFD engine serving its memory.
+
+    The root drive is pointed at ``drive`` before the VM runs: a clone's disk is not
+    the one its template was taken with, and a device path may change between runs."""
+    assert live.net is not None
+    snap = await asyncio.to_thread(open_snapshot, paths.snapshot_dir, cfg.store)
+    memory = SnapshotMemory(
+        snap.memory_size,
+        snap.block_size,
+        list(snap.header.mapping),
+        snap.generation_paths,
+        snap.prefetch,
+    )
+    paths.run.mkdir(parents=True, exist_ok=True)
+    live.uffd = UffdServer(
+        paths.uffd_socket, memory, batch_bytes=cfg.uffd_batch_bytes, prefetch=prefetch
+    )
+    await live.uffd.start()
+    live.serving = asyncio.ensure_future(live.uffd.serve())
+    vmm = await start_vmm(live, cfg, paths)
+    overrides = None
+    if vmm.client.requests.accepts("SnapshotLoadParams.network_overrides"):
+        overrides = {GUEST_IFACE: live.net.tap}
+    try:
+        await vmm.load_snapshot(
+            str(paths.vmstate),
+            MemBackend("Uffd", str(paths.uffd_socket)),
+            track_dirty_pages=True,
+            resume_vm=False,
+            network_overrides=overrides,
+        )
+    except VmmError as e:
+        live.vmm = None  # a failed load killed it
+        raise VmmFailed(f"loading the snapshot of {live.sandbox_id}: {e}") from e
+    await _uffd_serving(live)
+    try:
+        await vmm.checked(lambda: vmm.client.patch_drive(ROOT_DRIVE, str(drive)))
+        await vmm.checked(vmm.client.resume)
+    except VmmError as e:
+        raise VmmFailed(f"resuming the loaded VM of {live.sandbox_id}: {e}") from e
+
+
+async def connect_guest(live: Live, cfg: HostConfig, env: dict[str, str], *, clock: bool) -> None:
+    """Wait for the agent's /health on the host-reachable address, then /init it."""
+    assert live.net is not None
+    live.guest, live.guest_session = guest_client(str(live.net.host_address), cfg.host_netns)
+    deadline = time.monotonic() + cfg.boot_timeout
+    try:
+        await live.guest.wait_healthy(deadline)
+        await live.guest.init(env, time_ns=time.time_ns() if clock else None)
+    except (AgentUnavailable, GuestError) as e:
+        vmm = live.vmm
+        if vmm is not None and not vmm.proc.running:
+            raise VmmFailed(str(vmm.proc.exited_error("the guest never answered"))) from e
+        raise GuestFailed(f"guest agent of {live.sandbox_id}: {e}") from e
+
+
+async def _uffd_serving(live: Live) -> None:
+    """Wait until the UFFD server serves the loaded VMM, or say why it does not."""
+    assert live.uffd is not None and live.serving is not None
+    ready = asyncio.ensure_future(live.uffd.ready.wait())
+    waiters: set[asyncio.Future[Any]] = {ready, live.serving}
+    try:
+        await asyncio.wait(waiters, timeout=UFFD_READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ready.cancel()
+    if live.uffd.ready.is_set():
+        return
+    serving = live.serving
+    if serving.done() and not serving.cancelled() and serving.exception() is not None:
+        raise VmmFailed(f"{live.sandbox_id}: UFFD handshake failed: {serving.exception()}")
+    raise VmmFailed(
+        f"{live.sandbox_id}: the VMM loaded but the UFFD server was not serving it"
+        f" within {UFFD_READY_TIMEOUT:.0f} s"
+    )
 
 
 async def _undo(deps: Deps, live: Live) -> None:

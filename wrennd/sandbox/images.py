@@ -4,8 +4,8 @@
 layer accepts), copies it in (a reflink where the filesystem can, else a
 sparse copy) under a temporary name, fsyncs it, makes it read-only and
 publishes it without ever replacing an existing image.  ``delete`` is
-refused while a sandbox or a template was made from it.  Blocking: the
-manager calls these from a thread.
+refused while a sandbox or a template was made from it.  Blocking:
+``catalogs.ImageCatalog`` runs these in a thread.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from wrennd import fsutil
-from wrennd.sandbox.errors import ImageNotFound, LifecycleError
+from wrennd import durable
+from wrennd.sandbox.errors import BadImage, ImageExists, ImageNotFound
 from wrennd.storage import fileops
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -29,32 +28,12 @@ _MAGIC_OFFSET = 1024 + 0x38  # superblock at 1024, s_magic at 0x38
 SECTOR = 512
 
 
-class BadImage(LifecycleError):
-    """A file offered as an image is not a usable ext4 image."""
-
-
-class ImageExists(LifecycleError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"image {name!r} already exists")
-        self.name = name
-
-
-class ImageInUse(LifecycleError):
-    def __init__(self, name: str, users: list[str]) -> None:
-        super().__init__(f"image {name!r} is used by {', '.join(users)}")
-        self.name = name
-        self.users = users
-
-
 @dataclass(frozen=True)
 class ImageInfo:
     name: str
     path: str
     size_bytes: int
     allocated_bytes: int
-
-    def to_json(self, users: list[str]) -> dict[str, Any]:
-        return {**self.__dict__, "used_by": users}
 
 
 def check_name(name: str) -> str:
@@ -92,7 +71,7 @@ def register(images_dir: Path, name: str, source: Path) -> ImageInfo:
     final = images_dir / f"{name}.ext4"
     if final.exists():
         raise ImageExists(name)
-    tmp = fsutil.temp_name(final)
+    tmp = durable.temp_name(final)
     try:
         src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -109,12 +88,20 @@ def register(images_dir: Path, name: str, source: Path) -> ImageInfo:
             os.close(src)
         validate(tmp)  # what was copied, not only what was offered
         try:
-            fileops.publish_no_replace(tmp, final)
+            durable.publish_no_replace(tmp, final)
         except FileExistsError as e:
             raise ImageExists(name) from e
     finally:
         fileops.unlink_quiet(tmp)
     return info(images_dir, name)
+
+
+def path_of(images_dir: Path, name: str) -> Path:
+    """The registered image ``name`` (ImageNotFound otherwise)."""
+    path = images_dir / f"{check_name(name)}.ext4"
+    if not path.is_file():
+        raise ImageNotFound(name, str(path))
+    return path
 
 
 def info(images_dir: Path, name: str) -> ImageInfo:
@@ -131,7 +118,7 @@ def list_all(images_dir: Path) -> list[ImageInfo]:
         return []
     out = []
     for p in sorted(images_dir.glob("*.ext4")):
-        if NAME_RE.match(p.stem) and not fsutil.is_temp_name(p.name):
+        if NAME_RE.match(p.stem) and not durable.is_temp_name(p.name):
             with contextlib.suppress(FileNotFoundError):
                 out.append(info(images_dir, p.stem))
     return out

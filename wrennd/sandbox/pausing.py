@@ -13,16 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from typing import Literal
 
-from wrennd.fsutil import fsync_dir
+from wrennd.durable import publish
 from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.log import kv
-from wrennd.sandbox.context import Deps, Progress
-from wrennd.sandbox.errors import GuestFailed, LifecycleError, VmmFailed
+from wrennd.sandbox.environment import Deps, Progress, SandboxPaths
+from wrennd.sandbox.errors import PauseUndone, VmmFailed
 from wrennd.sandbox.live import Live
-from wrennd.sandbox.paths import SandboxPaths
 from wrennd.sandbox.record import SandboxRecord
 from wrennd.snapshot import Header, SnapshotError, ingest_diff, ingest_full, write_prefetch_map
 from wrennd.vm.errors import VmmError
@@ -33,23 +31,13 @@ log = logging.getLogger(__name__)
 PREPARE_THAW_AFTER = 60.0
 
 
-class PauseUndone(LifecycleError):
-    """The pause failed; the guest was thawed and resumed and keeps running."""
-
-
 def _clear_pending(paths: SandboxPaths) -> None:
     for p in (paths.pending_memfile, paths.pending_vmstate):
         p.unlink(missing_ok=True)
 
 
 def _publish_vmstate(paths: SandboxPaths) -> None:
-    fd = os.open(paths.pending_vmstate, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(paths.pending_vmstate, paths.vmstate)
-    fsync_dir(paths.snapshot_dir)
+    publish(paths.pending_vmstate, paths.vmstate)
 
 
 def _ingest(kind: str, paths: SandboxPaths, deps: Deps) -> Header:
@@ -132,6 +120,3 @@ async def pause(deps: Deps, rec: SandboxRecord, live: Live, progress: Progress) 
         )
     await progress("done", 4, 4, generation=header.generation)
     return header
-
-
-__all__ = ["GuestFailed", "PauseUndone", "pause", "undo_freeze"]

@@ -1,14 +1,20 @@
-"""Persisted sandbox records: ``state_dir/sandboxes/<id>/state.json``.
+"""Sandbox records: the state machine, and ``state_dir/sandboxes/<id>/state.json``.
+
+Every lifecycle operation moves a sandbox through an intermediate state
+(creating, pausing, resuming, stopping) to a resting one (running, paused,
+error), and every transition is persisted before it is acknowledged.  A call
+that needs another state gets ``WrongState`` naming the state it found.
 
 The record is the daemon's memory across restarts: what the sandbox was made
 from, its resources (network slot, VMM pid), its state and the last error.
-Writes are atomic (wrennd.fsutil); a record that cannot be parsed is reported
+Writes are atomic (wrennd.durable); a record that cannot be parsed is reported
 with its path, never silently dropped or guessed at.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import re
 import secrets
@@ -17,8 +23,51 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wrennd.fsutil import atomic_write_json
-from wrennd.sandbox.state import SandboxState
+from wrennd.durable import atomic_write_json
+from wrennd.sandbox.errors import WrongState
+
+
+class SandboxState(enum.StrEnum):
+    CREATING = "creating"
+    RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    RESUMING = "resuming"
+    STOPPING = "stopping"
+    ERROR = "error"
+
+    @property
+    def in_progress(self) -> bool:
+        """An operation owns the sandbox; a crash here needs recovery at start-up."""
+        return self in _IN_PROGRESS
+
+
+_IN_PROGRESS = frozenset(
+    {SandboxState.CREATING, SandboxState.PAUSING, SandboxState.RESUMING, SandboxState.STOPPING}
+)
+
+S = SandboxState
+TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
+    S.CREATING: frozenset({S.RUNNING, S.STOPPING, S.ERROR}),
+    # running -> running is not a transition; set_timeout and exec change no state.
+    S.RUNNING: frozenset({S.PAUSING, S.STOPPING, S.ERROR}),
+    # A pause that fails after the guest froze thaws and resumes: back to running.
+    S.PAUSING: frozenset({S.PAUSED, S.RUNNING, S.ERROR}),
+    S.PAUSED: frozenset({S.RESUMING, S.STOPPING}),
+    # A resume that fails before the guest ran keeps the snapshot: back to paused.
+    S.RESUMING: frozenset({S.RUNNING, S.PAUSED, S.ERROR}),
+    S.STOPPING: frozenset({S.ERROR}),  # success removes the record
+    # From error: destroy, or recover from the last snapshot.
+    S.ERROR: frozenset({S.STOPPING, S.RESUMING}),
+}
+
+
+def check_transition(
+    sandbox_id: str, current: SandboxState, target: SandboxState, operation: str
+) -> None:
+    if target not in TRANSITIONS[current]:
+        raise WrongState(sandbox_id, current, operation)
+
 
 RECORD_VERSION = 1
 _ID_RE = re.compile(r"^sb-[0-9a-f]{12}$")

@@ -17,13 +17,11 @@ import signal
 import time
 from pathlib import Path
 
-from wrennd.fsutil import fsync_dir
+from wrennd.durable import publish
 from wrennd.log import kv
 from wrennd.sandbox import teardown, templates
-from wrennd.sandbox.context import Deps
-from wrennd.sandbox.paths import SandboxPaths
-from wrennd.sandbox.record import SandboxRecord
-from wrennd.sandbox.state import SandboxState
+from wrennd.sandbox.environment import Deps, SandboxPaths
+from wrennd.sandbox.record import SandboxRecord, SandboxState
 from wrennd.snapshot import SnapshotError
 from wrennd.snapshot import recover as recover_store
 from wrennd.snapshot.store import read_header
@@ -39,6 +37,22 @@ def _is_our_vmm(pid: int, api_socket: Path) -> bool:
     except OSError:
         return False
     return os.fsencode(str(api_socket)) in argv
+
+
+def vmms_using(api_socket: Path) -> list[int]:
+    """Every process whose command line names ``api_socket``: the record may not name a
+    VMM that a crash interrupted between its spawn and the record's next save."""
+    needle = os.fsencode(str(api_socket))
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if needle in argv:
+                found.append(int(proc.name))
+    return sorted(found)
 
 
 def _wait_gone(pid: int, api_socket: Path, limit: float) -> bool:
@@ -78,8 +92,7 @@ def finish_interrupted_pause(paths: SandboxPaths, rec: SandboxRecord) -> bool:
     )
     if committed:
         assert header is not None
-        os.replace(paths.pending_vmstate, paths.vmstate)
-        fsync_dir(paths.snapshot_dir)
+        publish(paths.pending_vmstate, paths.vmstate)
         rec.generation, rec.snapshot_build_id = header.generation, str(header.build_id)
         rec.need_full = False
     paths.pending_memfile.unlink(missing_ok=True)
@@ -113,12 +126,12 @@ async def recover(deps: Deps) -> list[SandboxRecord]:
     kept: list[SandboxRecord] = []
     for rec in records:
         paths = deps.paths(rec.id)
-        if rec.vmm_pid is not None:
-            stopped = await asyncio.to_thread(
-                stop_stale_vmm, rec.vmm_pid, paths.vmm_files.api_socket
-            )
-            if stopped:
-                log.warning("stale vmm stopped", extra=kv(sandbox=rec.id, pid=rec.vmm_pid))
+        api_socket = paths.vmm_files.api_socket
+        pids = set(await asyncio.to_thread(vmms_using, api_socket))
+        pids |= {rec.vmm_pid} if rec.vmm_pid is not None else set()
+        for pid in sorted(pids):
+            if await asyncio.to_thread(stop_stale_vmm, pid, api_socket):
+                log.warning("stale vmm stopped", extra=kv(sandbox=rec.id, pid=pid))
         before = rec.state
         if rec.state == S.PAUSING and await asyncio.to_thread(finish_interrupted_pause, paths, rec):
             log.info("interrupted pause completed", extra=kv(sandbox=rec.id))

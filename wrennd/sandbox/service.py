@@ -1,23 +1,37 @@
-"""The sandbox manager as the daemon runs it: built from the settings, started, stopped.
+"""The sandbox layer as the daemon and the API see it: built from the settings, started,
+stopped, and the one way in for the API.
 
-``SandboxService.from_settings`` blocks (it probes the VMM and the storage
-backend): the daemon calls it while wiring, before its event loop runs.
+``SandboxService`` holds the registry (lookups), the lifecycle, the image and
+template catalogs, and gives guest calls their way to a running sandbox's
+agent.  ``from_settings`` blocks (it probes the VMM and the storage backend):
+the daemon calls it while wiring, before its event loop runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
 
 from wrennd import config
+from wrennd.guest.client import GuestClient
 from wrennd.log import kv
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import AddressPlan, Naming
-from wrennd.sandbox.host import HostConfig, choose_vmm
-from wrennd.sandbox.manager import SandboxManager
+from wrennd.network.slots import SlotAllocator
+from wrennd.sandbox.catalogs import ImageCatalog, TemplateCatalog
+from wrennd.sandbox.environment import Deps, HostConfig, SandboxPaths, choose_vmm
+from wrennd.sandbox.errors import lifting
+from wrennd.sandbox.lifecycle import Lifecycle
+from wrennd.sandbox.record import RecordStore
+from wrennd.sandbox.registry import Registry, Sandbox
+from wrennd.sandbox.usage import usage
 from wrennd.storage.aio import AsyncStorage
 from wrennd.storage.choose import choose_backend
+from wrennd.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 SHUTDOWN_PAUSE_CONCURRENCY = 4
@@ -29,10 +43,21 @@ class Deadline(Protocol):
     def status(self, text: str) -> None: ...
 
 
-@dataclass
 class SandboxService:
-    manager: SandboxManager
-    storage: AsyncStorage
+    def __init__(self, cfg: HostConfig, storage: AsyncStorage, network: NetworkManager) -> None:
+        self.cfg = cfg
+        self.storage = storage
+        self.deps = Deps(
+            cfg,
+            storage,
+            network,
+            SlotAllocator(network.plan.capacity),
+            RecordStore(cfg.sandboxes_dir),
+        )
+        self.registry = Registry(self.deps.records)
+        self.lifecycle = Lifecycle(self.deps, self.registry)
+        self.images = ImageCatalog(self.deps, self.registry)
+        self.templates = TemplateCatalog(self.deps, self.registry, self.lifecycle)
 
     @classmethod
     def from_settings(cls, settings: config.Settings) -> SandboxService:
@@ -45,18 +70,44 @@ class SandboxService:
             Naming(prefix=settings.network_prefix, table=settings.nft_table),
             host_netns=settings.host_netns,
         )
-        return cls(SandboxManager(cfg, storage, network), storage)
+        return cls(cfg, storage, network)
 
     async def start(self) -> None:
-        await self.manager.start()
+        await self.lifecycle.start()
+
+    async def close(self) -> None:
+        """Stop background work and the storage workers (running VMMs are left alone)."""
+        await self.lifecycle.close()
+        await self.storage.aclose()
 
     async def shutdown(self, ctx: Deadline) -> None:
         """Pause every running sandbox (bounded concurrency), then stop background work."""
         ctx.status("stopping: pausing sandboxes")
-        outcome = await self.manager.pause_all(SHUTDOWN_PAUSE_CONCURRENCY)
+        outcome = await self.lifecycle.pause_all(SHUTDOWN_PAUSE_CONCURRENCY)
         failed = {k: v for k, v in outcome.items() if v != "paused"}
         log.info("sandboxes paused for shutdown", extra=kv(paused=len(outcome) - len(failed)))
-        await self.manager.close()
-        await self.storage.aclose()
+        await self.close()
         if failed:
             raise RuntimeError(f"{len(failed)} sandboxes could not be paused: {failed}")
+
+    # --- the API's way in ----------------------------------------------------------
+    def paths(self, sandbox_id: str) -> SandboxPaths:
+        return self.deps.paths(sandbox_id)
+
+    @contextlib.asynccontextmanager
+    async def guest(self, sandbox_id: str) -> AsyncIterator[GuestClient]:
+        """The agent of a running sandbox (WrongState otherwise); the guest's errors leave
+        the block as the sandbox layer's."""
+        with lifting():
+            _, live = self.registry.running(sandbox_id, "reach the guest")
+            yield live.require_guest()
+
+    async def usage(self, sb: Sandbox) -> dict[str, Any]:
+        """Host disk (allocated blocks of the layer and the snapshot) and resident memory."""
+        try:
+            layer: Path | None = (await self.storage.record(sb.id)).layer
+        except StorageError:
+            layer = None
+        live = sb.live
+        pid = live.vmm.proc.pid if live is not None and live.vmm is not None else None
+        return await asyncio.to_thread(usage, self.paths(sb.id).state, layer, pid)

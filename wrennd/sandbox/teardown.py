@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import shutil
 
-from wrennd.sandbox.context import Deps
+from wrennd.sandbox.environment import Deps
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import SandboxRecord
 from wrennd.snapshot import delete_snapshot

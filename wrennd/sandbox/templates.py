@@ -14,47 +14,33 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import re
-import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
-from wrennd.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir
+from wrennd.durable import (
+    atomic_write,
+    atomic_write_json,
+    fsync_dir,
+    is_temp_name,
+    publish_no_replace,
+    temp_name,
+)
 from wrennd.log import kv
-from wrennd.sandbox.context import Deps, Progress
-from wrennd.sandbox.errors import LifecycleError
+from wrennd.sandbox.environment import Deps, Progress
+from wrennd.sandbox.errors import (
+    SnapshotCorrupt,
+    TemplateExists,
+    TemplateInUse,
+    TemplateMismatch,
+    TemplateNotFound,
+)
 from wrennd.snapshot import Header, delete_snapshot, read_prefetch_map, write_prefetch_map
 from wrennd.snapshot.store import commit, read_header
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_TEMP_PREFIX = ".tmp-"
-
-
-class TemplateNotFound(LifecycleError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"no template {name!r}")
-        self.name = name
-
-
-class TemplateExists(LifecycleError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"template {name!r} already exists")
-        self.name = name
-
-
-class TemplateInUse(LifecycleError):
-    def __init__(self, name: str, sandbox_ids: list[str]) -> None:
-        super().__init__(f"template {name!r} is used by sandboxes {', '.join(sandbox_ids)}")
-        self.name = name
-        self.sandbox_ids = sandbox_ids
-
-
-class TemplateMismatch(LifecycleError):
-    """A clone asked for other vcpus or memory than its template was taken with."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +57,9 @@ class TemplateMeta:
         try:
             return cls(**json.loads(path.read_bytes()))
         except (OSError, ValueError, TypeError) as e:
-            raise LifecycleError(f"{path}: unreadable template metadata: {e}") from e
+            raise SnapshotCorrupt(
+                f"{path}: unreadable template metadata: {e}", file=str(path)
+            ) from e
 
 
 def check_name(name: str) -> str:
@@ -97,7 +85,7 @@ def copy_snapshot(src: Path, dst: Path, store: Path) -> Header:
     memory copied), the prefetch map and the vmstate.  Blocking."""
     header = read_header(src)
     dst.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(dst / "vmstate", (src / "vmstate").read_bytes())
+    atomic_write(dst / "vmstate", (src / "vmstate").read_bytes())
     ranges = read_prefetch_map(src)
     if ranges:
         write_prefetch_map(dst, ranges, header.memory_size)
@@ -114,10 +102,9 @@ def _discard(tdir: Path, store: Path) -> None:
 def _publish(tmp: Path, final: Path, meta: TemplateMeta) -> None:
     atomic_write_json(tmp / "meta.json", dataclasses.asdict(meta))
     try:
-        os.rename(tmp, final)
-    except OSError as e:
+        publish_no_replace(tmp, final)
+    except FileExistsError as e:
         raise TemplateExists(meta.name) from e
-    fsync_dir(final.parent)
 
 
 async def build(
@@ -128,7 +115,7 @@ async def build(
     if final.exists():
         raise TemplateExists(meta.name)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f"{_TEMP_PREFIX}{meta.name}-{secrets.token_hex(4)}"
+    tmp = temp_name(final)
     store = deps.cfg.store
     try:
         tmp.mkdir()
@@ -188,7 +175,7 @@ def cleanup_temporaries(deps: Deps) -> list[str]:
         return []
     removed = []
     for d in root.iterdir():
-        if d.name.startswith(_TEMP_PREFIX) and d.is_dir():
+        if is_temp_name(d.name) and d.is_dir():
             _discard(d, deps.cfg.store)
             removed.append(d.name)
     return removed
@@ -201,5 +188,14 @@ def snapshot_dirs(deps: Deps) -> list[Path]:
     return [snapshot_of(d) for d in root.iterdir() if snapshot_of(d).is_dir()]
 
 
-def describe(meta: TemplateMeta, users: list[str]) -> dict[str, Any]:
-    return {**dataclasses.asdict(meta), "sandboxes": users}
+def check_clone(meta: TemplateMeta, vcpus: int | None, memory_mib: int | None) -> None:
+    """A template fixes the machine it was taken with: a clone cannot change it."""
+    for what, asked, fixed in (
+        ("vcpus", vcpus, meta.vcpus),
+        ("memory_mib", memory_mib, meta.memory_mib),
+    ):
+        if asked is not None and asked != fixed:
+            raise TemplateMismatch(
+                f"template {meta.name!r} was taken with {what}={fixed}; a clone cannot ask"
+                f" for {what}={asked}"
+            )

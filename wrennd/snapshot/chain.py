@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from wrennd._native import ffi, lib
+from wrennd.durable import replacing, staged
 from wrennd.log import kv
 from wrennd.snapshot.errors import ChainChangedError, GenerationError, SnapshotError
 from wrennd.snapshot.header import Header
@@ -27,8 +28,6 @@ from wrennd.snapshot.layout import (
     header_path,
     link_path,
     links_dir,
-    replacing,
-    staged,
     store_path,
 )
 from wrennd.snapshot.mapping import Mapping

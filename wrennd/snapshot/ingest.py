@@ -26,11 +26,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from wrennd import durable
 from wrennd._native import ffi, lib
 from wrennd.log import kv
 from wrennd.snapshot.errors import IngestError, UnsupportedFilesystemError
 from wrennd.snapshot.header import Header
-from wrennd.snapshot.layout import fsync_dir, replacing, store_path
+from wrennd.snapshot.layout import store_path
 from wrennd.snapshot.mapping import ENTRY_SIZE, Mapping
 from wrennd.snapshot.opened import resolve_generations
 from wrennd.snapshot.store import commit_locked, locked, read_header
@@ -74,7 +75,7 @@ def scan_memfile(
 
 def _copy_sparse(fd: int, mapping: Mapping, source: int, dest: Path) -> None:
     """Copy the blocks mapped to `source` into a fresh sparse file (tmp, fsync, rename)."""
-    with replacing(dest, 0o444) as out:
+    with durable.replacing(dest, 0o444) as out:
         os.ftruncate(out, os.fstat(fd).st_size)
         only = Mapping.from_entries(e for e in mapping if e.source == source)
         fds = ffi.new("int[]", [fd if s == source else -1 for s in range(source + 1)])
@@ -94,7 +95,7 @@ def adopt_memfile(
     store.mkdir(parents=True, exist_ok=True)
     dest = store_path(store, build_id)
     try:
-        memfile.rename(dest)
+        durable.move(memfile, dest)
     except OSError as e:
         if e.errno != errno.EXDEV:
             raise
@@ -105,7 +106,6 @@ def adopt_memfile(
         _copy_sparse(fd, mapping, source, dest)
         memfile.unlink()
     dest.chmod(0o444)
-    fsync_dir(store)
     return dest
 
 
@@ -142,7 +142,7 @@ def _consuming(memfile: Path) -> Iterator[_Consumed]:
     except BaseException:
         if c.dest is not None:
             with contextlib.suppress(OSError):
-                c.dest.rename(memfile)
+                durable.move(c.dest, memfile)
         raise
     finally:
         os.close(c.fd)

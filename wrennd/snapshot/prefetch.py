@@ -19,8 +19,9 @@ from pathlib import Path
 
 from construct import Array, Const, Int32ul, Int64ul, Struct, Terminated, this
 
+from wrennd.durable import atomic_write
 from wrennd.snapshot.errors import HeaderError
-from wrennd.snapshot.layout import atomic_write, prefetch_path
+from wrennd.snapshot.layout import prefetch_path
 from wrennd.snapshot.mapping import crc32c
 
 MAGIC = b"WRNDPFM\x00"

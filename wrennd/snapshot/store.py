@@ -30,18 +30,16 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from wrennd.durable import atomic_write, fsync_dir, remove_stale_temps
 from wrennd.snapshot.errors import ChainChangedError, GenerationError, SnapshotError
 from wrennd.snapshot.header import Header, parse_header
 from wrennd.snapshot.layout import (
     HEADER_NAME,
     PREFETCH_NAME,
-    atomic_write,
-    fsync_dir,
     header_path,
     link_path,
     links_dir,
     parse_build_id,
-    remove_stale_temps,
     store_path,
 )
 

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from wrennd import fsutil
+from wrennd import durable
 from wrennd.log import kv
 from wrennd.storage import fileops
 from wrennd.storage.errors import (
@@ -180,7 +180,7 @@ class StorageBackend(ABC):
                 log.warning("unreadable rootfs record skipped", extra=kv(path=path))
 
     def _save(self, rec: RootfsRecord) -> None:
-        fsutil.atomic_write_bytes(self.record_path(rec.sandbox_id), rec.to_json())
+        durable.atomic_write(self.record_path(rec.sandbox_id), rec.to_json())
 
     @contextmanager
     def _exclusive(self, sandbox_id: str) -> Iterator[None]:
@@ -304,7 +304,7 @@ class StorageBackend(ABC):
             rec = self.record(sandbox_id)
             if dest.exists():
                 raise FlattenTargetExists(dest)
-            tmp = fsutil.temp_name(dest)
+            tmp = durable.temp_name(dest)
             try:
                 fd = fileops.create_exclusive(tmp)
                 try:
@@ -312,7 +312,7 @@ class StorageBackend(ABC):
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-                fileops.publish_no_replace(tmp, dest)
+                durable.publish_no_replace(tmp, dest)
             except BaseException as e:
                 fileops.unlink_quiet(tmp)
                 if isinstance(e, FileExistsError):
@@ -331,7 +331,7 @@ class StorageBackend(ABC):
                 self._detach(rec)
             fileops.unlink_quiet(rec.layer)
             self.record_path(sandbox_id).unlink()
-            fsutil.fsync_dir(rec.layer.parent)
+            durable.fsync_dir(rec.layer.parent)
         log.info("sandbox rootfs removed", extra=kv(sandbox=sandbox_id, backend=self.name))
 
     def users_of(self, base_image: Path) -> list[str]:
@@ -352,7 +352,7 @@ class StorageBackend(ABC):
             if users:
                 raise BaseImageInUse(base, users)
             base.unlink()
-        fsutil.fsync_dir(base.parent)
+        durable.fsync_dir(base.parent)
         log.info("base image deleted", extra=kv(image=base))
 
     def _remove_temp_files(self, report: StaleReport) -> None:
@@ -360,10 +360,7 @@ class StorageBackend(ABC):
         dirs = [self.state_dir / "images", self.state_dir / "templates", self.sandboxes_dir]
         dirs += [p for p in self.sandboxes_dir.iterdir() if p.is_dir()]
         for d in dirs:
-            for p in d.glob(".*.tmp-*") if d.is_dir() else ():
-                if fsutil.is_temp_name(p.name) and p.is_file():
-                    fileops.unlink_quiet(p)
-                    report.temp_files.append(str(p))
+            report.temp_files += map(str, durable.remove_stale_temps(d))
 
     def _mark_detached(self, rec: RootfsRecord, report: StaleReport) -> None:
         self._save(dataclasses.replace(rec, attached=False))

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from wrennd import features, fsutil
+from wrennd import durable, features
 from wrennd.log import kv
 from wrennd.storage import fileops, loopdev
 from wrennd.storage.backend import StorageBackend
@@ -62,7 +62,7 @@ def probe_devicemapper(state_dir: Path, dm: DmSetup | None = None) -> Probe:
 
 def _scratch(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    return fsutil.temp_name(directory / "storage-probe")
+    return durable.temp_name(directory / "storage-probe")
 
 
 def probe_reflink(state_dir: Path) -> Probe:

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from wrennd import fsutil
+from wrennd import durable
 from wrennd.log import kv
 from wrennd.storage import fileops, loopdev
 from wrennd.storage.backend import RootfsRecord, StaleReport, StorageBackend
@@ -65,7 +65,7 @@ class DeviceMapperBackend(StorageBackend):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            fsutil.fsync_dir(layer.parent)
+            durable.fsync_dir(layer.parent)
             return self._activate(sandbox_id, base_loop, layer, size)
         except BaseException:
             self.bases.release(base)

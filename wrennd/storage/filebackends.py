@@ -14,7 +14,7 @@ from abc import abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 
-from wrennd import fsutil
+from wrennd import durable
 from wrennd.log import kv
 from wrennd.storage import fileops
 from wrennd.storage.backend import RootfsRecord, StaleReport, StorageBackend
@@ -44,7 +44,7 @@ class _FileBackend(StorageBackend):
             self._clone_path(base, fd)
         finally:
             os.close(fd)
-        fsutil.fsync_dir(layer.parent)
+        durable.fsync_dir(layer.parent)
         return layer
 
     def _attach(self, rec: RootfsRecord) -> Path:

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 from wrennd import zeroscan
-from wrennd.fsutil import fsync_dir
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int)
 
@@ -123,16 +122,6 @@ def copy_device_sparse(src_fd: int, dst_fd: int, size: int) -> None:
 
 def create_exclusive(path: Path, mode: int = 0o644) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-
-
-def publish_no_replace(tmp: Path, final: Path) -> None:
-    """Give a fully written, fsynced ``tmp`` its final name; never replace an existing file.
-
-    link() fails with EEXIST atomically where rename() would overwrite.
-    """
-    os.link(tmp, final)
-    tmp.unlink()
-    fsync_dir(final.parent)
 
 
 def unlink_quiet(path: Path) -> None:

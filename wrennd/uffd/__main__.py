@@ -29,7 +29,7 @@ from typing import Any
 import uvloop
 
 from wrennd import config, log
-from wrennd.fsutil import atomic_write_bytes
+from wrennd.durable import atomic_write
 from wrennd.snapshot import SnapshotError, open_snapshot
 from wrennd.uffd.engine import EngineConfigError
 from wrennd.uffd.handshake import HandshakeError
@@ -115,7 +115,7 @@ async def serve(args: argparse.Namespace, settings: config.Settings) -> int:
         await server.close()
     if args.stats_json is not None:
         data = json.dumps(_report(args, server, result), indent=2).encode() + b"\n"
-        await loop.run_in_executor(None, atomic_write_bytes, args.stats_json, data)
+        await loop.run_in_executor(None, atomic_write, args.stats_json, data)
     # ESRCH: the VMM exited while a fault was being served, as good as EOF
     if result.stats.stop_error not in (0, -errno.ESRCH):
         print(f"error: the engine stopped: {result.stop_error}", file=sys.stderr)

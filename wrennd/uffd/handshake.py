@@ -10,13 +10,22 @@ releases send both, with the same value.
 
 from __future__ import annotations
 
+import array
+import asyncio
+import contextlib
 import itertools
 import json
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 PAGE_SIZE_FIELDS = ("page_size", "page_size_kib")
 _INT_FIELDS = ("base_host_virt_addr", "size", "offset")
+HANDSHAKE_BUFSIZE = 1 << 20  # far beyond any region list; one recvmsg reads it all
+MAX_FDS = 8  # room to notice (and close) more fds than the one expected
+USERFAULTFD_LINK = "anon_inode:[userfaultfd]"
 
 
 class HandshakeError(ValueError):
@@ -111,3 +120,68 @@ def parse(data: bytes) -> list[Region]:
                 f"regions at {a.base_host_virt_addr:#x} and {b.base_host_virt_addr:#x} overlap"
             )
     return regions
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
+            fds.extend(arr)
+    return fds
+
+
+def _check_uffd(fd: int) -> None:
+    try:
+        link = str(Path(f"/proc/self/fd/{fd}").readlink())
+    except OSError as e:
+        raise HandshakeError(f"cannot inspect the received fd {fd}: {e}") from None
+    if link != USERFAULTFD_LINK:
+        raise HandshakeError(f"the received fd is {link!r}, not a userfaultfd")
+
+
+async def _recvmsg(conn: socket.socket) -> tuple[bytes, list[tuple[int, int, bytes]], int]:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            msg, anc, flags, _ = conn.recvmsg(
+                HANDSHAKE_BUFSIZE, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+            )
+            return msg, anc, flags
+        except BlockingIOError:
+            readable = loop.create_future()
+            loop.add_reader(conn.fileno(), readable.set_result, None)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(conn.fileno())
+
+
+async def receive(conn: socket.socket) -> tuple[list[Region], int]:
+    """Read the one handshake message: its regions and the userfaultfd it carried.
+
+    HandshakeError for anything else (no fd, several, not a uffd, bad JSON); every
+    received fd is closed then."""
+    msg, anc, flags = await _recvmsg(conn)
+    fds = _received_fds(anc)
+    try:
+        if flags & socket.MSG_CTRUNC:
+            raise HandshakeError("handshake carried more file descriptors than fit (expected 1)")
+        if not msg and not fds:
+            raise HandshakeError("peer closed the connection before sending the handshake")
+        if len(fds) != 1:
+            raise HandshakeError(
+                f"handshake carried {len(fds)} file descriptors, expected exactly 1 (the uffd)"
+            )
+        _check_uffd(fds[0])
+        return parse(msg), fds[0]
+    except BaseException:
+        _close_all(fds)
+        raise

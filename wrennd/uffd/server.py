@@ -21,7 +21,6 @@ disconnected, received fds are closed, nothing is served.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import errno
@@ -50,10 +49,6 @@ from wrennd.uffd.handshake import HandshakeError, Region
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_BUFSIZE = 1 << 20  # far beyond any region list; one recvmsg reads it all
-MAX_FDS = 8  # room to notice (and close) more fds than the one expected
-USERFAULTFD_LINK = "anon_inode:[userfaultfd]"
-
 
 class ServeStopped(Exception):
     """stop() was called before any peer connected: nothing was served."""
@@ -81,31 +76,6 @@ class ServeResult:
     stats: EngineStats
     working_set: list[tuple[int, int]] = field(default_factory=list)
     stop_error: str = ""
-
-
-def _close_all(fds: Sequence[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
-def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
-            fds.extend(arr)
-    return fds
-
-
-def _check_uffd(fd: int) -> None:
-    try:
-        link = str(Path(f"/proc/self/fd/{fd}").readlink())
-    except OSError as e:
-        raise HandshakeError(f"cannot inspect the received fd {fd}: {e}") from None
-    if link != USERFAULTFD_LINK:
-        raise HandshakeError(f"the received fd is {link!r}, not a userfaultfd")
 
 
 class UffdServer:
@@ -252,43 +222,17 @@ class UffdServer:
         return conn
 
     async def _receive_handshake(self, conn: socket.socket) -> tuple[list[Region], int]:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                msg, anc, flags, _ = conn.recvmsg(
-                    HANDSHAKE_BUFSIZE, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
-                )
-                break
-            except BlockingIOError:
-                readable = loop.create_future()
-                loop.add_reader(conn.fileno(), readable.set_result, None)
-                try:
-                    await readable
-                finally:
-                    loop.remove_reader(conn.fileno())
-        fds = _received_fds(anc)
+        regions, uffd = await handshake.receive(conn)
         try:
-            if flags & socket.MSG_CTRUNC:
-                raise HandshakeError(
-                    "handshake carried more file descriptors than fit (expected 1)"
-                )
-            if not msg and not fds:
-                raise HandshakeError("peer closed the connection before sending the handshake")
-            if len(fds) != 1:
-                raise HandshakeError(
-                    f"handshake carried {len(fds)} file descriptors, expected exactly 1 (the uffd)"
-                )
-            _check_uffd(fds[0])
-            regions = handshake.parse(msg)
             page_size = self.memory.page_size or regions[0].page_size
             try:
                 check_regions(regions, self.memory.memory_size, page_size)
             except EngineConfigError as e:
                 raise HandshakeError(f"regions do not match the snapshot: {e}") from None
         except BaseException:
-            _close_all(fds)
+            os.close(uffd)
             raise
-        return regions, fds[0]
+        return regions, uffd
 
     async def _wait_end(self, conn: socket.socket) -> str:
         """Until the peer closes, the engine stops by itself, or stop() is called."""

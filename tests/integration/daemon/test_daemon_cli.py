@@ -16,6 +16,7 @@ import pytest
 from tests.polling import wait_for
 from wrennd import cli
 from wrennd.cli import Exit
+from wrennd.cli.render import render_nothing
 from wrennd.rpc.client import Client, ClientError
 from wrennd.storage.choose import choose_backend
 
@@ -116,7 +117,7 @@ def test_a_streamed_command_writes_as_it_runs_and_exits_with_the_remote_code(
         ("test", "exec"),
         "test.exec",
         "run a shell script",
-        render=cli.render_nothing,
+        render=render_nothing,
         params=lambda a: {"script": a.script},
         arguments=lambda p: p.add_argument("script"),
         exit_status=lambda result: int(result["exit_code"]),

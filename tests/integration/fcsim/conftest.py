@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from wrennd.fcsim import harness
-from wrennd.fcsim.harness import SimHandle
+from wrennd_sim.fcsim import harness
+from wrennd_sim.fcsim.harness import SimHandle
 
 Launch = Callable[[str], Awaitable[SimHandle]]
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from wrennd.fcsim.harness import SimHandle, fcsim_binary
 from wrennd.vm.api import ApiCall, MemBackend
 from wrennd.vm.errors import FirecrackerError, VmmExited
 from wrennd.vm.launcher import FirecrackerArgs, VmmFiles
 from wrennd.vm.vmm import Vmm
+from wrennd_sim.fcsim.harness import SimHandle, require_fcsim
 
 
 async def snapshot_with_nic(sim: SimHandle, tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ async def test_override_of_an_unknown_interface_is_refused(launch: Any, tmp_path
 
 async def test_a_vmm_that_dies_is_reported_with_its_exit(tmp_path: Path) -> None:
     files = VmmFiles.under(tmp_path / "vm")
-    vmm = await Vmm.start(FirecrackerArgs(fcsim_binary(), "dies", files).argv(), files)
+    vmm = await Vmm.start(FirecrackerArgs(require_fcsim(), "dies", files).argv(), files)
     os.kill(vmm.proc.pid, signal.SIGKILL)
     await vmm.proc.wait()
     with pytest.raises(VmmExited, match="killed by SIGKILL"):

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from wrennd.fcsim import harness
 from wrennd.network import links, nsutil
 from wrennd.network.manager import NetworkManager, SandboxNetwork
 from wrennd.network.plan import Naming
+from wrennd_sim.fcsim import harness
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from wrennd.fcsim.control import ControlError
-from wrennd.fcsim.harness import SimHandle as Sim
 from wrennd.vm.api import MemBackend
+from wrennd_sim.fcsim.control import ControlError
+from wrennd_sim.fcsim.harness import SimHandle as Sim
 
 MEM_MIB = 64
 PAGE = 4096

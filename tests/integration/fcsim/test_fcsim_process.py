@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from wrennd.fcsim.harness import fcsim_binary
 from wrennd.vm.api import MemBackend
 from wrennd.vm.errors import FirecrackerError, VmmExited
 from wrennd.vm.launcher import FirecrackerArgs, VmmFiles
 from wrennd.vm.vmm import Vmm
+from wrennd_sim.fcsim.harness import require_fcsim
 
 
 def vmm_args(tmp_path: Path, name: str = "vm") -> tuple[list[str], VmmFiles]:
     files = VmmFiles.under(tmp_path / name)
-    return FirecrackerArgs(fcsim_binary(), name, files).argv(), files
+    return FirecrackerArgs(require_fcsim(), name, files).argv(), files
 
 
 async def test_sigterm_stops_fcsim_and_removes_its_sockets(tmp_path: Path) -> None:

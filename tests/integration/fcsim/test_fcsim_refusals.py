@@ -8,9 +8,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from wrennd.fcsim.harness import SimHandle
 from wrennd.vm.api import ApiCall
 from wrennd.vm.errors import FirecrackerError
+from wrennd_sim.fcsim.harness import SimHandle
 
 BAND = {"size": 1, "refill_time": 1}
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from wrennd.fcsim.harness import SimHandle
 from wrennd.uffd.engine import MapEntry
 from wrennd.uffd.server import ServeResult, SnapshotMemory, UffdServer
 from wrennd.vm.api import MemBackend
 from wrennd.vm.errors import FirecrackerError
+from wrennd_sim.fcsim.harness import SimHandle
 
 pytestmark = [pytest.mark.uffd]
 

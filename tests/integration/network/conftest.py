@@ -19,7 +19,7 @@ import pytest
 from wrennd.network import nsutil
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import Naming
-from wrennd.network.testbed import TestBed
+from wrennd_sim.network_testbed import TestBed
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from wrennd.network import links, nsutil, ruleset
 from wrennd.network.manager import NetworkManager
 from wrennd.network.nft import Nft
-from wrennd.network.standin import GuestStandIn
+from wrennd_sim.guest_standin import GuestStandIn
 
 pytestmark = [pytest.mark.netns]
 

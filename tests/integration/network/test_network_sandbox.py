@@ -11,7 +11,7 @@ from wrennd.network import nsutil
 from wrennd.network.errors import NetworkError
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import Naming
-from wrennd.network.standin import GuestStandIn
+from wrennd_sim.guest_standin import GuestStandIn
 
 pytestmark = [pytest.mark.netns]
 

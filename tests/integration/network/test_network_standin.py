@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from wrennd.network import links, nsutil, tap
-from wrennd.network.standin import GuestStandIn
+from wrennd_sim.guest_standin import GuestStandIn
 
 pytestmark = [pytest.mark.netns]
 

@@ -26,11 +26,12 @@ import pytest
 from wrennd.network import nsutil
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import Naming
-from wrennd.network.testbed import TestBed
-from wrennd.sandbox.host import HostConfig, VmmChoice, fcsim_binary
-from wrennd.sandbox.manager import SandboxManager
+from wrennd.sandbox.environment import HostConfig, VmmChoice
 from wrennd.storage import loopdev
 from wrennd.storage.aio import open_storage
+from wrennd_sim.fcsim.harness import require_fcsim
+from wrennd_sim.inproc import InProcess
+from wrennd_sim.network_testbed import TestBed
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 
@@ -144,16 +145,16 @@ def _mounts_under(paths: tuple[Path, ...]) -> list[str]:
 
 @dataclass
 class Env(Place):
-    manager: SandboxManager | None = None
+    manager: InProcess | None = None
 
     @property
-    def mgr(self) -> SandboxManager:
+    def mgr(self) -> InProcess:
         assert self.manager is not None
         return self.manager
 
 
 @pytest.fixture
-def manager(env: Env) -> SandboxManager:
+def manager(env: Env) -> InProcess:
     return env.mgr
 
 
@@ -184,8 +185,7 @@ def place(btrfs_root: Path) -> Iterator[Place]:
 @pytest.fixture
 async def env(place: Place, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     """The manager; ``parametrize("env", ["destroy"], indirect=True)`` sets ttl_action."""
-    sim = fcsim_binary()
-    assert sim is not None
+    sim = require_fcsim()
     cfg = HostConfig(
         state_dir=place.state_dir,
         run_dir=place.run_dir,
@@ -200,15 +200,5 @@ async def env(place: Place, request: pytest.FixtureRequest) -> AsyncIterator[Env
         naming=Naming(prefix=place.prefix, table=place.table), host_netns=place.bed.host_path
     )
     storage = await open_storage("reflink", place.state_dir)
-    mgr = SandboxManager(cfg, storage, network)
-    try:
-        await mgr.start()
+    async with InProcess.started(cfg, storage, network) as mgr:
         yield Env(**place.__dict__, manager=mgr)
-    finally:
-        for sb in mgr.list():
-            with contextlib.suppress(Exception):
-                await mgr.destroy(sb["id"])
-        await mgr.close()
-        await storage.aclose()
-        with contextlib.suppress(Exception):
-            await network.uninstall()

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from wrennd.fcsim.control import ControlClient
 from wrennd.guest.protocol import CommandSpec
-from wrennd.sandbox.manager import SandboxManager
 from wrennd.snapshot import parse_header
+from wrennd_sim.fcsim.control import ControlClient
+from wrennd_sim.inproc import InProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 
@@ -28,7 +28,7 @@ def control(info: dict[str, Any]) -> ControlClient:
     return ControlClient(Path(info["vmm"]["control_socket"]))
 
 
-async def test_twelve_cycles_across_collapses(manager: SandboxManager, env: Any) -> None:
+async def test_twelve_cycles_across_collapses(manager: InProcess, env: Any) -> None:
     info = await manager.create("base", memory_mib=64)
     sid = info["id"]
     snapshot_dir = env.state_dir / "sandboxes" / sid / "snapshot"
@@ -68,7 +68,7 @@ async def test_twelve_cycles_across_collapses(manager: SandboxManager, env: Any)
     assert not env.leaks()
 
 
-async def test_ten_sandboxes_concurrently(manager: SandboxManager, env: Any) -> None:
+async def test_ten_sandboxes_concurrently(manager: InProcess, env: Any) -> None:
     async def one(n: int) -> None:
         info = await manager.create("base", memory_mib=64, metadata={"n": str(n)})
         sid = info["id"]

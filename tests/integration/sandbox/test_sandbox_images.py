@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from wrennd.sandbox import images
+from wrennd.sandbox import errors
 from wrennd.sandbox.errors import ImageNotFound
-from wrennd.sandbox.manager import SandboxManager
+from wrennd_sim.inproc import InProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 
@@ -21,7 +21,7 @@ def _head(path: Path) -> bytes:
         return f.read(1 << 20)
 
 
-async def test_register_list_use_delete(manager: SandboxManager, env: Any) -> None:
+async def test_register_list_use_delete(manager: InProcess, env: Any) -> None:
     base = env.state_dir / "images" / "base.ext4"
     made = await manager.register_image("second", base)
     path = Path(made["path"])
@@ -31,15 +31,15 @@ async def test_register_list_use_delete(manager: SandboxManager, env: Any) -> No
     assert stat.S_IMODE(mode) == 0o444, "read-only once registered"
     assert {i["name"] for i in await manager.list_images()} == {"base", "second"}
 
-    with pytest.raises(images.ImageExists):
+    with pytest.raises(errors.ImageExists):
         await manager.register_image("second", base)
     bogus = env.state_dir / "bogus.img"
     bogus.write_bytes(b"\0" * 8192)
-    with pytest.raises(images.BadImage, match="superblock"):
+    with pytest.raises(errors.BadImage, match="superblock"):
         await manager.register_image("bogus", bogus)
     odd = env.state_dir / "odd.img"
     odd.write_bytes(b"\0" * 1000)
-    with pytest.raises(images.BadImage, match="multiple of 512"):
+    with pytest.raises(errors.BadImage, match="multiple of 512"):
         await manager.register_image("odd", odd)
     with pytest.raises(ImageNotFound):
         await manager.register_image("../x", base)
@@ -48,7 +48,7 @@ async def test_register_list_use_delete(manager: SandboxManager, env: Any) -> No
     sb = await manager.create("second", memory_mib=64)
     listed = {i["name"]: i for i in await manager.list_images()}
     assert listed["second"]["used_by"] == [sb["id"]]
-    with pytest.raises(images.ImageInUse) as in_use:
+    with pytest.raises(errors.ImageInUse) as in_use:
         await manager.delete_image("second")
     assert in_use.value.users == [sb["id"]]
     await manager.destroy(sb["id"])

@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 
 from tests.polling import wait_for
-from wrennd.fcsim.control import ControlClient
 from wrennd.guest.protocol import CommandSpec
-from wrennd.sandbox.errors import ImageNotFound, SandboxNotFound, WrongState
-from wrennd.sandbox.manager import SandboxManager
-from wrennd.sandbox.pausing import PauseUndone
+from wrennd.sandbox.errors import ImageNotFound, PauseUndone, SandboxNotFound, WrongState
 from wrennd.snapshot import read_prefetch_map
+from wrennd_sim.fcsim.control import ControlClient
+from wrennd_sim.inproc import InProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 
@@ -35,7 +34,7 @@ async def checksum(info: dict[str, object]) -> str:
         await ctl.close()
 
 
-async def test_create_exec_file_pause_resume(manager: SandboxManager, env: Any) -> None:
+async def test_create_exec_file_pause_resume(manager: InProcess, env: Any) -> None:
     info = await manager.create("base", memory_mib=MEM_MIB, metadata={"t": "basic"})
     sid = info["id"]
     assert info["state"] == "running"
@@ -72,7 +71,7 @@ async def test_create_exec_file_pause_resume(manager: SandboxManager, env: Any) 
     assert not env.leaks()
 
 
-async def test_wrong_state_and_unknown(manager: SandboxManager) -> None:
+async def test_wrong_state_and_unknown(manager: InProcess) -> None:
     with pytest.raises(SandboxNotFound):
         manager.get("sb-000000000000")
     with pytest.raises(ImageNotFound):
@@ -88,7 +87,7 @@ async def test_wrong_state_and_unknown(manager: SandboxManager) -> None:
     await manager.destroy(info["id"])
 
 
-async def test_timeout_pauses_then_resume_rearms(manager: SandboxManager) -> None:
+async def test_timeout_pauses_then_resume_rearms(manager: InProcess) -> None:
     info = await manager.create("base", memory_mib=MEM_MIB, timeout_s=600)
     sid = info["id"]
     assert info["expires_at"] > info["created_at"] + 500
@@ -101,7 +100,7 @@ async def test_timeout_pauses_then_resume_rearms(manager: SandboxManager) -> Non
     await manager.destroy(sid)
 
 
-async def test_failed_pause_thaws_and_keeps_running(manager: SandboxManager, env: Any) -> None:
+async def test_failed_pause_thaws_and_keeps_running(manager: InProcess, env: Any) -> None:
     info = await manager.create("base", memory_mib=MEM_MIB)
     sid = info["id"]
     await manager.pause(sid)
@@ -160,7 +159,7 @@ def _agents_under(pid: int) -> list[int]:
     return out
 
 
-async def test_a_frozen_guest_does_not_outlive_its_vmm(manager: SandboxManager, env: Any) -> None:
+async def test_a_frozen_guest_does_not_outlive_its_vmm(manager: InProcess, env: Any) -> None:
     """The guest's root frozen and its agent stopped (SIGSTOP: nothing in the guest can
     thaw it, and its init does not shut the guest down by itself as it would if the agent
     died): stopping the VMM must leave no frozen filesystem, loop device or mount behind."""
@@ -174,7 +173,7 @@ async def test_a_frozen_guest_does_not_outlive_its_vmm(manager: SandboxManager, 
     assert not env.leaks()
 
 
-async def test_a_vmm_that_dies_puts_the_sandbox_in_error(manager: SandboxManager, env: Any) -> None:
+async def test_a_vmm_that_dies_puts_the_sandbox_in_error(manager: InProcess, env: Any) -> None:
     info = await manager.create("base", memory_mib=MEM_MIB)
     sid = info["id"]
     os.kill(info["vmm"]["pid"], signal.SIGTERM)
@@ -201,7 +200,7 @@ async def test_a_vmm_that_dies_puts_the_sandbox_in_error(manager: SandboxManager
 
 
 @pytest.mark.parametrize("env", ["destroy"], indirect=True)
-async def test_timeout_destroys_when_configured(manager: SandboxManager, env: Any) -> None:
+async def test_timeout_destroys_when_configured(manager: InProcess, env: Any) -> None:
     info = await manager.create("base", memory_mib=MEM_MIB, timeout_s=0.5)
     await wait_for(lambda: manager.list() == [], timeout=60, interval=0.1)
     with pytest.raises(SandboxNotFound):

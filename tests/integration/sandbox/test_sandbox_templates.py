@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from wrennd.fcsim.control import ControlClient
 from wrennd.guest.client import NotFound
-from wrennd.sandbox.manager import SandboxManager
-from wrennd.sandbox.templates import TemplateInUse, TemplateMismatch, TemplateNotFound
+from wrennd.sandbox.errors import TemplateInUse, TemplateMismatch, TemplateNotFound
+from wrennd_sim.fcsim.control import ControlClient
+from wrennd_sim.inproc import InProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 
@@ -25,7 +25,7 @@ async def control(info: dict[str, Any], op: str, **args: Any) -> Any:
         await ctl.close()
 
 
-async def test_template_and_five_parallel_clones(manager: SandboxManager, env: Any) -> None:
+async def test_template_and_five_parallel_clones(manager: InProcess, env: Any) -> None:
     src = await manager.create("base", memory_mib=64)
     await control(src, "dirty", fraction=0.1, seed=3)
     await manager.guest(src["id"]).write_file("/root/origin", b"from the source\n")

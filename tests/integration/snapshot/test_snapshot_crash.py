@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from wrennd.durable import TMP_PREFIX
 from wrennd.snapshot.chain import export, verify
 from wrennd.snapshot.ingest import ingest_diff, ingest_full
-from wrennd.snapshot.layout import TMP_PREFIX, links_dir
+from wrennd.snapshot.layout import links_dir
 from wrennd.snapshot.store import collect_garbage, generation_files, read_header, sweep
 
 BS = 4096

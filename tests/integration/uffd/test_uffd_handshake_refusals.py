@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from wrennd.uffd import handshake, vmm
+from wrennd.uffd import handshake
 from wrennd.uffd.handshake import HandshakeError, Region
 from wrennd.uffd.server import UffdServer
+from wrennd_sim import uffd_peer
 
 pytestmark = pytest.mark.uffd
 P = 4096
@@ -23,8 +24,8 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def guest_memory() -> Iterator[vmm.GuestMemory]:
-    with vmm.GuestMemory(MiB) as m:
+def guest_memory() -> Iterator[uffd_peer.GuestMemory]:
+    with uffd_peer.GuestMemory(MiB) as m:
         yield m
 
 
@@ -61,13 +62,13 @@ async def refused(
     return str(info.value)
 
 
-def regions_for(m: vmm.GuestMemory, size: int = MiB, page: int = P) -> list[Region]:
+def regions_for(m: uffd_peer.GuestMemory, size: int = MiB, page: int = P) -> list[Region]:
     # aligned to the claimed page size, so the parser gets past alignment
     return [Region(-(-m.address // page) * page, size, 0, page)]
 
 
 async def test_bad_json(tmp_path: Path, snapshot_factory: Any, kit: Any) -> None:
-    with vmm.Userfaultfd() as u:
+    with uffd_peer.Userfaultfd() as u:
         msg = await refused(
             tmp_path, snapshot_factory, kit, lambda p: send(p, b'[{"size": 1', [u.fd])
         )
@@ -82,7 +83,7 @@ async def test_no_fd(tmp_path: Path, snapshot_factory: Any, kit: Any, guest_memo
 
 async def test_two_fds(tmp_path: Path, snapshot_factory: Any, kit: Any, guest_memory: Any) -> None:
     body = handshake.encode(regions_for(guest_memory))
-    with vmm.Userfaultfd() as u1, vmm.Userfaultfd() as u2:
+    with uffd_peer.Userfaultfd() as u1, uffd_peer.Userfaultfd() as u2:
         msg = await refused(
             tmp_path, snapshot_factory, kit, lambda p: send(p, body, [u1.fd, u2.fd])
         )
@@ -131,7 +132,7 @@ async def test_regions_do_not_match_snapshot(
     match: str,
 ) -> None:
     body = handshake.encode(regions_for(guest_memory, size, page))
-    with vmm.Userfaultfd() as u:
+    with uffd_peer.Userfaultfd() as u:
         msg = await refused(tmp_path, snapshot_factory, kit, lambda p: send(p, body, [u.fd]))
     assert match in msg
 

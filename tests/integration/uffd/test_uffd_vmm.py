@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from wrennd.uffd import handshake, vmm
+from wrennd.uffd import handshake
+from wrennd_sim import uffd_peer
 
 pytestmark = pytest.mark.uffd
 
@@ -27,7 +28,7 @@ UFFDIO_COPY = 0xC028AA03  # _IOWR(0xAA, 0x03, struct uffdio_copy)
 UFFDIO_ZEROPAGE = 0xC020AA04  # _IOWR(0xAA, 0x04, struct uffdio_zeropage)
 UFFD_FEATURE_EVENT_REMOVE = 1 << 3
 UFFDIO_COPY_BIT = 1 << 3  # _UFFDIO_COPY in the register ioctls mask
-PAGE = vmm.BASE_PAGE_SIZE
+PAGE = uffd_peer.BASE_PAGE_SIZE
 
 
 def page_pattern(offset: int) -> bytes:
@@ -102,7 +103,7 @@ def listener(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
 
 
 def test_uffd_created_with_event_remove() -> None:
-    with vmm.Userfaultfd() as u, vmm.GuestMemory(16 * PAGE) as m:
+    with uffd_peer.Userfaultfd() as u, uffd_peer.GuestMemory(16 * PAGE) as m:
         assert u.features & UFFD_FEATURE_EVENT_REMOVE
         flags = fcntl.fcntl(u.fd, fcntl.F_GETFL)
         assert flags & os.O_NONBLOCK
@@ -115,8 +116,8 @@ def test_uffd_created_with_event_remove() -> None:
 
 def test_register_unaligned_range_is_an_oserror() -> None:
     with (
-        vmm.Userfaultfd() as u,
-        vmm.GuestMemory(4 * PAGE) as m,
+        uffd_peer.Userfaultfd() as u,
+        uffd_peer.GuestMemory(4 * PAGE) as m,
         pytest.raises(OSError, match="UFFDIO_REGISTER"),
     ):
         u.register(m.address + 1, PAGE)
@@ -124,14 +125,14 @@ def test_register_unaligned_range_is_an_oserror() -> None:
 
 def test_bad_mapping_arguments() -> None:
     with pytest.raises(ValueError, match="multiple of the page size"):
-        vmm.GuestMemory(PAGE + 1)
+        uffd_peer.GuestMemory(PAGE + 1)
     with pytest.raises(OSError, match="mapping"):
-        vmm.GuestMemory(3 * PAGE, page_size=3 * PAGE)
+        uffd_peer.GuestMemory(3 * PAGE, page_size=3 * PAGE)
 
 
 def test_handshake_is_firecrackers_message(listener: tuple[socket.socket, Path]) -> None:
     srv, path = listener
-    with vmm.UffdGuest([4 * PAGE, 8 * PAGE]) as guest:
+    with uffd_peer.UffdGuest([4 * PAGE, 8 * PAGE]) as guest:
         guest.handshake(path)
         conn, _ = srv.accept()
         with conn:
@@ -167,7 +168,7 @@ def test_handshake_is_firecrackers_message(listener: tuple[socket.socket, Path])
 
 def test_faults_served_across_regions(listener: tuple[socket.socket, Path]) -> None:
     srv, path = listener
-    with vmm.UffdGuest([4 * PAGE, 8 * PAGE]) as guest:
+    with uffd_peer.UffdGuest([4 * PAGE, 8 * PAGE]) as guest:
         guest.handshake(path, page_size_fields=("page_size_kib",))
         conn, _ = srv.accept()
         handler = MiniHandler(conn)
@@ -196,13 +197,13 @@ def test_faults_served_across_regions(listener: tuple[socket.socket, Path]) -> N
 def test_touch_reads_and_writes(listener: tuple[socket.socket, Path]) -> None:
     srv, path = listener
     npages = 32
-    with vmm.UffdGuest([npages * PAGE]) as guest:
+    with uffd_peer.UffdGuest([npages * PAGE]) as guest:
         guest.handshake(path)
         conn, _ = srv.accept()
         handler = MiniHandler(conn)
         try:
             m = guest.memories[0]
-            order = vmm.touch_order("strided", npages // 2, 3)
+            order = uffd_peer.touch_order("strided", npages // 2, 3)
             res = m.touch(order, write=False)
             assert res.checksum == sum(p * PAGE for p in range(npages // 2))
             assert res.latencies_ns is not None and len(res.latencies_ns) == npages // 2
@@ -222,31 +223,33 @@ def test_touch_reads_and_writes(listener: tuple[socket.socket, Path]) -> None:
 
 def test_touch_orders() -> None:
     for pattern in ("sequential", "random", "strided"):
-        order = vmm.touch_order(pattern, 1000, 7)
+        order = uffd_peer.touch_order(pattern, 1000, 7)
         assert sorted(order) == list(range(1000))
-    assert list(vmm.touch_order("sequential", 5)) == [0, 1, 2, 3, 4]
-    assert list(vmm.touch_order("random", 50, 1)) != list(range(50))
-    assert list(vmm.touch_order("random", 50, 1)) == list(vmm.touch_order("random", 50, 1))
+    assert list(uffd_peer.touch_order("sequential", 5)) == [0, 1, 2, 3, 4]
+    assert list(uffd_peer.touch_order("random", 50, 1)) != list(range(50))
+    once = list(uffd_peer.touch_order("random", 50, 1))
+    assert once == list(uffd_peer.touch_order("random", 50, 1))
     with pytest.raises(ValueError, match="strided"):
-        vmm.touch_order("strided", 10, 0)
+        uffd_peer.touch_order("strided", 10, 0)
     with pytest.raises(ValueError, match="unknown touch pattern"):
-        vmm.touch_order("spiral", 10)  # type: ignore[arg-type]
+        uffd_peer.touch_order("spiral", 10)  # type: ignore[arg-type]
 
 
 def test_read_trace(tmp_path: Path) -> None:
     p = tmp_path / "trace"
     p.write_text("# a trace\n3\n0x10\n\n7  # hot\n")
-    assert list(vmm.read_trace(p, 32)) == [3, 16, 7]
+    assert list(uffd_peer.read_trace(p, 32)) == [3, 16, 7]
     p.write_text("40\n")
     with pytest.raises(ValueError, match=r"trace:1: page 40 outside"):
-        vmm.read_trace(p, 32)
+        uffd_peer.read_trace(p, 32)
     p.write_text("x\n")
     with pytest.raises(ValueError, match="not a page index"):
-        vmm.read_trace(p, 32)
+        uffd_peer.read_trace(p, 32)
 
 
 def test_send_handshake_to_nobody_leaks_nothing(tmp_path: Path) -> None:
     before = set(Path("/proc/self/fd").iterdir())
-    with vmm.Userfaultfd() as u, pytest.raises(FileNotFoundError):
-        vmm.send_handshake(tmp_path / "absent.sock", [handshake.Region(0, PAGE, 0, PAGE)], u.fd)
+    with uffd_peer.Userfaultfd() as u, pytest.raises(FileNotFoundError):
+        regions = [handshake.Region(0, PAGE, 0, PAGE)]
+        uffd_peer.send_handshake(tmp_path / "absent.sock", regions, u.fd)
     assert set(Path("/proc/self/fd").iterdir()) == before

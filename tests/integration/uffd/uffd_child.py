@@ -25,10 +25,10 @@ import sys
 import threading
 from pathlib import Path
 
-from wrennd.uffd import vmm
+from wrennd_sim import uffd_peer
 
 
-def race(guest: vmm.UffdGuest, op: dict[str, object]) -> None:
+def race(guest: uffd_peer.UffdGuest, op: dict[str, object]) -> None:
     npages = int(op["pages"])  # type: ignore[call-overload]
     page = guest.page_size
     values: list[bytes] = []
@@ -45,7 +45,7 @@ def race(guest: vmm.UffdGuest, op: dict[str, object]) -> None:
     Path(str(op["out"])).write_bytes(b"".join(values))
 
 
-def run(guest: vmm.UffdGuest, op: dict[str, object]) -> None:
+def run(guest: uffd_peer.UffdGuest, op: dict[str, object]) -> None:
     kind = op["op"]
     if kind == "read":
         data = guest.read(int(op["offset"]), int(op["length"]))  # type: ignore[call-overload]
@@ -69,8 +69,8 @@ def run(guest: vmm.UffdGuest, op: dict[str, object]) -> None:
 def main() -> None:
     sock_path, plan_path = sys.argv[1], sys.argv[2]
     plan = json.loads(Path(plan_path).read_text())
-    with vmm.UffdGuest(
-        plan["regions"], plan.get("page_size", vmm.BASE_PAGE_SIZE), plan.get("thp", False)
+    with uffd_peer.UffdGuest(
+        plan["regions"], plan.get("page_size", uffd_peer.BASE_PAGE_SIZE), plan.get("thp", False)
     ) as guest:
         guest.handshake(sock_path, plan.get("fields", ["page_size", "page_size_kib"]))
         print("connected", flush=True)

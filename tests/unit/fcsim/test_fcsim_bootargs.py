@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from wrennd.fcsim.guest import parse_boot_args
+from wrennd_sim.fcsim.guest import parse_boot_args
 
 
 def test_ip_hostname_init_and_wrenn_settings() -> None:

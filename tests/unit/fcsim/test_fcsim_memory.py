@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from wrennd.fcsim.memory import PAGE_SIZE, GuestMemory, GuestMemoryError
-from wrennd.fcsim.snapshot import (
+from wrennd_sim.fcsim.memory import PAGE_SIZE, GuestMemory, GuestMemoryError
+from wrennd_sim.fcsim.snapshot import (
     SnapshotFileError,
     read_vmstate,
     write_memory,
     write_vmstate,
 )
-from wrennd.fcsim.spec import api_spec, load_document
+from wrennd_sim.fcsim.spec import api_spec, load_document
 
 
 def allocated(path: Path) -> int:

@@ -116,12 +116,18 @@ def test_guest_modules_import_only_what_the_image_has(name: str) -> None:
     guest = {f"wrennd.guest.{m.removesuffix('.py')}" for m in bundle.GUEST_MODULES}
     # The message types are shared with the host and need the standard library only.
     shared = name == "protocol.py"
-    allowed = set() if shared else guest | {"aiohttp"}
+    # The bundle stages wrennd.durable beside them (standard library only, tested below).
+    allowed = set() if shared else guest | {"aiohttp", "wrennd.durable"}
     for module in _imports(GUEST_DIR / name):
         top = module.split(".")[0]
         assert top in sys.stdlib_module_names or module in allowed or top in allowed, (
             f"{name} imports {module}, which the guest image does not carry"
         )
+
+
+def test_the_bundled_durable_module_needs_the_standard_library_only() -> None:
+    for module in _imports(GUEST_DIR.parent / "durable.py"):
+        assert module.split(".")[0] in sys.stdlib_module_names, module
 
 
 def test_wrenn_init_refuses_to_run_unless_pid_1() -> None:

@@ -5,14 +5,16 @@ from pathlib import Path
 
 import pytest
 
+from wrennd.sandbox.errors import WrongState
 from wrennd.sandbox.record import (
     RecordError,
     RecordStore,
     SandboxRecord,
+    SandboxState,
     check_sandbox_id,
+    check_transition,
     new_sandbox_id,
 )
-from wrennd.sandbox.state import SandboxState, WrongState, check_transition
 
 
 def make(store: RecordStore, **kw: object) -> SandboxRecord:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from wrennd.sandbox import templates
-from wrennd.sandbox.manager import _check_clone
-from wrennd.sandbox.paths import SandboxPaths
+from wrennd.sandbox.environment import SandboxPaths
 from wrennd.sandbox.record import RecordStore, SandboxRecord, new_sandbox_id
+from wrennd.sandbox.record import SandboxState as S
 from wrennd.sandbox.recovery import _settle, finish_interrupted_pause, stop_stale_vmm
-from wrennd.sandbox.state import SandboxState as S
+from wrennd.sandbox.templates import check_clone as _check_clone
 from wrennd.sandbox.usage import allocated, exclusive_bytes
 from wrennd.snapshot import ingest_full
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from wrennd import durable
 from wrennd.storage import (
     BadBaseImage,
     BadSandboxId,
@@ -141,8 +142,8 @@ def test_cleanup_stale_of_file_backends(backend: CopyBackend, base: Path) -> Non
     backend.create("up", base)
     backend.create("was-up", base)
     crumbs = [
-        backend.sandbox_dir("up") / ".rootfs.ext4.tmp-0badf00d",
-        base.parent / ".template.ext4.tmp-12345678",
+        durable.temp_name(backend.sandbox_dir("up") / "rootfs.ext4"),
+        durable.temp_name(base.parent / "template.ext4"),
     ]
     for c in crumbs:
         c.write_bytes(b"half")

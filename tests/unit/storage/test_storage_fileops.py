@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from wrennd import fsutil
+from wrennd import durable
 from wrennd.storage import fileops
 
 MiB = 1 << 20
@@ -99,8 +99,8 @@ def test_device_copy_turns_zero_blocks_into_holes(tmp_path: Path) -> None:
 
 def test_write_atomic_replaces_whole(tmp_path: Path) -> None:
     p = tmp_path / "rec.json"
-    fsutil.atomic_write_bytes(p, b"one")
-    fsutil.atomic_write_bytes(p, b"two")
+    durable.atomic_write(p, b"one")
+    durable.atomic_write(p, b"two")
     assert p.read_bytes() == b"two"
     assert [x.name for x in tmp_path.iterdir()] == ["rec.json"]
 
@@ -108,12 +108,12 @@ def test_write_atomic_replaces_whole(tmp_path: Path) -> None:
 def test_publish_never_replaces(tmp_path: Path) -> None:
     final = tmp_path / "image"
     final.write_bytes(b"old")
-    tmp = fsutil.temp_name(final)
+    tmp = durable.temp_name(final)
     tmp.write_bytes(b"new")
-    assert fsutil.is_temp_name(tmp.name) and not fsutil.is_temp_name("image")
+    assert durable.is_temp_name(tmp.name) and not durable.is_temp_name("image")
     with pytest.raises(FileExistsError):
-        fileops.publish_no_replace(tmp, final)
+        durable.publish_no_replace(tmp, final)
     assert final.read_bytes() == b"old"
     final.unlink()
-    fileops.publish_no_replace(tmp, final)
+    durable.publish_no_replace(tmp, final)
     assert final.read_bytes() == b"new" and not tmp.exists()

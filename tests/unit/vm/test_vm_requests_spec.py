@@ -16,9 +16,9 @@ from typing import Any, Literal, get_args, get_origin
 
 import pytest
 
-from wrennd.fcsim.spec import SpecError, api_spec
 from wrennd.vm.api import ApiCall, MemBackend, Requests, Version, parse_version
 from wrennd.vm.errors import UnsupportedByVersion
+from wrennd_sim.fcsim.spec import SpecError, api_spec
 
 VERSIONS: list[Version] = [(1, 7, 0), (1, 10, 0), (1, 12, 0), parse_version(api_spec().version)]
 SAMPLES: dict[str, list[Any]] = {

@@ -1,0 +1,7 @@
+"""``python -m wrennd.cli``: wrennctl."""
+
+import sys
+
+from wrennd.cli import main
+
+sys.exit(main())

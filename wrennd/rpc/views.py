@@ -1,0 +1,90 @@
+"""How the API shows sandboxes, templates, images and engine statistics (JSON objects).
+
+The sandbox layer hands over its own objects; the shapes clients see are made
+here only, so the layer below never formats for a wire.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from typing import Any
+
+from wrennd.sandbox import ImageInfo, Sandbox, SandboxService, TemplateMeta
+
+
+def sandbox(service: SandboxService, sb: Sandbox) -> dict[str, Any]:
+    rec = sb.record
+    d: dict[str, Any] = {
+        "id": rec.id,
+        "state": rec.state.value,
+        "image": rec.image,
+        "template": rec.template,
+        "vcpus": rec.vcpus,
+        "memory_mib": rec.memory_mib,
+        "metadata": dict(rec.metadata),
+        "timeout_s": rec.timeout_s,
+        "expires_at": rec.expires_at,
+        "generation": rec.generation,
+        "error": rec.error,
+        "created_at": rec.created_at,
+        "updated_at": rec.updated_at,
+    }
+    live = sb.live
+    if live is not None and live.net is not None and live.vmm is not None:
+        paths = service.paths(rec.id)
+        d["host_address"] = str(live.net.host_address)
+        d["vmm"] = {"pid": live.vmm.proc.pid, "api_socket": str(paths.vmm_files.api_socket)}
+        if service.cfg.vmm.simulated:
+            d["vmm"]["control_socket"] = str(paths.control_socket)
+        stats = live.uffd.stats() if live.uffd is not None else None
+        if stats is not None:
+            d["faults"] = {
+                "faults": stats.faults,
+                "pages_copied": stats.copy_pages,
+                "pages_zeroed": stats.zero_pages,
+                "pages_prefetched": stats.prefetch_pages,
+                "fault_p50_ns": stats.latency_percentile_ns(0.5),
+                "fault_p99_ns": stats.latency_percentile_ns(0.99),
+                "fault_max_ns": stats.lat_max_ns,
+            }
+    return d
+
+
+def sandboxes(
+    service: SandboxService, state: str | None = None, metadata: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Every sandbox in ``state`` whose metadata holds ``metadata``, oldest first."""
+    out = []
+    for sb in service.registry:
+        rec = sb.record
+        if state is not None and rec.state.value != state:
+            continue
+        if metadata and any(rec.metadata.get(k) != v for k, v in metadata.items()):
+            continue
+        out.append(sandbox(service, sb))
+    return sorted(out, key=lambda d: (d["created_at"], d["id"]))
+
+
+def template(meta: TemplateMeta, users: list[str]) -> dict[str, Any]:
+    return {**dataclasses.asdict(meta), "sandboxes": users}
+
+
+def image(info: ImageInfo, users: list[str]) -> dict[str, Any]:
+    return {**dataclasses.asdict(info), "used_by": users}
+
+
+def uffd_totals(service: SandboxService) -> dict[str, int]:
+    """The UFFD engines of the running sandboxes, summed (host.stats)."""
+    totals = Counter[str]()
+    for sb in service.registry:
+        stats = sb.live.uffd.stats() if sb.live is not None and sb.live.uffd else None
+        if stats is not None:
+            totals["engines"] += 1
+            totals["faults"] += stats.faults
+            totals["pages_copied"] += stats.copy_pages
+            totals["pages_zeroed"] += stats.zero_pages
+            totals["pages_prefetched"] += stats.prefetch_pages
+            totals["bytes_installed"] += stats.copy_bytes + stats.zero_bytes
+    keys = ("engines", "faults", "pages_copied", "pages_zeroed", "pages_prefetched")
+    return {k: totals[k] for k in (*keys, "bytes_installed")}

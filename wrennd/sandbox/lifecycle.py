@@ -1,0 +1,270 @@
+"""The lifecycle: create, pause, resume, destroy, timeouts and background collapses.
+
+Every operation holds the sandbox's lock and persists each transition before
+it answers.  The steps themselves live in ``bringup`` (create, resume, clone),
+``pausing`` and ``teardown``; this module orders them, decides the resting
+state of each outcome, and runs what follows on its own (the VMM watcher, the
+reaper's timeouts, chain collapses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from wrennd.log import kv
+from wrennd.sandbox import bringup, images, pausing, recovery, teardown, templates
+from wrennd.sandbox.environment import Deps, Progress, no_progress
+from wrennd.sandbox.errors import PauseUndone, WrongState, lifted
+from wrennd.sandbox.live import Live
+from wrennd.sandbox.reaper import Reaper
+from wrennd.sandbox.record import SandboxRecord, SandboxState, new_sandbox_id
+from wrennd.sandbox.registry import Registry, Sandbox
+from wrennd.snapshot import ChainChangedError, collapse_in_background
+
+log = logging.getLogger(__name__)
+S = SandboxState
+
+
+class Lifecycle:
+    def __init__(
+        self, deps: Deps, registry: Registry, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.deps = deps
+        self.registry = registry
+        self.clock = clock
+        self.reaper = Reaper(self._expired, clock)
+
+    # --- start and stop ------------------------------------------------------
+    async def start(self) -> None:
+        """Read every record, recover what a crash left, arm the timeouts."""
+        cfg = self.deps.cfg
+        for d in (cfg.sandboxes_dir, cfg.store, cfg.images_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for rec in await recovery.recover(self.deps):
+            self.registry.add(Sandbox(rec))
+            self.reaper.set(rec.id, rec.expires_at if rec.state == S.RUNNING else None)
+        self.reaper.start()
+
+    async def close(self) -> None:
+        """Stop the reaper and background work; running VMMs are left to ``pause_all``."""
+        await self.reaper.stop()
+        tasks = [sb.collapse for sb in self.registry if sb.collapse is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def pause_all(self, concurrency: int = 4) -> dict[str, str]:
+        """Pause every running sandbox (the shutdown hook); sandbox id -> outcome."""
+        gate = asyncio.Semaphore(concurrency)
+        running = [sb.id for sb in self.registry if sb.record.state == S.RUNNING]
+
+        async def one(sandbox_id: str) -> str:
+            async with gate:
+                try:
+                    await self.pause(sandbox_id)
+                except Exception as e:
+                    log.error("pause at shutdown failed", extra=kv(sandbox=sandbox_id, error=e))
+                    return f"error: {e}"
+                return "paused"
+
+        results = await asyncio.gather(*(one(i) for i in running))
+        return dict(zip(running, results, strict=True))
+
+    # --- create / destroy ------------------------------------------------------
+    @lifted
+    async def create(
+        self,
+        image: str | None = None,
+        *,
+        template: str | None = None,
+        vcpus: int | None = None,
+        memory_mib: int | None = None,
+        timeout_s: float | None = None,
+        env: dict[str, str] | None = None,
+        metadata: dict[str, str] | None = None,
+        progress: Progress = no_progress,
+    ) -> Sandbox:
+        """A sandbox from an image (booted) or from a template (a clone of its snapshot)."""
+        if (image is None) == (template is None):
+            raise ValueError("create takes exactly one of image and template")
+        if template is not None:
+            meta = await asyncio.to_thread(templates.load, self.deps, template)
+            templates.check_clone(meta, vcpus, memory_mib)
+            vcpus, memory_mib, image = meta.vcpus, meta.memory_mib, meta.image
+        else:
+            assert image is not None
+            path = images.path_of(self.deps.cfg.images_dir, image)
+        now = self.clock()
+        sb = Sandbox(
+            SandboxRecord(
+                id=new_sandbox_id(),
+                state=S.CREATING,
+                vcpus=vcpus or 1,
+                memory_mib=memory_mib or 128,
+                image=image,
+                template=template,
+                timeout_s=timeout_s,
+                expires_at=None if timeout_s is None else now + timeout_s,
+                env=dict(env or {}),
+                metadata=dict(metadata or {}),
+            )
+        )
+        async with sb.lock:
+            await self.registry.save(sb)
+            self.registry.add(sb)
+            try:
+                if template is not None:
+                    tdir = templates.template_dir(self.deps, template)
+                    sb.live = await bringup.clone(self.deps, sb.record, tdir, progress)
+                else:
+                    sb.live = await bringup.create(self.deps, sb.record, path, progress)
+            except BaseException:
+                self.registry.discard(sb.id)
+                await asyncio.shield(asyncio.to_thread(self.registry.records.remove, sb.id))
+                raise
+            await self._running(sb)
+        log.info("sandbox created", extra=kv(sandbox=sb.id, image=image, template=template))
+        return sb
+
+    @lifted
+    async def destroy(self, sandbox_id: str) -> None:
+        sb = self.registry.get(sandbox_id)
+        async with sb.lock:
+            await self.registry.move(sb, S.STOPPING, "destroy")
+            self.reaper.set(sandbox_id, None)
+            if sb.collapse is not None:
+                await asyncio.gather(sb.collapse, return_exceptions=True)
+            try:
+                await teardown.destroy(self.deps, sb.record, sb.live)
+            except Exception as e:
+                sb.live = None
+                await self.registry.settle(sb, S.ERROR, f"destroy failed: {e}")
+                raise
+            self.registry.discard(sandbox_id)
+        log.info("sandbox destroyed", extra=kv(sandbox=sandbox_id))
+
+    # --- pause / resume ----------------------------------------------------------
+    @lifted
+    async def pause(self, sandbox_id: str, progress: Progress = no_progress) -> Sandbox:
+        sb = self.registry.get(sandbox_id)
+        async with sb.lock:
+            if sb.live is None:
+                raise WrongState(sandbox_id, sb.record.state, "pause")
+            await self.registry.move(sb, S.PAUSING, "pause")
+            try:
+                header = await pausing.pause(self.deps, sb.record, sb.live, progress)
+            except PauseUndone as e:
+                await self._running(sb, str(e))
+                raise
+            except BaseException as e:
+                # The VM could not be resumed, or releasing failed after the snapshot.
+                await asyncio.shield(self._after_failed_pause(sb, e))
+                raise
+            sb.live = None
+            sb.record.generation = header.generation
+            sb.record.snapshot_build_id = str(header.build_id)
+            await self._rest(sb, S.PAUSED)
+            if header.generation >= self.deps.cfg.max_generations:
+                sb.collapse = asyncio.ensure_future(self._collapse(sb))
+        return sb
+
+    async def _after_failed_pause(self, sb: Sandbox, error: BaseException) -> None:
+        if sb.live is not None:
+            with contextlib.suppress(Exception):
+                await sb.live.release(self.deps.storage, self.deps.network, self.deps.slots)
+            sb.live = None
+        await self._rest(sb, S.ERROR, f"pause failed: {error}")
+
+    async def _collapse(self, sb: Sandbox) -> None:
+        snapshot_dir = self.deps.paths(sb.id).snapshot_dir
+        try:
+            header = await collapse_in_background(snapshot_dir, self.deps.cfg.store)
+        except ChainChangedError:
+            log.info("collapse superseded by a newer snapshot", extra=kv(sandbox=sb.id))
+        except Exception as e:
+            log.error("background collapse failed", extra=kv(sandbox=sb.id, error=e))
+        else:
+            log.info("chain collapsed", extra=kv(sandbox=sb.id, build_id=header.build_id))
+            if self.registry.find(sb.id) is sb:
+                sb.record.snapshot_build_id = str(header.build_id)
+                await self.registry.save(sb)
+
+    @lifted
+    async def resume(
+        self, sandbox_id: str, progress: Progress = no_progress, *, prefetch: bool = True
+    ) -> Sandbox:
+        """Back to running from the last snapshot; ``prefetch=False`` serves every page on
+        demand (benchmarks compare the two)."""
+        sb = self.registry.get(sandbox_id)
+        async with sb.lock:
+            await self.registry.move(sb, S.RESUMING, "resume")
+            if sb.collapse is not None:
+                # The engine maps the chain's files: let a collapse finish first.
+                await asyncio.gather(sb.collapse, return_exceptions=True)
+                sb.collapse = None
+            rec = sb.record
+            try:
+                sb.live = await bringup.resume(self.deps, rec, progress, prefetch)
+            except BaseException as e:
+                back = S.PAUSED if rec.generation is not None else S.ERROR
+                await asyncio.shield(self._rest(sb, back, f"resume failed: {e}"))
+                raise
+            if rec.timeout_s is not None:
+                rec.expires_at = self.clock() + rec.timeout_s
+            await self._running(sb)
+        return sb
+
+    @lifted
+    async def set_timeout(self, sandbox_id: str, timeout_s: float | None) -> Sandbox:
+        sb = self.registry.get(sandbox_id)
+        async with sb.lock:
+            rec = sb.record
+            rec.timeout_s = timeout_s
+            rec.expires_at = None if timeout_s is None else self.clock() + timeout_s
+            await self.registry.save(sb)
+            self.reaper.set(sandbox_id, rec.expires_at if rec.state == S.RUNNING else None)
+        return sb
+
+    # --- resting states ----------------------------------------------------------
+    async def _rest(self, sb: Sandbox, target: SandboxState, error: str | None = None) -> None:
+        """Persist a resting state other than running: no deadline, no watcher."""
+        await self.registry.settle(sb, target, error)
+        self.reaper.set(sb.id, None)
+
+    async def _running(self, sb: Sandbox, error: str | None = None) -> None:
+        """Persist running, arm the timeout and watch the VMM."""
+        await self.registry.settle(sb, S.RUNNING, error)
+        self.reaper.set(sb.id, sb.record.expires_at)
+        if sb.live is not None:
+            self._watch(sb, sb.live)
+
+    async def _expired(self, sandbox_id: str) -> None:
+        sb = self.registry.find(sandbox_id)
+        if sb is None or sb.record.state != S.RUNNING:
+            return
+        if self.deps.cfg.ttl_action == "destroy":
+            await self.destroy(sandbox_id)
+        else:
+            await self.pause(sandbox_id)
+
+    def _watch(self, sb: Sandbox, live: Live) -> None:
+        """A VMM that exits by itself puts its sandbox in error, resources released."""
+        vmm = live.require_vmm()
+
+        async def watch() -> None:
+            rc = await vmm.proc.wait()
+            if live.stopping:
+                return
+            reason = str(vmm.proc.exited_error("the VMM exited while running"))
+            log.error("sandbox vmm died", extra=kv(sandbox=sb.id, returncode=rc))
+            async with sb.lock:
+                if sb.live is not live:
+                    return
+                live.watcher = None  # this task: release must not cancel it
+                await live.release(self.deps.storage, self.deps.network, self.deps.slots)
+                sb.live = None
+                await self._rest(sb, S.ERROR, reason)
+
+        live.watcher = asyncio.ensure_future(watch())

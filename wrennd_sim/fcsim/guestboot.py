@@ -1,0 +1,180 @@
+"""fcsim's "vCPU": boot the guest rootfs as a container-like process tree.
+
+Run by fcsim as ``python -m wrennd_sim.fcsim.guestboot ...``: joins the guest
+network namespace, unshares mount, UTS, IPC and PID namespaces, attaches the
+root drive to a loop device (LOOP_CONFIGURE with autoclear) and mounts it
+privately, sets the hostname, then forks the image's init as PID 1 of the new
+PID namespace, chrooted into the rootfs. It forwards SIGTERM/SIGINT to init
+and exits with init's status. Both it and init die with their parent
+(PR_SET_PDEATHSIG), so a killed fcsim leaves no guest behind.
+
+Failures before init runs are written to the status fd; a successful exec
+closes it empty (it is close-on-exec), which is how fcsim knows the guest
+booted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import fcntl
+import os
+import signal
+import socket
+import struct
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_REC = 1 << 14
+MS_PRIVATE = 1 << 18
+PR_SET_PDEATHSIG = 1
+LOOP_CTL_GET_FREE = 0x4C82
+LOOP_CONFIGURE = 0x4C0A
+LO_FLAGS_READ_ONLY = 1
+LO_FLAGS_AUTOCLEAR = 4
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class BootError(OSError):
+    pass
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise BootError(err, f"{what}: {os.strerror(err)}")
+
+
+def die_with_parent() -> None:
+    parent = os.getppid()
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def loop_config(backing_fd: int, read_only: bool, name: str) -> bytes:
+    """struct loop_config: fd, block_size, loop_info64, reserved[8]."""
+    flags = LO_FLAGS_AUTOCLEAR | (LO_FLAGS_READ_ONLY if read_only else 0)
+    info = struct.pack(
+        "=5Q4I64s64s32s2Q", 0, 0, 0, 0, 0, 0, 0, 0, flags, name.encode()[:63], b"", b"", 0, 0
+    )
+    return struct.pack("=II", backing_fd, 0) + info + bytes(64)
+
+
+def attach_loop(path: str, read_only: bool) -> tuple[str, int]:
+    """A loop device over ``path`` and an open fd on it.
+
+    The device is set to autoclear: it detaches at its last close once
+    unmounted, so the caller keeps the fd open until the mount holds it.
+    """
+    backing = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+    ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for _ in range(16):
+            index = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+            dev = f"/dev/loop{index}"
+            fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                fcntl.ioctl(fd, LOOP_CONFIGURE, loop_config(backing, read_only, path))
+                return dev, fd
+            except OSError as e:
+                os.close(fd)
+                if e.errno != errno.EBUSY:  # taken by someone else meanwhile: next one
+                    raise BootError(e.errno, f"LOOP_CONFIGURE {dev} <- {path}: {e.strerror}") from e
+        raise BootError(errno.EBUSY, "no free loop device after 16 tries")
+    finally:
+        os.close(ctl)
+        os.close(backing)
+
+
+def mount_rootfs(dev: str, target: str, read_only: bool) -> None:
+    flags = MS_RDONLY if read_only else 0
+    rc = _libc.mount(dev.encode(), target.encode(), b"ext4", flags, None)
+    _check(rc, f"mount {dev} (ext4) on {target}")
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Everything up to the fork; raises BootError with what failed."""
+    if args.cgroup_procs:
+        with open(args.cgroup_procs, "w") as f:
+            f.write(str(os.getpid()))
+    if args.netns:
+        fd = os.open(args.netns, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _check(_libc.setns(fd, CLONE_NEWNET), f"setns({args.netns})")
+        finally:
+            os.close(fd)
+    flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID
+    _check(_libc.unshare(flags), "unshare(mount, uts, ipc, pid)")
+    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+    dev, fd = attach_loop(args.rootfs, args.read_only)
+    try:
+        mount_rootfs(dev, args.mountpoint, args.read_only)
+    finally:
+        os.close(fd)  # the mount holds the device now; autoclear detaches it after umount
+    socket.sethostname(args.hostname)
+
+
+def run_init(args: argparse.Namespace, status_fd: int) -> None:
+    """In the child: PID 1 of the new namespace. Never returns."""
+    try:
+        die_with_parent()
+        os.chroot(args.mountpoint)
+        os.chdir("/")
+        env = dict(kv.split("=", 1) for kv in args.env)
+        os.execve(args.init, [args.init], env)
+    except BaseException as e:  # exec failed: report it, do not run Python on as PID 1
+        os.write(status_fd, f"cannot start {args.init} in the guest: {e}".encode())
+    os._exit(127)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="fcsim-guestboot")
+    p.add_argument("--rootfs", required=True)
+    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--mountpoint", required=True)
+    p.add_argument("--netns", default="")
+    p.add_argument("--hostname", default="fcsim")
+    p.add_argument("--init", default="/sbin/init")
+    p.add_argument("--status-fd", type=int, required=True)
+    p.add_argument("--cgroup-procs", default="")
+    p.add_argument("--env", action="append", default=[])
+    args = p.parse_args(argv)
+    status_fd = args.status_fd
+    os.set_inheritable(status_fd, False)
+    try:
+        die_with_parent()
+        prepare(args)
+    except (OSError, ValueError) as e:
+        os.write(status_fd, f"guest boot failed: {e}".encode())
+        sys.exit(1)
+
+    child = 0
+
+    def forward(signum: int, frame: object) -> None:
+        if child:
+            os.kill(child, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    child = os.fork()
+    if child == 0:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        run_init(args, status_fd)
+    os.close(status_fd)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    # A PID namespace's init killed by a signal (reboot(2) inside one is SIGHUP/SIGINT).
+    sys.exit(128 - code if code < 0 else code)
+
+
+if __name__ == "__main__":
+    main()
