@@ -75,6 +75,7 @@ class HostConfig:
     kernel: Path
     max_generations: int = 10
     uffd_batch_bytes: int = 64 * 1024
+    prefetch_max_bytes: int = 0  # 0: the sandbox's memory size
     ttl_action: str = "pause"
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
     memory_overcommit_percent: int = 100
@@ -90,6 +91,7 @@ class HostConfig:
             kernel=settings.kernel_path,
             max_generations=settings.max_generations,
             uffd_batch_bytes=settings.uffd_batch_bytes,
+            prefetch_max_bytes=settings.prefetch_max_bytes,
             ttl_action=settings.ttl_action,
             memory_overcommit_percent=settings.memory_overcommit_percent,
             host_netns=settings.host_netns,
