@@ -8,6 +8,7 @@ import base64
 import contextlib
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 
 from tests.integration.sandbox.test_sandbox_daemon import Daemon
 from wrennd import permissions
+from wrennd.guest.protocol import CommandSpec
 from wrennd.rpc.client import RemoteError
 from wrennd.sandbox.errors import LifecycleError, SandboxNotFound
 from wrennd.sandbox.recovery import vmms_using
@@ -297,3 +299,18 @@ async def test_a_shutdown_cut_off_at_its_deadline_says_so(daemon: Daemon, place:
     await c.close()
     assert daemon.stop(signal.SIGTERM) == 0
     assert not place.leaks()
+
+
+async def test_a_guest_cannot_touch_the_hosts_device_nodes(manager: InProcess, env: Any) -> None:
+    """Found by the hostile-input sweep: fcsim's guest mounted devtmpfs, which is the host's
+    (one kernel), so files.write of /dev/zero replaced the host's /dev/zero."""
+    sid = (await manager.create("base", memory_mib=64))["id"]
+    guest = manager.guest(sid)
+    await guest.write_file("/dev/zero", b"hello")
+    await guest.remove("/dev/full")
+    for node in ("/dev/zero", "/dev/null"):
+        assert stat.S_ISCHR(os.stat(node).st_mode), f"the host's {node} was replaced"
+    result = await manager.exec(sid, CommandSpec(shell="head -c 3 /dev/urandom | wc -c"))
+    assert result.ok and result.stdout.strip() == b"3"
+    await manager.destroy(sid)
+    assert not env.leaks()
