@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ from typing import Any, TextIO
 from wrennd import config
 from wrennd.cli.commands import COMMANDS, Command
 from wrennd.cli.exits import Exit, exit_for_code
-from wrennd.cli.render import Render, render_kv
+from wrennd.cli.render import Render, render_kv, write_bytes
 from wrennd.rpc.client import Client, ClientError, DaemonNotRunning, PermissionDenied, RemoteError
 
 
@@ -37,9 +38,9 @@ class Progress:
 
     def __call__(self, method: str, params: dict[str, Any]) -> None:
         if method == "stream":
+            # Output is base64 (byte-exact): written to the matching stream as raw bytes.
             target = self.err if params.get("stream") == "stderr" else self.out
-            target.write(str(params.get("data", "")))
-            target.flush()
+            write_bytes(target, base64.b64decode(str(params.get("data", ""))))
         elif method == "progress":
             self._draw(params)
 

@@ -59,14 +59,19 @@ def render_methods(result: Any, out: TextIO) -> None:
     render_table(rows, out, header=("METHOD", "KIND", "MUTATING", "DESCRIPTION"))
 
 
-def render_file(result: Any, out: TextIO) -> None:
-    data = base64.b64decode(result["data"])
+def write_bytes(out: TextIO, data: bytes) -> None:
+    """Bytes to a text stream: raw when it has a binary buffer (a real file or terminal)."""
     if hasattr(out, "buffer"):
         out.flush()
         out.buffer.write(data)
         out.buffer.flush()
     else:
         out.write(data.decode("utf-8", "replace"))
+        out.flush()
+
+
+def render_file(result: Any, out: TextIO) -> None:
+    write_bytes(out, base64.b64decode(result["data"]))
 
 
 def render_sandboxes(result: Any, out: TextIO) -> None:

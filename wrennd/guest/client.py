@@ -20,6 +20,7 @@ import aiohttp
 
 from wrennd.guest import protocol as p
 from wrennd.guest.protocol import CommandSpec, Event, Exited, FileInfo, Output, ProcessInfo
+from wrennd.guest.session import GuestSession
 
 STREAM_CHUNK = 256 * 1024
 
@@ -256,6 +257,17 @@ class GuestClient:
             raise AgentUnavailable("exec stream ended without an exit event")
         stdout, stderr = b"".join(out["stdout"]), b"".join(out["stderr"])
         return ExecResult(pid, stdout, stderr, exit_.code, exit_.signal, exit_.timed_out)
+
+    async def session(
+        self, spec: CommandSpec, *, pty: bool = False, rows: int = 24, cols: int = 80
+    ) -> GuestSession:
+        """An interactive command: stdin streamed in, optionally on a terminal."""
+        url = self.base_url + "/exec/session"
+        try:
+            opening = GuestSession.open(self._session, url, spec, pty=pty, rows=rows, cols=cols)
+            return await asyncio.wait_for(opening, self.timeout.total)
+        except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+            raise AgentUnavailable(f"GET /exec/session: {exc!r}") from exc
 
     async def start(self, spec: CommandSpec) -> ProcessInfo:
         obj = await self._call("POST", "/processes", idempotent=False, json=spec.to_json())

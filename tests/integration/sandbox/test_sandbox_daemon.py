@@ -105,11 +105,20 @@ async def test_api_end_to_end(client: Client, place: Any) -> None:
     created = await client.call("sandbox.create", {"image": "base", "memory_mib": 64})
     sid = created["id"]
     got = await client.call("sandbox.exec", {"id": sid, "shell": "echo hi; exit 3"})
-    assert (got["stdout"], got["code"]) == ("hi\n", 3)
+    assert (base64.b64decode(got["stdout"]), got["code"]) == (b"hi\n", 3)
+    raw = await client.call("sandbox.exec", {"id": sid, "argv": ["printf", "\\000\\377"]})
+    assert base64.b64decode(raw["stdout"]) == b"\x00\xff" and raw["encoding"] == "base64"
+    text = await client.call("sandbox.exec", {"id": sid, "shell": "echo hi", "encoding": "text"})
+    assert text["stdout"] == "hi\n"
     chunks: list[dict[str, Any]] = []
     streamed = await client.call(
         "sandbox.exec",
-        {"id": sid, "argv": ["sh", "-c", "echo one; echo two >&2"], "stream": True},
+        {
+            "id": sid,
+            "argv": ["sh", "-c", "echo one; echo two >&2"],
+            "stream": True,
+            "encoding": "text",
+        },
         on_notification=lambda m, p: chunks.append(p),
     )
     assert streamed["code"] == 0
