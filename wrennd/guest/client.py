@@ -179,13 +179,21 @@ class GuestClient:
     ) -> None:
         await self.close()
 
-    async def _call(self, method: str, path: str, *, idempotent: bool, **kw: Any) -> Any:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        http_timeout: aiohttp.ClientTimeout | None = None,
+        **kw: Any,
+    ) -> Any:
         """One JSON request; connection failures of idempotent calls are retried."""
         attempts = self.retries + 1 if idempotent else 1
         for attempt in range(attempts):
             try:
                 async with self._session.request(
-                    method, self.base_url + path, timeout=self.timeout, **kw
+                    method, self.base_url + path, timeout=http_timeout or self.timeout, **kw
                 ) as resp:
                     await _raise_for(resp)
                     return await resp.json()
@@ -322,7 +330,11 @@ class GuestClient:
         for key, num in (("uid", uid), ("gid", gid)):
             if num is not None:
                 params[key] = str(num)
-        obj = await self._call("PUT", "/files", idempotent=False, params=params, data=data)
+        # A streamed body takes as long as its source: no total deadline, only on connecting.
+        timeout = self.timeout if isinstance(data, bytes) else self.stream_timeout
+        obj = await self._call(
+            "PUT", "/files", idempotent=False, http_timeout=timeout, params=params, data=data
+        )
         return FileInfo.from_json(obj)
 
     async def stat(self, path: str) -> FileInfo:

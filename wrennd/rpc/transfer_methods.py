@@ -113,8 +113,14 @@ class Upload:
         return offset + len(data)
 
     def _check(self) -> None:
-        if self.failed is not None:
-            raise rpc.InvalidParams(f"transfer {self.token} failed: {self.failed}")
+        if self.failed is None:
+            return
+        task = self.task
+        if not self.by_client and task is not None and task.done() and not task.cancelled():
+            error = task.exception()
+            if isinstance(error, rpc.RpcError):
+                raise error  # the guest's own reason (no space, no such directory, ...)
+        raise rpc.InvalidParams(f"transfer {self.token} failed: {self.failed}")
 
     async def body(self) -> AsyncIterator[bytes]:
         """The bytes, in order, as the agent reads them."""
@@ -172,9 +178,10 @@ class Transfers:
             return info.to_json()
         except BaseException as e:
             await up.fail(str(e) or type(e).__name__, by_client=False)
+            # Kept a while so that chunk calls still in flight learn why.
+            asyncio.get_running_loop().call_later(IDLE_TIMEOUT_S, self.uploads.pop, up.token, None)
             raise
-        finally:
-            self.uploads.pop(up.token, None)
+        self.uploads.pop(up.token, None)
 
     async def _watch(self, up: Upload) -> None:
         assert up.task is not None
@@ -200,6 +207,8 @@ class Transfers:
             if up.by_client:
                 raise rpc.InvalidParams(f"transfer {up.token} failed: {up.failed}") from e
             raise
+        finally:
+            self.uploads.pop(up.token, None)
         return {**info, "sha256": digest, "size": up.accepted}
 
     async def abort(self, up: Upload) -> None:
@@ -207,6 +216,7 @@ class Transfers:
         assert up.task is not None
         with contextlib.suppress(Exception):
             await up.task
+        self.uploads.pop(up.token, None)
 
 
 async def download(service: SandboxService, ctx: CallContext, p: dict[str, Any]) -> Any:
