@@ -103,6 +103,7 @@ def _register_lifecycle(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("sandbox.create", params=CREATE, kind=life, mutating=True)
     async def create(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Boot a sandbox from an image, or clone one from a template (progress: stages)."""
         with _translated():
             sb = await lifecycle.create(
                 p.get("image"),
@@ -118,22 +119,26 @@ def _register_lifecycle(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("sandbox.pause", params=BY_ID, kind=life, mutating=True)
     async def pause(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Snapshot a running sandbox to disk and stop its VM (progress: stages)."""
         with _translated():
             return views.sandbox(service, await lifecycle.pause(p["id"], _progress(ctx)))
 
     @methods.register("sandbox.resume", params=BY_ID, kind=life, mutating=True)
     async def resume(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Start a paused sandbox from its snapshot, memory paged in lazily (progress)."""
         with _translated():
             return views.sandbox(service, await lifecycle.resume(p["id"], _progress(ctx)))
 
     @methods.register("sandbox.destroy", params=BY_ID, kind=life, mutating=True)
     async def destroy(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Stop a sandbox and remove everything it has."""
         with _translated():
             await lifecycle.destroy(p["id"])
         return {"id": p["id"], "destroyed": True}
 
     @methods.register("sandbox.set_timeout", params=SET_TIMEOUT, mutating=True)
     async def set_timeout(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Set (seconds from now) or clear (null) the sandbox's timeout."""
         with _translated():
             return views.sandbox(service, await lifecycle.set_timeout(p["id"], p["timeout_s"]))
 
@@ -141,18 +146,21 @@ def _register_lifecycle(methods: MethodTable, service: SandboxService) -> None:
 def _register_queries(methods: MethodTable, service: SandboxService) -> None:
     @methods.register("sandbox.get", params=BY_ID)
     async def get(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """One sandbox, with its host resource usage."""
         with _translated():
             sb = service.registry.get(p["id"])
             return {**views.sandbox(service, sb), "usage": await service.usage(sb)}
 
     @methods.register("sandbox.list", params=LIST)
     async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Every sandbox (optionally in one state, or with matching metadata), oldest first."""
         return {"sandboxes": views.sandboxes(service, p.get("state"), p.get("metadata"))}
 
 
 def _register_files(methods: MethodTable, service: SandboxService) -> None:
     @methods.register("sandbox.files.read", params=FILE)
     async def read(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """A small file's bytes in one answer (base64; over 2 MiB: use sandbox.files.download)."""
         with _translated():
             async with service.guest(p["id"]) as guest:
                 data = await _read_small(guest, p["path"])
@@ -160,6 +168,7 @@ def _register_files(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("sandbox.files.write", params=WRITE, mutating=True)
     async def write(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Replace a small file with base64 data in one call (any size: sandbox.files.upload)."""
         data = _b64(p["data"], "data")
         with _translated():
             async with service.guest(p["id"]) as guest:
@@ -168,12 +177,14 @@ def _register_files(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("sandbox.files.stat", params=FILE)
     async def stat(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """A guest path's lstat."""
         with _translated():
             async with service.guest(p["id"]) as guest:
                 return (await guest.stat(p["path"])).to_json()
 
     @methods.register("sandbox.files.list", params=FILE)
     async def list_dir(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """A guest directory's entries, sorted by name."""
         with _translated():
             async with service.guest(p["id"]) as guest:
                 entries = await guest.list_dir(p["path"])
@@ -181,6 +192,7 @@ def _register_files(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("sandbox.files.mkdir", params=MKDIR, mutating=True)
     async def mkdir(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Make a guest directory (with parents by default); created is false if it existed."""
         with _translated():
             async with service.guest(p["id"]) as guest:
                 created = await guest.mkdir(p["path"], parents=p.get("parents", True))
@@ -188,6 +200,7 @@ def _register_files(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("sandbox.files.remove", params=REMOVE, mutating=True)
     async def remove(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Remove a guest file, or a directory tree with recursive."""
         with _translated():
             async with service.guest(p["id"]) as guest:
                 await guest.remove(p["path"], recursive=p.get("recursive", False))
@@ -212,24 +225,28 @@ def _register_templates(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("template.create", params=TEMPLATE_CREATE, kind=Kind.LIFECYCLE, mutating=True)
     async def create(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Freeze a running or paused sandbox into a named template (progress: stages)."""
         with _translated():
             meta = await catalog.create(p["sandbox_id"], p["name"], _progress(ctx))
         return views.template(meta, [])
 
     @methods.register("template.get", params=BY_NAME)
     async def get(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """One template and the sandboxes cloned from it."""
         with _translated():
             meta = await catalog.get(p["name"])
         return views.template(meta, catalog.users(meta.name))
 
     @methods.register("template.list")
     async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Every template."""
         with _translated():
             metas = await catalog.all()
         return {"templates": [views.template(m, catalog.users(m.name)) for m in metas]}
 
     @methods.register("template.delete", params=BY_NAME, kind=Kind.LIFECYCLE, mutating=True)
     async def delete(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Delete a template no sandbox uses."""
         with _translated():
             await catalog.delete(p["name"])
         return {"name": p["name"], "deleted": True}
@@ -240,18 +257,21 @@ def _register_images(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("image.register", params=IMAGE_REGISTER, kind=Kind.LIFECYCLE, mutating=True)
     async def register_(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Register an ext4 file of this host as a base image."""
         with _translated():
             made = await catalog.register(p["name"], Path(p["path"]))
         return views.image(made, [])
 
     @methods.register("image.list")
     async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Every registered image and the sandboxes made from it."""
         with _translated():
             found = await catalog.all()
         return {"images": [views.image(i, catalog.users(i.name)) for i in found]}
 
     @methods.register("image.delete", params=BY_NAME, kind=Kind.LIFECYCLE, mutating=True)
     async def delete(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Delete an image no sandbox uses."""
         with _translated():
             await catalog.delete(p["name"])
         return {"name": p["name"], "deleted": True}
@@ -262,6 +282,7 @@ def _register_processes(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("sandbox.process.start", params=PROCESS_START, mutating=True)
     async def start(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Start a background process in the guest; it outlives this call."""
         spec = _spec(p)
         with _translated():
             async with service.guest(p["id"]) as guest:
@@ -269,18 +290,21 @@ def _register_processes(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("sandbox.process.list", params=BY_ID)
     async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """The sandbox's background processes."""
         with _translated():
             async with service.guest(p["id"]) as guest:
                 return {"processes": [x.to_json() for x in await guest.processes()]}
 
     @methods.register("sandbox.process.get", params=PROCESS)
     async def get(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """One background process."""
         with _translated():
             async with service.guest(p["id"]) as guest:
                 return (await guest.process(p["process"])).to_json()
 
     @methods.register("sandbox.process.signal", params=SIGNAL, mutating=True)
     async def signal(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Send a signal to a background process (its process group by default)."""
         with _translated():
             async with service.guest(p["id"]) as guest:
                 await guest.signal(p["process"], p.get("signal", 15), p.get("group", True))
