@@ -150,6 +150,8 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         await client.close()
     if args.json or (command is None and not isinstance(result, dict | list)):
         out.write(json.dumps(result, indent=2) + "\n")
+    elif getattr(args, "quiet", False) and isinstance(result, dict):
+        out.write(f"{result['id']}\n")
     else:
         render(result, out)
     if command is not None and command.exit_status is not None:

@@ -74,6 +74,11 @@ def _create_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, help="seconds until the timeout action (ttl_action)")
     p.add_argument("--env", action="append", metavar="KEY=VALUE")
     p.add_argument("--meta", action="append", metavar="KEY=VALUE")
+    _quiet_arg(p)
+
+
+def _quiet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the new sandbox's id")
 
 
 def _create_params(a: argparse.Namespace) -> dict[str, Any]:
@@ -224,6 +229,7 @@ def _clone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("template", help="template name")
     p.add_argument("--timeout", type=float, help="seconds until the timeout action")
     p.add_argument("--meta", action="append", metavar="KEY=VALUE")
+    _quiet_arg(p)
 
 
 def _clone_params(a: argparse.Namespace) -> dict[str, Any]:
