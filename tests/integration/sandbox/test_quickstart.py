@@ -110,9 +110,12 @@ def test_readme_quick_start_on_a_fresh_clone(place: Any, tmp_path: Path) -> None
             outputs[current].append(line)
     try:
         assert done.returncode == 0, f"step {current} failed: {done.stderr[-3000:]}"
+        wrong = []
         for i, (command, expected) in enumerate(steps):
             want, got = normalize(expected), normalize(outputs.get(i, []))
-            assert matches(want, got), f"$ {command}\nREADME:\n{want}\nprinted:\n{got}"
+            if not matches(want, got):
+                wrong.append(f"$ {command}\nREADME:\n{want}\nprinted:\n{outputs.get(i)}")
+        assert not wrong, "\n\n".join(wrong)
     finally:
         if pid is not None:  # the quick start's daemon: SIGTERM pauses its sandboxes, then exits
             os.kill(pid, signal.SIGTERM)
