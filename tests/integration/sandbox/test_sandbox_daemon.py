@@ -319,18 +319,18 @@ async def test_background_processes(client: Client) -> None:
     proc = started["id"]
     listed = (await client.call("sandbox.process.list", {"id": sid}))["processes"]
     assert [p["id"] for p in listed if p["running"]] == [proc]
-    chunks: list[str] = []
+    chunks: list[bytes] = []
     for _ in range(50):
         chunks.clear()
         await client.call(
             "sandbox.process.output",
             {"id": sid, "process": proc},
-            on_notification=lambda m, p: chunks.append(p["data"]),
+            on_notification=lambda m, p: chunks.append(base64.b64decode(p["data"])),
         )
-        if "".join(chunks):
+        if b"".join(chunks):
             break
         await asyncio.sleep(0.1)
-    assert "".join(chunks) == "started\n"
+    assert b"".join(chunks) == b"started\n"  # output is bytes, base64 on the wire
     await client.call("sandbox.process.signal", {"id": sid, "process": proc, "signal": 15})
     for _ in range(50):
         got = await client.call("sandbox.process.get", {"id": sid, "process": proc})
