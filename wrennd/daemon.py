@@ -36,6 +36,7 @@ from wrennd.rpc.server import Limits, RpcServer
 from wrennd.sandbox.service import SandboxService
 from wrennd.storage.errors import StorageError
 from wrennd.systemd import Notifier, watchdog_interval
+from wrennd.web.server import WebConsole
 
 logger = logging.getLogger("wrennd.daemon")
 # Exit status for a configuration error: the unit's RestartPreventExitStatus.
@@ -232,6 +233,10 @@ def wire(daemon: Daemon) -> None:
     daemon.info.add("storage", lambda: {"configured": settings.storage_backend, "backend": chosen})
     daemon.on_startup("sandbox recovery", sandboxes.start)
     daemon.on_shutdown("pause all sandboxes", sandboxes.shutdown)
+    if settings.http_address is not None:
+        console = WebConsole(settings, daemon.server, sandboxes, daemon.lag)
+        daemon.on_startup("http console", console.start)
+        daemon.on_shutdown("http console", lambda _: console.stop())
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
