@@ -73,7 +73,8 @@ class Guard:
         auth = request.headers.get(hdrs.AUTHORIZATION, "")
         if auth.lower().startswith("bearer "):
             return auth[7:].strip(), False
-        return request.cookies.get(COOKIE), True
+        cookie = request.cookies.get(COOKIE)
+        return cookie, cookie is not None
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -86,7 +87,7 @@ class Guard:
         if changing and not self._same_origin(request, required=by_cookie):
             raise web.HTTPForbidden(text="cross-origin request refused\n")
         if request.path == "/test" and "token" in request.query:
-            return self._login(request)
+            self._login(request)
         if not self._token_ok(presented):
             raise web.HTTPUnauthorized(
                 text="a valid token is required (run_dir/http.token)\n",
@@ -100,13 +101,13 @@ class Guard:
             return not required
         return origin == f"{request.scheme}://{request.host}"
 
-    def _login(self, request: web.Request) -> web.StreamResponse:
+    def _login(self, request: web.Request) -> None:
         """``?token=`` once: swap it for the cookie, and drop it from the address bar."""
         if not self._token_ok(request.query["token"]):
             raise web.HTTPUnauthorized(text="wrong or old token\n")
         response = web.HTTPSeeOther(location="/test")
         response.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict", path="/")
-        return response
+        raise response
 
 
 def _is_upgrade(request: web.Request) -> bool:

@@ -267,6 +267,9 @@ def test_console_page_drives_a_sandbox_lifecycle(
     page.until("#activity[data-done='sandbox.resume']")
     assert "load" in [li.get_attribute("data-stage") for li in page.all("#activity-stages li")]
     page.until("#faults dd[data-fact='p99']")
+    page.click("#exec-run")  # the resumed sandbox runs commands again
+    page.until("#exec-status", "exit code 3")
+    assert "line3" in page.find("#exec-out").text
     page.shot("console-1280x800")
 
     page.fill("#template-name", "tpl-web")
