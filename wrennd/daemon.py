@@ -36,6 +36,7 @@ from wrennd.rpc.server import Limits, RpcServer
 from wrennd.sandbox.service import SandboxService
 from wrennd.storage.errors import StorageError
 from wrennd.systemd import Notifier, watchdog_interval
+from wrennd.vm.kernel import describe as describe_kernel
 from wrennd.web.server import WebConsole
 
 logger = logging.getLogger("wrennd.daemon")
@@ -231,6 +232,8 @@ def wire(daemon: Daemon) -> None:
     daemon.stats.add("uffd", lambda: views.uffd_totals(sandboxes))
     chosen = sandboxes.storage.backend.name
     daemon.info.add("storage", lambda: {"configured": settings.storage_backend, "backend": chosen})
+    kernel_facts = describe_kernel(settings.kernel_path)  # where make kernel got it; read once
+    daemon.info.add("kernel", lambda: kernel_facts)
     daemon.on_startup("sandbox recovery", sandboxes.start)
     daemon.on_shutdown("pause all sandboxes", sandboxes.shutdown)
     if settings.http_address is not None:

@@ -27,6 +27,7 @@ from wrennd.snapshot import delete_snapshot, open_snapshot
 from wrennd.uffd.server import SnapshotMemory, UffdServer
 from wrennd.vm.api import MemBackend
 from wrennd.vm.errors import VmmError
+from wrennd.vm.kernel import initrd_path
 from wrennd.vm.launcher import FirecrackerArgs
 from wrennd.vm.vmm import Vmm
 
@@ -74,7 +75,10 @@ async def boot(
             lambda: c.put_machine_config(record.vcpus, record.memory_mib, track_dirty_pages=True)
         )
         args = boot_args(record, live.net.kernel_ip_arg)
-        await vmm.checked(lambda: c.put_boot_source(str(cfg.kernel), args))
+        # A kernel made from Debian's package boots through its own initrd (vm.kernel).
+        initrd = initrd_path(cfg.kernel)
+        initrd_arg = None if initrd is None else str(initrd)
+        await vmm.checked(lambda: c.put_boot_source(str(cfg.kernel), args, initrd_arg))
         await vmm.checked(lambda: c.put_drive(ROOT_DRIVE, str(drive), is_root_device=True))
         await vmm.checked(lambda: c.put_network_interface(GUEST_IFACE, tap))
         await vmm.checked(c.start)
