@@ -146,37 +146,74 @@ async function lifecycle(method, params, label, sandboxId) {
 }
 
 // --- rendering ------------------------------------------------------------------------
+// Rows are kept and updated in place: a row rebuilt under the pointer would swallow a click.
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+// Keep tbody's rows in the order of `items`, made by `make(item)` once per key.
+function syncRows(tbody, items, key, make) {
+  const rows = new Map([...tbody.children].map((r) => [r.dataset.key, r]));
+  const wanted = items.map((item) => {
+    const k = key(item);
+    let row = rows.get(k);
+    if (!row) { row = make(item); row.dataset.key = k; }
+    rows.delete(k);
+    return [row, item];
+  });
+  for (const row of rows.values()) row.remove();
+  wanted.forEach(([row], i) => { if (tbody.children[i] !== row) tbody.insertBefore(row, tbody.children[i] || null); });
+  return wanted;
+}
+
+const SANDBOX_CELLS = ["id", "state", "from", "vcpus", "memory", "disk", "uptime", "ttl", "t-pause", "t-resume",
+  "actions"];
+
+function sandboxRow(sb) {
+  const row = el("tr", { "data-id": sb.id, onclick: () => select(row.dataset.id) },
+    ...SANDBOX_CELLS.map((c) => el("td", { class: c === "t-pause" || c === "t-resume" ? c : `c-${c}` })));
+  row.cells[0].append(el("code", {}, sb.id));
+  row.cells[1].append(el("span", { class: "state" }));
+  row.cells[10].className = "actions";
+  return row;
+}
+
+function actionButtons(row, sb) {
+  const act = (name, cls) => el("button", {
+    type: "button", class: `${cls || ""} act-${name}`, "data-action": name,
+    onclick: (ev) => { ev.stopPropagation(); actions[name](state.sandboxes.find((s) => s.id === sb.id) || sb); },
+  }, name);
+  const buttons = [];
+  if (sb.state === "running") buttons.push(act("pause"));
+  if (sb.state === "paused") buttons.push(act("resume"));
+  buttons.push(act("destroy", "danger"));
+  row.cells[10].replaceChildren(...buttons);
+}
+
 function renderSandboxes() {
-  const tbody = $("#sandboxes tbody");
   const now = Date.now() / 1000;
-  $("#sandbox-count").textContent = `(${state.sandboxes.length})`;
-  tbody.replaceChildren(...state.sandboxes.map((sb) => {
+  setText($("#sandbox-count"), `(${state.sandboxes.length})`);
+  const rows = syncRows($("#sandboxes tbody"), state.sandboxes, (sb) => sb.id, sandboxRow);
+  for (const [row, sb] of rows) {
     const usage = state.usage[sb.id] || {};
     const t = state.timings[sb.id] || {};
     const ttl = sb.expires_at ? Math.max(0, sb.expires_at - now) : null;
-    const act = (name, method, cls) => el("button", {
-      type: "button", class: `${cls || ""} act-${name}`, "data-action": name,
-      onclick: (ev) => { ev.stopPropagation(); actions[name](sb); },
-    }, name);
-    const buttons = [];
-    if (sb.state === "running") buttons.push(act("pause"));
-    if (sb.state === "paused") buttons.push(act("resume"));
-    buttons.push(act("destroy", null, "danger"));
-    const row = el("tr", { "data-id": sb.id, "data-state": sb.state,
-      class: sb.id === state.selected ? "selected" : "", onclick: () => select(sb.id) },
-      el("td", {}, el("code", {}, sb.id)),
-      el("td", {}, el("span", { class: `state ${sb.state}` }, sb.state)),
-      el("td", {}, sb.template ? `template ${sb.template}` : sb.image || "–"),
-      el("td", {}, String(sb.vcpus)),
-      el("td", {}, `${sb.memory_mib} MiB`),
-      el("td", {}, bytes(usage.disk_bytes)),
-      el("td", {}, sb.state === "running" ? duration(now - sb.updated_at) : "–"),
-      el("td", {}, ttl === null ? "none" : duration(ttl)),
-      el("td", { class: "t-pause" }, duration(t["sandbox.pause"])),
-      el("td", { class: "t-resume" }, duration(t["sandbox.resume"])),
-      el("td", { class: "actions" }, ...buttons));
-    return row;
-  }));
+    if (row.dataset.state !== sb.state) {
+      row.dataset.state = sb.state;
+      row.cells[1].firstChild.className = `state ${sb.state}`;
+      setText(row.cells[1].firstChild, sb.state);
+      actionButtons(row, sb);
+    }
+    row.classList.toggle("selected", sb.id === state.selected);
+    setText(row.cells[2], sb.template ? `template ${sb.template}` : sb.image || "–");
+    setText(row.cells[3], String(sb.vcpus));
+    setText(row.cells[4], `${sb.memory_mib} MiB`);
+    setText(row.cells[5], bytes(usage.disk_bytes));
+    setText(row.cells[6], sb.state === "running" ? duration(now - sb.updated_at) : "–");
+    setText(row.cells[7], ttl === null ? "none" : duration(ttl));
+    setText(row.cells[8], duration(t["sandbox.pause"]));
+    setText(row.cells[9], duration(t["sandbox.resume"]));
+  }
   renderDetail();
 }
 
@@ -184,23 +221,34 @@ function renderDetail() {
   const sb = state.sandboxes.find((s) => s.id === state.selected);
   $("#detail").hidden = !sb;
   if (!sb) return;
-  $("#detail-id").textContent = sb.id;
-  $("#detail-state").textContent = sb.state;
+  setText($("#detail-id"), sb.id);
+  setText($("#detail-state"), sb.state);
   $("#detail-state").className = `state ${sb.state}`;
   const f = sb.faults;
   const facts = f ? [["faults", f.faults], ["p50", nanos(f.fault_p50_ns)], ["p99", nanos(f.fault_p99_ns)],
     ["max", nanos(f.fault_max_ns)], ["pages copied", f.pages_copied], ["pages zeroed", f.pages_zeroed],
     ["pages prefetched", f.pages_prefetched]] : [["faults", "no engine (booted, or not running)"]];
-  $("#faults").replaceChildren(...facts.flatMap(([k, v]) =>
-    [el("dt", {}, k), el("dd", { "data-fact": k }, String(v))]));
+  const sig = facts.map(([k]) => k).join();
+  if ($("#faults").dataset.keys !== sig) {
+    $("#faults").dataset.keys = sig;
+    $("#faults").replaceChildren(...facts.flatMap(([k]) => [el("dt", {}, k), el("dd", { "data-fact": k })]));
+  }
+  facts.forEach(([k, v], i) => setText($("#faults").children[2 * i + 1], String(v)));
   const hist = (f && f.histogram) || [];
   const top = Math.max(1, ...hist.map((b) => b.count));
-  $("#fault-hist").replaceChildren(...hist.map((b, i) => el("div",
-    { style: `height:${Math.round((100 * b.count) / top)}%`, title: `≤ ${nanos(b.le_ns)}: ${b.count}` },
-    i % 3 === 0 ? el("span", {}, nanos(b.le_ns)) : "")));
+  $("#fault-hist").replaceChildren(...hist.map((b, i) => {
+    const bar = el("div", { title: `≤ ${nanos(b.le_ns)}: ${b.count}`, "data-count": b.count },
+      i % 3 === 0 ? el("span", {}, nanos(b.le_ns)) : "");
+    bar.style.height = `${Math.round((100 * b.count) / top)}%`;  // CSSOM: the CSP allows no inline style
+    return bar;
+  }));
 }
 
+let shownTemplates = "";
 function renderTemplates() {
+  const sig = JSON.stringify(state.templates);
+  if (sig === shownTemplates) return;
+  shownTemplates = sig;
   $("#templates tbody").replaceChildren(...state.templates.map((t) => el("tr", { "data-name": t.name },
     el("td", {}, t.name), el("td", {}, t.image || "–"), el("td", {}, String(t.vcpus)),
     el("td", {}, `${t.memory_mib} MiB`), el("td", {}, String(t.sandboxes.length)),
@@ -210,7 +258,11 @@ function renderTemplates() {
         "delete")))));
 }
 
+let shownImages = "";
 function renderImages() {
+  const sig = JSON.stringify([state.images, state.templates.map((t) => t.name)]);
+  if (sig === shownImages) return;
+  shownImages = sig;
   $("#images tbody").replaceChildren(...state.images.map((i) => el("tr", { "data-name": i.name },
     el("td", {}, i.name), el("td", {}, bytes(i.size_bytes)), el("td", {}, bytes(i.allocated_bytes)),
     el("td", {}, String(i.used_by.length)))));
