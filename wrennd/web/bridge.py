@@ -12,10 +12,10 @@ Notifications (progress, exec output) reach WebSocket clients only.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from wrennd.rpc import dispatch, protocol
 from wrennd.rpc.connection import peer_credentials
@@ -25,6 +25,7 @@ from wrennd.rpc.protocol import RequestId
 from wrennd.rpc.server import RpcServer
 
 JSON = "application/json"
+Alive = Callable[[], bool]
 
 
 class Channel:
@@ -53,12 +54,15 @@ class Channel:
 class HttpContext:
     """The CallContext of a call that came over HTTP; no channel for a POST."""
 
-    __slots__ = ("_call", "_channel", "_peer", "kind")
+    __slots__ = ("_alive", "_call", "_channel", "_peer", "kind")
 
-    def __init__(self, call: dispatch.Call, peer: PeerCred, channel: Channel | None) -> None:
+    def __init__(
+        self, call: dispatch.Call, peer: PeerCred, channel: Channel | None, alive: Alive
+    ) -> None:
         self._call = call
         self._peer = peer
         self._channel = channel
+        self._alive = alive
         self.kind = call.method.kind
 
     @property
@@ -79,7 +83,7 @@ class HttpContext:
 
     @property
     def connected(self) -> bool:
-        return self._channel is not None and self._channel.open
+        return self._alive()
 
     async def notify(self, method: str, params: dict[str, Any]) -> bool:
         channel = self._channel
@@ -99,6 +103,12 @@ class Bridge:
     def __init__(self, server: RpcServer) -> None:
         self.server = server
         self.limits = server.limits
+        self.sockets: set[web.WebSocketResponse] = set()
+
+    async def close_sockets(self) -> None:
+        """Close every WebSocket (at stop): an open page must not hold the daemon up."""
+        for ws in list(self.sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"wrennd is stopping")
 
     def _error(self, error: RpcError, request_id: RequestId = None) -> bytes:
         self.server.counters["errors"] += 1
@@ -112,7 +122,9 @@ class Bridge:
         self.server.own_read(task)
         return await task
 
-    async def _message(self, raw: bytes, peer: PeerCred, channel: Channel | None) -> bytes | None:
+    async def _message(
+        self, raw: bytes, peer: PeerCred, channel: Channel | None, alive: Alive
+    ) -> bytes | None:
         """One framed message (a call or a batch): its encoded answer, or None."""
         try:
             message = protocol.decode(raw)
@@ -128,7 +140,7 @@ class Bridge:
         for item in items:
             call = dispatch.prepare(self.server, item, peer)
             if isinstance(call, dispatch.Call):
-                pending.append(self._run(call, HttpContext(call, peer, channel)))
+                pending.append(self._run(call, HttpContext(call, peer, channel, alive)))
             elif call is not None:
                 pending.append(_ready(call))
         answers = [a for a in await asyncio.gather(*pending) if a is not None]
@@ -145,7 +157,12 @@ class Bridge:
             error = MessageTooLarge(max_bytes=self.limits.max_message_bytes)
             self.server.counters["messages_too_large"] += 1
             return web.Response(body=self._error(error), content_type=JSON)
-        answer = await self._message(raw, _peer(request), None)
+        transport = request.transport
+
+        def alive() -> bool:  # the client still waits for this POST's answer
+            return transport is not None and not transport.is_closing()
+
+        answer = await self._message(raw, _peer(request), None, alive)
         if answer is None:
             return web.Response(status=204)
         return web.Response(body=answer, content_type=JSON)
@@ -153,6 +170,7 @@ class Bridge:
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=self.limits.max_message_bytes, heartbeat=30)
         await ws.prepare(request)
+        self.sockets.add(ws)
         peer = _peer(request)
         channel = Channel(ws, request, self.limits.write_high_water)
         gate = asyncio.Semaphore(self.limits.max_inflight)
@@ -160,7 +178,7 @@ class Bridge:
 
         async def one(raw: bytes) -> None:
             try:
-                answer = await self._message(raw, peer, channel)
+                answer = await self._message(raw, peer, channel, lambda: channel.open)
                 if answer is not None:
                     await channel.send(answer)
             finally:
@@ -176,6 +194,7 @@ class Bridge:
                 running.add(task)
                 task.add_done_callback(running.discard)
         finally:
+            self.sockets.discard(ws)
             for task in running:
                 task.cancel()  # read work ends with its client; lifecycle work is shielded
         return ws

@@ -27,6 +27,8 @@ STATIC = {
     "console.js": "text/javascript",
     "console.css": "text/css",
 }
+# Seconds requests still running at stop get to finish (the daemon's calls ended before).
+STOP_GRACE = 2.0
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 # Pages send no referrer and may not be framed; scripts only from here.
 SECURITY_HEADERS = {
@@ -75,7 +77,9 @@ class WebConsole:
 
     async def start(self) -> None:
         token = write_token(self.token_path, self.settings.socket_group)
-        runner = web.AppRunner(self.app(token), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.app(token), access_log=None, handle_signals=False, shutdown_timeout=STOP_GRACE
+        )
         await runner.setup()
         a = self.address
         site: web.BaseSite
@@ -97,6 +101,7 @@ class WebConsole:
     async def stop(self) -> None:
         self.token_path.unlink(missing_ok=True)
         if self._runner is not None:
+            await self.bridge.close_sockets()
             await self._runner.cleanup()
             self._runner = None
         if self.address.path is not None:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -157,6 +158,17 @@ async def test_metrics_after_create_pause_resume(console: Console, place: Any) -
     assert "wrennd_template_disk_bytes" in families
     await c.call("sandbox.destroy", {"id": sid})
     await c.close()
+    # An open page (a WebSocket) does not hold the daemon's stop up.
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {console.token}"}) as http,
+        http.ws_connect(f"{console.url}/rpc") as ws,
+    ):
+        await ws.send_json({"jsonrpc": "2.0", "id": 1, "method": "host.info"})
+        assert "result" in await ws.receive_json()
+        started = time.monotonic()
+        assert await asyncio.to_thread(console.stop) == 0
+        assert time.monotonic() - started < 10
+        assert (await ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
 
 
 # --- the page in a real browser ------------------------------------------------------
