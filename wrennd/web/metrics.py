@@ -26,6 +26,7 @@ from wrennd.metrics import LoopLag
 from wrennd.rpc.observe import CallRecord
 from wrennd.rpc.server import RpcServer
 from wrennd.sandbox import SandboxService
+from wrennd.sandbox.usage import allocated
 
 CATALOG_MAX_AGE = 15.0
 LAG_WINDOW_S = 60.0
@@ -40,21 +41,6 @@ class CatalogFacts:
     image_bytes: int = 0
     templates: int = 0
     template_bytes: int = 0
-
-
-def _allocated_under(path: Path) -> int:
-    """Allocated bytes of the files under ``path`` (hard links once); blocking."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for f in path.rglob("*") if path.is_dir() else ():
-        try:
-            st = f.lstat()
-        except FileNotFoundError:
-            continue
-        if (st.st_dev, st.st_ino) not in seen and not f.is_dir():
-            seen.add((st.st_dev, st.st_ino))
-            total += st.st_blocks * 512
-    return total
 
 
 class ConsoleMetrics:
@@ -117,7 +103,7 @@ class ConsoleMetrics:
     async def _refresh(self) -> None:
         images = await self.service.images.all()
         templates = await self.service.templates.all()
-        used = await asyncio.to_thread(_allocated_under, self.templates_dir)
+        used = await asyncio.to_thread(allocated, self.templates_dir)
         self.state.catalogs = CatalogFacts(
             images=len(images),
             image_bytes=sum(i.allocated_bytes for i in images),

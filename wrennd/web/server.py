@@ -7,8 +7,10 @@ from the package once, at start: no build step, nothing fetched from outside.
 
 from __future__ import annotations
 
+import grp
 import importlib.resources
 import logging
+import os
 from pathlib import Path
 
 from aiohttp import web
@@ -94,7 +96,7 @@ class WebConsole:
             self.token_path.unlink(missing_ok=True)
             raise
         if a.path is not None:
-            a.path.chmod(0o660)
+            _share_with_group(a.path, self.settings.socket_group)
         self._runner = runner
         log.info("console listening", extra=kv(listen=self.settings.http_listen))
 
@@ -125,6 +127,15 @@ class WebConsole:
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         body = await self.metrics.render()
         return web.Response(body=body, headers={"Content-Type": PROMETHEUS_TEXT})
+
+
+def _share_with_group(path: Path, group: str) -> None:
+    """A Unix-socket console is the API socket's peer: mode 0660, group ``socket_group``."""
+    path.chmod(0o660)
+    try:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+    except KeyError:
+        log.info("socket group does not exist; console socket stays root's", extra=kv(group=group))
 
 
 async def _secure(request: web.Request, response: web.StreamResponse) -> None:

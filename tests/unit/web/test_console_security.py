@@ -9,17 +9,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from wrennd import config, daemon
 from wrennd.config import HttpAddress
+from wrennd.metrics import LoopLag
 from wrennd.rpc.methods import CallContext, Kind, MethodTable
 from wrennd.rpc.observe import CallRecord
 from wrennd.rpc.server import Limits, RpcServer
 from wrennd.web.auth import COOKIE, Guard, write_token
 from wrennd.web.bridge import Bridge
+from wrennd.web.server import WebConsole
 
 ECHO = {"type": "object", "properties": {"x": {"type": "integer"}}, "additionalProperties": False}
 
@@ -168,3 +171,33 @@ def test_non_loopback_listen_is_refused_without_the_flag(
     monkeypatch.setenv("WRENND_HTTP_LISTEN", "192.0.2.1:8080")
     monkeypatch.setenv("WRENND_RUN_DIR", str(tmp_path))
     assert daemon.main([]) == daemon.EXIT_CONFIG
+
+
+async def test_console_on_a_unix_socket(tmp_path: Path) -> None:
+    sock = tmp_path / "http.sock"
+    settings = config.load(
+        env={
+            "WRENND_RUN_DIR": str(tmp_path),
+            "WRENND_STATE_DIR": str(tmp_path),
+            "WRENND_HTTP_LISTEN": f"unix:{sock}",
+            "WRENND_SOCKET_GROUP": "no-such-group",
+        }
+    )
+    server = make_server()
+    # The sandbox service is read only by /metrics, which this test does not scrape.
+    console = WebConsole(settings, server, service=None, lag=LoopLag())  # type: ignore[arg-type]
+    await console.start()
+    try:
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o660
+        token = settings.http_token_path.read_text().strip()
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s:
+            # Any Host over a Unix socket: only local processes reach it.
+            async with s.post("http://console/rpc", json=CALL, headers=bearer(token)) as r:
+                assert (await r.json())["result"] == {"x": 1}
+            async with s.post("http://console/rpc", json=CALL) as r:
+                assert r.status == 401
+            async with s.get("http://console/static/console.js", headers=bearer(token)) as r:
+                assert r.status == 200 and "new WebSocket" in await r.text()
+    finally:
+        await console.stop()
+    assert not sock.exists() and not settings.http_token_path.exists()
