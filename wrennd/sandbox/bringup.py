@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ from wrennd.log import kv
 from wrennd.network.errors import SlotsExhausted
 from wrennd.network.manager import NetworkManager
 from wrennd.network.slots import SlotAllocator
-from wrennd.sandbox import jail as jailed
 from wrennd.sandbox import templates
 from wrennd.sandbox.environment import Deps, HostConfig, Progress, SandboxPaths
 from wrennd.sandbox.errors import GuestFailed, NoCapacity, VmmFailed
@@ -63,9 +63,10 @@ async def make_jail(live: Live, cfg: HostConfig, rec: SandboxRecord) -> Jail | N
     return live.jail
 
 
-async def _place(jail: Jail, files: dict[str, Path], writable: frozenset[str]) -> None:
+async def _jailed(place: Callable[..., tuple[str, ...]], *files: Path | None) -> tuple[str, ...]:
+    """Place files in the jail (blocking); their jail paths."""
     try:
-        await asyncio.to_thread(jail.place, files, writable)
+        return await asyncio.to_thread(place, *files)
     except JailerError as e:
         raise VmmFailed(str(e)) from e
 
@@ -103,12 +104,10 @@ async def boot(
     initrd_arg = None if initrd is None else str(initrd)
     jail = await make_jail(live, cfg, record)
     if jail is not None:
-        placed = {jailed.KERNEL: cfg.kernel, jailed.ROOTFS: drive}
-        if initrd is not None:
-            placed[jailed.INITRD] = initrd
-        await _place(jail, placed, frozenset({jailed.ROOTFS}))
-        kernel_arg, drive_arg = jailed.KERNEL, jailed.ROOTFS
-        initrd_arg = None if initrd is None else jailed.INITRD
+        kernel_arg, initrd_jailed, drive_arg = await _jailed(
+            jail.boot_files, cfg.kernel, initrd, drive
+        )
+        initrd_arg = initrd_jailed or None
     vmm = await start_vmm(live, cfg, paths)
     c = vmm.client
     try:
@@ -148,10 +147,9 @@ async def restore(
     vmstate, uffd_socket, drive_arg = str(paths.vmstate), str(paths.uffd_socket), str(drive)
     jail = await make_jail(live, cfg, rec)
     if jail is not None:
-        placed = {jailed.VMSTATE: paths.vmstate, jailed.ROOTFS: drive}
-        await _place(jail, placed, frozenset(placed))
-        vmstate, drive_arg = jailed.VMSTATE, jailed.ROOTFS
-        uffd_socket = jail.path(paths.uffd_socket)
+        vmstate, uffd_socket, drive_arg = await _jailed(
+            jail.restore_files, paths.vmstate, drive, paths.uffd_socket
+        )
     paths.run.mkdir(parents=True, exist_ok=True)
     live.uffd = UffdServer(
         paths.uffd_socket, memory, batch_bytes=cfg.uffd_batch_bytes, prefetch=prefetch

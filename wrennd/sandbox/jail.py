@@ -128,6 +128,22 @@ class Jail:
     def place(self, files: dict[str, Path], writable: frozenset[str] = frozenset()) -> None:
         place_files(self.spec, files, writable)
 
+    def boot_files(self, kernel: Path, initrd: Path | None, drive: Path) -> tuple[str, ...]:
+        """Place what a boot opens; the jail paths of the kernel, the initrd ('' if none)
+        and the root drive, for the boot-source and drive requests."""
+        placed = {KERNEL: kernel, ROOTFS: drive}
+        if initrd is not None:
+            placed[INITRD] = initrd
+        self.place(placed, frozenset({ROOTFS}))
+        return KERNEL, "" if initrd is None else INITRD, ROOTFS
+
+    def restore_files(self, vmstate: Path, drive: Path, uffd_socket: Path) -> tuple[str, ...]:
+        """Place what a snapshot load opens (the vmstate, and the root drive at the path the
+        snapshot recorded); the jail paths of those and of the UFFD socket."""
+        placed = {VMSTATE: vmstate, ROOTFS: drive}
+        self.place(placed, frozenset(placed))
+        return VMSTATE, self.path(uffd_socket), ROOTFS
+
     def argv(self, args: FirecrackerArgs) -> list[str]:
         """The jailer's command line; it passes ``--id`` to the VMM itself."""
         files = args.files

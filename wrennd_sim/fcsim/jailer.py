@@ -47,6 +47,7 @@ from pathlib import Path
 
 import wrennd
 import wrennd_sim
+from wrennd_sim.fcsim import FIRECRACKER_VERSION
 
 ID_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
 CLONE_NEWNS = 0x00020000
@@ -297,7 +298,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, extra = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--version"]:
+        print(f"Jailer v{FIRECRACKER_VERSION} (fcsim-jailer)")
+        return
+    args, extra = parse_args(argv)
     try:
         run(args, extra)
     except (JailError, OSError) as e:
