@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,9 @@ async def jailed(place: Place) -> AsyncIterator[Env]:
         jail=jail,
     )
     network = NetworkManager(
-        naming=Naming(prefix=place.prefix, table=place.table), host_netns=place.bed.host_path
+        naming=Naming(prefix=place.prefix, table=place.table),
+        host_netns=place.bed.host_path,
+        tap_owner=UID,  # as SandboxService.from_settings does with use_jailer
     )
     storage = await open_storage("reflink", place.state_dir)
     try:
@@ -111,6 +114,11 @@ async def jailed(place: Place) -> AsyncIterator[Env]:
 def uids(pid: int) -> list[int]:
     line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x[:4] == "Uid:")
     return [int(u) for u in line.split()[1:]]
+
+
+def tap_owner(netns: str, tap: str) -> int:
+    argv = ["ip", "netns", "exec", netns, "cat", f"/sys/class/net/{tap}/owner"]
+    return int(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
 
 
 def alive(pid: int) -> bool:
@@ -152,6 +160,7 @@ async def test_jailed_create_exec_pause_resume_clone_destroy(jailed: Env) -> Non
     live = mgr.service.registry.get(sid).live
     assert live is not None and live.net is not None
     assert_jailed(info["vmm"]["pid"], jail, sid, live.net.netns_path, secret)
+    assert tap_owner(live.net.netns, live.net.tap) == UID, "the jailed VMM may attach to its TAP"
     rootfs = jail.root_of(sid) / "rootfs"
     assert rootfs.stat().st_uid == UID and rootfs.stat().st_nlink == 2, "hard-linked, jail-owned"
     result = await mgr.exec(sid, CommandSpec(shell="echo jailed"))
