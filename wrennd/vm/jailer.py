@@ -1,18 +1,15 @@
 """The Firecracker jailer: its command line and the chroot it expects.
 
 The jailer (shipped with Firecracker) creates
-``<chroot_base>/<exec file name>/<id>/root``, moves itself into the cgroups,
-network namespace and a new PID namespace given on its command line, drops to
-``uid``/``gid``, chroots there and execs Firecracker with the arguments after
-``--``. Every path Firecracker sees is then relative to that root: the kernel,
-the rootfs, the API socket, the log. So the daemon places the kernel and the
-rootfs in the chroot by hard link (no copy; the chroot base must be on the same
-filesystem as the state directory) and gives Firecracker jail paths.
-
-With ``--new-pid-ns`` the jailer forks Firecracker into the new namespace and
-exits after writing its pid to ``<root>/<exec file name>.pid``; the daemon
-then watches that pid (it is a PR_SET_CHILD_SUBREAPER of it) rather than the
-jailer's.
+``<chroot_base>/<exec file name>/<id>/root``, moves itself into the cgroups and
+network namespace given on its command line (and, with ``--new-pid-ns``, a new
+PID namespace), drops to ``uid``/``gid``, chroots there and execs Firecracker
+with the arguments after ``--``. Every path Firecracker sees is then relative
+to that root: the kernel, the rootfs, the API socket, the log. So the daemon
+places files in the chroot by hard link (no copy; the chroot base should be on
+the state directory's filesystem), else by bind mount, and gives Firecracker
+jail paths. Neither the jailer nor Firecracker removes a jail: ``remove_jail``
+does.
 """
 
 from __future__ import annotations
