@@ -74,3 +74,17 @@ def test_version_answers_like_the_jailer() -> None:
         check=True,
     ).stdout
     assert out.startswith("Jailer v") and "fcsim-jailer" in out
+
+
+def test_the_guest_helper_never_follows_a_drive_path_out_of_the_jail(tmp_path: Path) -> None:
+    from wrennd_sim.fcsim.guesthelper import in_chroot
+
+    chroot = tmp_path / "root"
+    chroot.mkdir()
+    (chroot / "rootfs").write_bytes(b"x")
+    assert in_chroot(chroot, "/rootfs") == str(chroot / "rootfs")
+    (tmp_path / "host-secret").write_bytes(b"y")
+    (chroot / "escape").symlink_to(tmp_path / "host-secret")  # what a jailed user could make
+    for path in ("/escape", "/../host-secret", "/run/../../host-secret"):
+        with pytest.raises(PermissionError, match="out of the jail"):
+            in_chroot(chroot, path)
