@@ -91,7 +91,11 @@ class Jail:
             )
         jail = cls(settings.spec(vm_id, netns, limits), root)
         jail.remove()  # a leftover of an earlier run of this sandbox
-        jail.prepare()
+        try:
+            jail.prepare()
+        except BaseException:
+            jail.remove()
+            raise
         return jail
 
     @property

@@ -9,6 +9,7 @@ pause, destroy or a daemon crash nothing of the jail is left.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from wrennd.guest.protocol import CommandSpec
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import Naming
 from wrennd.sandbox.environment import HostConfig, VmmChoice
+from wrennd.sandbox.errors import VmmFailed
 from wrennd.sandbox.jail import JailSettings
 from wrennd.storage.aio import open_storage
 from wrennd.vm import cgroup
@@ -86,8 +88,12 @@ def remove_parent_cgroup(jail: JailSettings) -> None:
 
 
 @pytest.fixture
-async def jailed(place: Place) -> AsyncIterator[Env]:
+async def jailed(place: Place, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    """The manager with use_jailer; ``parametrize("jailed", [exec file], indirect=True)``
+    gives the jailer another exec file."""
     jail = jail_settings(place)
+    if hasattr(request, "param"):
+        jail = dataclasses.replace(jail, exec_file=Path(request.param))
     cfg = HostConfig(
         state_dir=place.state_dir,
         run_dir=place.run_dir,
@@ -197,6 +203,15 @@ async def test_jailed_create_exec_pause_resume_clone_destroy(jailed: Env) -> Non
     for s in (clone["id"], sid):
         await mgr.destroy(s)
     await mgr.delete_template("jt")
+    assert jail_leftovers(jail) == []
+    assert jailed.leaks() == []
+
+
+@pytest.mark.parametrize("jailed", ["/nonexistent/firecracker"], indirect=True)
+async def test_a_failed_jailed_start_leaves_no_jail(jailed: Env) -> None:
+    with pytest.raises(VmmFailed, match="exec-file"):
+        await jailed.mgr.create("base", memory_mib=MEM_MIB)
+    jail = dataclasses.replace(jail_settings(jailed), exec_file=Path("/nonexistent/firecracker"))
     assert jail_leftovers(jail) == []
     assert jailed.leaks() == []
 
