@@ -58,6 +58,15 @@ def _pos_int(v: object) -> int:
     return i
 
 
+def _nonneg_int(v: object) -> int:
+    if isinstance(v, bool):
+        raise TypeError
+    i = int(v) if isinstance(v, str) else v
+    if not isinstance(i, int) or i < 0:
+        raise ValueError
+    return i
+
+
 def _bool(v: object) -> bool:
     if isinstance(v, bool):
         return v
@@ -131,6 +140,8 @@ class Settings:
     socket_group: str = _setting("wrennd", _str, "a group name")
     max_generations: int = _setting(10, _pos_int, "a positive integer")
     uffd_batch_bytes: int = _setting(64 * 1024, _pos_int, "a positive integer (bytes)")
+    # 0: the sandbox's memory size (the map never exceeds what was resident at the pause)
+    prefetch_max_bytes: int = _setting(0, _nonneg_int, "0 or a positive integer (bytes)")
     storage_backend: str = _setting(
         "auto", _choice(*STORAGE_BACKENDS), f"one of {', '.join(STORAGE_BACKENDS)}"
     )

@@ -15,12 +15,16 @@ def test_defaults_and_derived_paths() -> None:
     assert s.kernel_path == Path("/var/lib/wrennd/kernels/vmlinux")
     assert s.memfiles_dir == Path("/var/lib/wrennd/memfiles")
     assert s.max_generations == 10
+    assert s.prefetch_max_bytes == 0  # the sandbox's memory size
 
 
 def test_file_then_env_override(tmp_path: Path) -> None:
     f = tmp_path / "w.toml"
     f.write_text('state_dir = "/srv/w"\nmax_generations = 4\nlog_level = "debug"\n')
-    s = config.load(path=f, env={"WRENND_MAX_GENERATIONS": "7"})
+    s = config.load(
+        path=f, env={"WRENND_MAX_GENERATIONS": "7", "WRENND_PREFETCH_MAX_BYTES": "1048576"}
+    )
+    assert s.prefetch_max_bytes == 1 << 20
     assert s.state_dir == Path("/srv/w")
     assert s.images_dir == Path("/srv/w/images")
     assert s.max_generations == 7
@@ -48,6 +52,7 @@ def test_config_path_from_env(tmp_path: Path) -> None:
         ("jail_gid = 4294967296", "jail_gid", "a positive gid"),
         ('jail_cgroup = "a/b"', "jail_cgroup", "a cgroup name"),
         ('jail_chroot_base = "srv"', "jail_chroot_base", "absolute path"),
+        ("prefetch_max_bytes = -1", "prefetch_max_bytes", "0 or a positive integer"),
         ("no_such_key = 1", "no_such_key", "a known key"),
     ],
 )

@@ -76,6 +76,7 @@ class HostConfig:
     kernel: Path
     max_generations: int = 10
     uffd_batch_bytes: int = 64 * 1024
+    prefetch_max_bytes: int = 0  # 0: the sandbox's memory size
     ttl_action: str = "pause"
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
     # The namespace where host-reachable sandbox addresses are routed (None: ours).
@@ -92,6 +93,7 @@ class HostConfig:
             kernel=settings.kernel_path,
             max_generations=settings.max_generations,
             uffd_batch_bytes=settings.uffd_batch_bytes,
+            prefetch_max_bytes=settings.prefetch_max_bytes,
             ttl_action=settings.ttl_action,
             host_netns=settings.host_netns,
             jail=jail_settings(settings, vmm),

@@ -3,7 +3,7 @@
 Order (DESIGN.md §4): agent prepare (sync + FIFREEZE), PATCH Paused, snapshot
 (Full the first time, Diff after a resume) to fresh paths, ingest into the
 generation store, publish the vmstate; only then stop the VMM, record the
-engine's first-touch order as the prefetch map, detach storage and free the
+next prefetch map (sandbox/prefetching.py), detach storage and free the
 network slot.  A failure before the memory is committed thaws and resumes
 the guest, so the sandbox keeps running and nothing is lost.
 """
@@ -22,8 +22,9 @@ from wrennd.sandbox import jail as jailed
 from wrennd.sandbox.environment import Deps, Progress, SandboxPaths
 from wrennd.sandbox.errors import PauseUndone, VmmFailed
 from wrennd.sandbox.live import Live
+from wrennd.sandbox.prefetching import record_prefetch_map
 from wrennd.sandbox.record import SandboxRecord
-from wrennd.snapshot import Header, SnapshotError, ingest_diff, ingest_full, write_prefetch_map
+from wrennd.snapshot import Header, SnapshotError, ingest_diff, ingest_full
 from wrennd.vm.errors import VmmError
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ async def pause(deps: Deps, rec: SandboxRecord, live: Live, progress: Progress) 
             await live.require_guest().thaw()
         raise PauseUndone(f"pause of {rec.id}: the guest could not be frozen: {e}") from e
     try:
-        header, _ = await _snapshot(deps, rec, live, progress)
+        header, kind = await _snapshot(deps, rec, live, progress)
     except (VmmError, SnapshotError, OSError) as e:
         await asyncio.to_thread(_clear_pending, paths)
         failed = await undo_freeze(live)
@@ -118,9 +119,10 @@ async def pause(deps: Deps, rec: SandboxRecord, live: Live, progress: Progress) 
             ) from e
         raise PauseUndone(f"pause of {rec.id} failed, the sandbox keeps running: {e}") from e
     result = await live.release(deps.storage, deps.network, deps.slots)
-    if result is not None and result.working_set:
+    if result is not None:
         await asyncio.to_thread(
-            write_prefetch_map, paths.snapshot_dir, result.working_set, header.memory_size
-        )
+            record_prefetch_map, paths.snapshot_dir, result, header, kind,
+            deps.cfg.prefetch_max_bytes,
+        )  # fmt: skip
     await progress("done", 4, 4, generation=header.generation)
     return header
