@@ -38,6 +38,7 @@ from wrennd.uffd.engine import (
     BASE_PAGE_SIZE,
     DEFAULT_BATCH_BYTES,
     DEFAULT_PREFETCH_BATCH_BYTES,
+    DEFAULT_WINDOW_MAX_BYTES,
     Engine,
     EngineConfigError,
     EngineStats,
@@ -74,8 +75,12 @@ class ServeResult:
 
     reason: str  # "peer-closed", "engine-stopped" or "stopped"
     stats: EngineStats
+    # what the next prefetch map is learnt from (wrennd.snapshot.prefetch.learn_prefetch_map)
     working_set: list[tuple[int, int]] = field(default_factory=list)
     stop_error: str = ""
+    prefetch_map: list[tuple[int, int]] = field(default_factory=list)  # the map this resume had
+    present: list[tuple[int, int]] = field(default_factory=list)  # installed, not given back
+    removed: list[tuple[int, int]] = field(default_factory=list)  # given back by REMOVE
 
 
 class UffdServer:
@@ -90,12 +95,16 @@ class UffdServer:
         prefetch: bool = True,
         prefetch_batch_bytes: int = DEFAULT_PREFETCH_BATCH_BYTES,
         handshake_timeout: float = 30.0,
+        window_max_bytes: int = DEFAULT_WINDOW_MAX_BYTES,
+        copy_mode: str = "auto",
     ) -> None:
         self.socket_path = socket_path
         self.memory = memory
         self.batch_bytes = batch_bytes
         self.prefetch = prefetch
         self.prefetch_batch_bytes = prefetch_batch_bytes
+        self.window_max_bytes = window_max_bytes
+        self.copy_mode = copy_mode
         self.handshake_timeout = handshake_timeout
         self.ready = asyncio.Event()
         self.regions: list[Region] = []
@@ -133,6 +142,8 @@ class UffdServer:
             batch_bytes=self.batch_bytes,
             prefetch_batch_bytes=self.prefetch_batch_bytes,
             prefetch=m.prefetch if self.prefetch else (),
+            window_max_bytes=self.window_max_bytes,
+            copy_mode=self.copy_mode,
         )
 
     def _check_files(self) -> None:
@@ -277,6 +288,9 @@ class UffdServer:
             stats=stats,
             working_set=engine.working_set(),
             stop_error=os.strerror(-stats.stop_error) if stats.stop_error else "",
+            prefetch_map=list(self.memory.prefetch),
+            present=engine.present(),
+            removed=engine.removed(),
         )
         log.info(
             "uffd served",
