@@ -166,15 +166,16 @@ function syncRows(tbody, items, key, make) {
   return wanted;
 }
 
-const SANDBOX_CELLS = ["id", "state", "from", "vcpus", "memory", "disk", "uptime", "ttl", "t-pause", "t-resume",
-  "actions"];
+// [class, label]: the label heads the cell where a narrow window shows rows as cards.
+const SANDBOX_CELLS = [["c-id", "ID"], ["c-state", "State"], ["c-from", "From"], ["c-vcpus", "vCPU"],
+  ["c-memory", "Memory"], ["c-disk", "Disk"], ["c-uptime", "Uptime"], ["c-ttl", "TTL"],
+  ["t-pause", "Last pause"], ["t-resume", "Last resume"], ["actions", ""]];
 
 function sandboxRow(sb) {
   const row = el("tr", { "data-id": sb.id, onclick: () => select(row.dataset.id) },
-    ...SANDBOX_CELLS.map((c) => el("td", { class: c === "t-pause" || c === "t-resume" ? c : `c-${c}` })));
+    ...SANDBOX_CELLS.map(([c, label]) => el("td", { class: c, "data-label": label })));
   row.cells[0].append(el("code", {}, sb.id));
   row.cells[1].append(el("span", { class: "state" }));
-  row.cells[10].className = "actions";
   return row;
 }
 
