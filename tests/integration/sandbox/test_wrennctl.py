@@ -92,6 +92,7 @@ def test_cp_of_1_gib_both_ways_with_bounded_daemon_memory(
     assert down.returncode == 0, down.stderr
     assert digest.encode() in down.stdout
     growth = _status(pid, "VmHWM") - before
+    print(f"daemon RSS {before >> 20} MiB before, peak growth {growth / (1 << 20):.1f} MiB")
     assert growth < 64 << 20, f"the daemon grew by {growth >> 20} MiB"
     sha = hashlib.sha256()
     with back.open("rb") as f:
