@@ -48,6 +48,9 @@ def _config_facts(settings: Settings) -> dict[str, Any]:
         "host_network": str(settings.host_network),
         "ttl_action": settings.ttl_action,
         "use_jailer": settings.use_jailer,
+        "jail_uid": settings.jail_uid,
+        "jail_gid": settings.jail_gid,
+        "jail_cgroup": settings.jail_cgroup,
         "log_level": settings.log_level,
     }
 

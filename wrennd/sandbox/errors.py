@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from wrennd.guest.client import AgentUnavailable, GuestError
+from wrennd.guest.session import SessionError
 from wrennd.snapshot.errors import ChainChangedError, IngestError, SnapshotError
 from wrennd.storage.errors import BaseImageInUse, NoSpace, StorageError
 
@@ -188,6 +189,7 @@ _LIFTS: tuple[tuple[type[Exception], Callable[[Any], LifecycleError]], ...] = (
     (SnapshotError, lambda e: _snapshot_error(e)),
     (GuestError, lambda e: GuestFailed(e.message, code=e.code, status=e.status)),
     (AgentUnavailable, lambda e: GuestFailed(str(e), code="unavailable")),
+    (SessionError, lambda e: GuestFailed(e.message, code=e.code)),
 )
 
 

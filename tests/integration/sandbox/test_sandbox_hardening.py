@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.sandbox.test_sandbox_daemon import Daemon
+from tests.integration.sandbox.running_daemon import Daemon
 from wrennd import permissions
 from wrennd.guest.protocol import CommandSpec
 from wrennd.rpc.client import RemoteError

@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.sandbox.test_sandbox_daemon import Daemon
+from tests.integration.sandbox.running_daemon import Daemon
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 
