@@ -79,6 +79,7 @@ class HostConfig:
     prefetch_max_bytes: int = 0  # 0: the sandbox's memory size
     ttl_action: str = "pause"
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
+    memory_overcommit_percent: int = 100
     # The namespace where host-reachable sandbox addresses are routed (None: ours).
     host_netns: Path | None = None
     # Every VMM under the jailer (use_jailer), else started directly.
@@ -95,6 +96,7 @@ class HostConfig:
             uffd_batch_bytes=settings.uffd_batch_bytes,
             prefetch_max_bytes=settings.prefetch_max_bytes,
             ttl_action=settings.ttl_action,
+            memory_overcommit_percent=settings.memory_overcommit_percent,
             host_netns=settings.host_netns,
             jail=jail_settings(settings, vmm),
         )

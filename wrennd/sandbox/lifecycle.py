@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 
 from wrennd.log import kv
-from wrennd.sandbox import bringup, images, pausing, recovery, teardown, templates
+from wrennd.sandbox import admission, bringup, images, pausing, recovery, teardown, templates
 from wrennd.sandbox.environment import Deps, Progress, no_progress
-from wrennd.sandbox.errors import PauseUndone, WrongState, lifted
+from wrennd.sandbox.errors import PauseUndone, Refused, WrongState, lifted
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.reaper import Reaper
 from wrennd.sandbox.record import SandboxRecord, SandboxState, new_sandbox_id
@@ -89,6 +89,7 @@ class Lifecycle:
         """A sandbox from an image (booted) or from a template (a clone of its snapshot)."""
         if (image is None) == (template is None):
             raise ValueError("create takes exactly one of image and template")
+        _check_timeout(timeout_s)
         if template is not None:
             meta = await asyncio.to_thread(templates.load, self.deps, template)
             templates.check_clone(meta, vcpus, memory_mib)
@@ -96,6 +97,7 @@ class Lifecycle:
         else:
             assert image is not None
             path = images.path_of(self.deps.cfg.images_dir, image)
+        _admit(self.deps, self.registry, memory_mib or 128)
         now = self.clock()
         sb = Sandbox(
             SandboxRecord(
@@ -132,6 +134,7 @@ class Lifecycle:
     async def destroy(self, sandbox_id: str) -> None:
         sb = self.registry.get(sandbox_id)
         async with sb.lock:
+            self.registry.still(sb)
             await self.registry.move(sb, S.STOPPING, "destroy")
             self.reaper.set(sandbox_id, None)
             if sb.collapse is not None:
@@ -150,6 +153,7 @@ class Lifecycle:
     async def pause(self, sandbox_id: str, progress: Progress = no_progress) -> Sandbox:
         sb = self.registry.get(sandbox_id)
         async with sb.lock:
+            self.registry.still(sb)
             if sb.live is None:
                 raise WrongState(sandbox_id, sb.record.state, "pause")
             await self.registry.move(sb, S.PAUSING, "pause")
@@ -199,6 +203,9 @@ class Lifecycle:
         demand (benchmarks compare the two)."""
         sb = self.registry.get(sandbox_id)
         async with sb.lock:
+            self.registry.still(sb)
+            if sb.record.state in (S.PAUSED, S.ERROR):
+                _admit(self.deps, self.registry, sb.record.memory_mib)
             await self.registry.move(sb, S.RESUMING, "resume")
             if sb.collapse is not None:
                 # The engine maps the chain's files: let a collapse finish first.
@@ -218,9 +225,13 @@ class Lifecycle:
 
     @lifted
     async def set_timeout(self, sandbox_id: str, timeout_s: float | None) -> Sandbox:
+        _check_timeout(timeout_s)
         sb = self.registry.get(sandbox_id)
         async with sb.lock:
+            self.registry.still(sb)
             rec = sb.record
+            if rec.state == S.DAMAGED:
+                raise WrongState(sandbox_id, rec.state, "set a timeout")
             rec.timeout_s = timeout_s
             rec.expires_at = None if timeout_s is None else self.clock() + timeout_s
             await self.registry.save(sb)
@@ -268,3 +279,13 @@ class Lifecycle:
                 await self._rest(sb, S.ERROR, reason)
 
         live.watcher = asyncio.ensure_future(watch())
+
+
+def _check_timeout(timeout_s: float | None) -> None:
+    if timeout_s is not None and not timeout_s > 0:
+        raise Refused(f"timeout_s must be positive (or null for none), not {timeout_s}")
+
+
+def _admit(deps: Deps, registry: Registry, memory_mib: int) -> None:
+    records = [sb.record for sb in registry]
+    admission.admit(memory_mib, records, deps.cfg.memory_overcommit_percent)
