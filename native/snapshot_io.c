@@ -1,6 +1,7 @@
 /* Memfile scanning and copying for snapshot ingest, collapse and export. */
 #define _GNU_SOURCE
 #include "snapshot_io.h"
+#include "crc32c.h"
 #include "fdio.h"
 #include "zeroscan.h"
 
@@ -47,6 +48,7 @@ struct scan {
     uint32_t source;
     int punch;
     uint8_t *chunk, *bits;
+    uint32_t *crcs; /* per block, or NULL */
     struct builder out;
     struct wr_scan_result *res;
 };
@@ -80,6 +82,10 @@ static int scan_data(struct scan *s, uint64_t pos, uint64_t end)
         for (uint64_t b = 0; b < n / bs; b++) {
             uint64_t off = pos + b * bs;
             int zero = (s->bits[b >> 3] >> (b & 7)) & 1;
+            /* checksummed while the block is in cache from the zero scan: the
+             * generation's integrity record costs no second read */
+            if (s->crcs)
+                s->crcs[off / bs] = wr_crc32c(0, s->chunk + b * bs, bs);
             rc = push(&s->out, off, bs, zero ? WR_SOURCE_ZERO : s->source);
             if (rc < 0)
                 return rc;
@@ -137,14 +143,14 @@ static int scan_extents(struct scan *s, uint64_t memory_size, int mode)
 
 int wr_memfile_scan(int fd, uint64_t memory_size, uint64_t block_size,
                     uint32_t source, int mode, int punch,
-                    struct wr_scan_result *res)
+                    struct wr_scan_result *res, uint32_t *crcs)
 {
     memset(res, 0, sizeof *res);
     if (block_size == 0 || memory_size % block_size || source >= WR_SOURCE_ZERO ||
         (mode != WR_SCAN_FULL && mode != WR_SCAN_DIFF) || memory_size > INT64_MAX)
         return -EINVAL;
     struct scan s = {.fd = fd, .block_size = block_size, .source = source,
-                     .punch = punch, .res = res};
+                     .punch = punch, .crcs = crcs, .res = res};
     uint64_t chunk = CHUNK >= block_size ? CHUNK - CHUNK % block_size : block_size;
     s.chunk = malloc(chunk);
     s.bits = malloc(chunk / block_size / 8 + 1);

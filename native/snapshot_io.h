@@ -32,11 +32,13 @@ struct wr_scan_result {
  * extent whose ends are not block-aligned is -EINVAL (bad_offset says where).
  * With punch != 0 the all-zero blocks inside data extents are punched out
  * (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE).  Reads only data extents, so
- * the cost follows the data, not memory_size.  Returns 0 or -errno; on error
- * res->entries is NULL. */
+ * the cost follows the data, not memory_size.  With `crcs` (NULL: none;
+ * else memory_size / block_size entries) crcs[i] receives the CRC32C of block
+ * i for every block read (data extents, before any punch); other entries are
+ * left as they are.  Returns 0 or -errno; on error res->entries is NULL. */
 int wr_memfile_scan(int fd, uint64_t memory_size, uint64_t block_size,
                     uint32_t source, int mode, int punch,
-                    struct wr_scan_result *res);
+                    struct wr_scan_result *res, uint32_t *crcs);
 
 void wr_scan_result_free(struct wr_scan_result *res);
 
