@@ -251,3 +251,52 @@ int wr_map_copy_out(const struct wr_map_entry *entries, uint64_t n,
     free(buf);
     return rc;
 }
+
+static int verify_entry(const struct wr_map_entry *e, int fd, const uint32_t *crcs, uint64_t bs,
+                        uint8_t *buf, uint64_t buf_len, uint64_t *bad_offset)
+{
+    uint64_t so = e->storage_offset, end = e->storage_offset + e->length;
+    while (so < end) {
+        uint64_t n = end - so < buf_len ? end - so : buf_len;
+        int rc = wr_pread_full(fd, buf, n, so);
+        if (rc < 0) {
+            *bad_offset = so;
+            return rc;
+        }
+        for (uint64_t b = 0; b < n; b += bs) {
+            if (wr_crc32c(0, buf + b, bs) != crcs[(so + b) / bs]) {
+                *bad_offset = so + b;
+                return -EBADMSG;
+            }
+        }
+        so += n;
+    }
+    return 0;
+}
+
+int wr_map_verify(const struct wr_map_entry *entries, uint64_t n, const int *fds,
+                  const uint32_t *const *crcs, uint32_t nfds, uint64_t block_size,
+                  uint64_t *failed, uint64_t *bad_offset)
+{
+    *failed = 0;
+    *bad_offset = 0;
+    if (block_size == 0 || CHUNK % block_size)
+        return -EINVAL;
+    uint8_t *buf = NULL;
+    int rc = 0;
+    for (uint64_t i = 0; i < n && rc == 0; i++) {
+        const struct wr_map_entry *e = &entries[i];
+        *failed = i;
+        if (e->source == WR_SOURCE_ZERO)
+            continue;
+        if (e->source >= nfds || e->storage_offset % block_size || e->length % block_size)
+            return free(buf), -EINVAL;
+        if (crcs[e->source] == NULL)
+            continue;
+        if (buf == NULL && (buf = malloc(CHUNK)) == NULL)
+            return -ENOMEM;
+        rc = verify_entry(e, fds[e->source], crcs[e->source], block_size, buf, CHUNK, bad_offset);
+    }
+    free(buf);
+    return rc;
+}

@@ -51,6 +51,16 @@ void wr_scan_result_free(struct wr_scan_result *res);
 int wr_map_copy_out(const struct wr_map_entry *entries, uint64_t n,
                     const int *fds, uint32_t nfds, int out_fd, uint64_t *failed);
 
+/* Check every entry not mapped to zero-fill whose source has checksums
+ * (crcs[source] != NULL: one CRC32C per block_size bytes of that generation
+ * file, indexed by storage offset / block_size): read the bytes (pread, in
+ * chunks) and compare block by block.  Entries must be block-aligned.
+ * Returns 0, -EBADMSG with the failing entry in *failed and the bad block's
+ * storage offset in *bad_offset, or -errno (-EIO: a file ended early). */
+int wr_map_verify(const struct wr_map_entry *entries, uint64_t n, const int *fds,
+                  const uint32_t *const *crcs, uint32_t nfds, uint64_t block_size,
+                  uint64_t *failed, uint64_t *bad_offset);
+
 /* CDEF-END */
 
 #endif

@@ -123,8 +123,44 @@ static void test_copy_out(void)
     close(out);
 }
 
+/* Checksummed entries are read and compared block by block; the first bad
+ * block is named; sources without checksums and zero-fill are skipped. */
+static void test_map_verify(void)
+{
+    int a = temp_file(), b = temp_file();
+    write_block(a, 0, 0x11);
+    write_block(a, 1, 0x12);
+    write_block(b, 0, 0x22);
+    uint8_t block[BS];
+    uint32_t ca[2], cb[1] = {0};
+    memset(block, 0x11, BS);
+    ca[0] = wr_crc32c(0, block, BS);
+    memset(block, 0x12, BS);
+    ca[1] = wr_crc32c(0, block, BS);
+    struct wr_map_entry e[3] = {
+        {.offset = 0, .length = 2 * BS, .storage_offset = 0, .source = 0},
+        {.offset = 2 * BS, .length = BS, .source = WR_SOURCE_ZERO},
+        {.offset = 3 * BS, .length = BS, .storage_offset = 0, .source = 1},
+    };
+    int fds[2] = {a, b};
+    const uint32_t *crcs[2] = {ca, NULL};
+    uint64_t failed, bad;
+    CHECK_EQ(wr_map_verify(e, 3, fds, crcs, 2, BS, &failed, &bad), 0);
+    crcs[1] = cb; /* wrong for b's block */
+    CHECK_EQ(wr_map_verify(e, 3, fds, crcs, 2, BS, &failed, &bad), -EBADMSG);
+    CHECK_EQ(failed, 2);
+    CHECK_EQ(bad, 0);
+    write_block(a, 1, 0x13); /* rot in a's second block */
+    CHECK_EQ(wr_map_verify(e, 3, fds, crcs, 2, BS, &failed, &bad), -EBADMSG);
+    CHECK_EQ(failed, 0);
+    CHECK_EQ(bad, BS);
+    close(a);
+    close(b);
+}
+
 int main(void)
 {
+    test_map_verify();
     test_full_scan_punches_zero_blocks();
     test_diff_scan_maps_only_extents();
     test_copy_out();
