@@ -76,6 +76,7 @@ class HostConfig:
     max_generations: int = 10
     uffd_batch_bytes: int = 64 * 1024
     prefetch_max_bytes: int = 0  # 0: the sandbox's memory size
+    verify_pages: bool = True
     ttl_action: str = "pause"
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
     # The namespace where host-reachable sandbox addresses are routed (None: ours).
@@ -91,6 +92,7 @@ class HostConfig:
             max_generations=settings.max_generations,
             uffd_batch_bytes=settings.uffd_batch_bytes,
             prefetch_max_bytes=settings.prefetch_max_bytes,
+            verify_pages=settings.verify_pages,
             ttl_action=settings.ttl_action,
             host_netns=settings.host_netns,
         )

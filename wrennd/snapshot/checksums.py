@@ -106,6 +106,36 @@ def write(
             os.pwrite(fd, raw[4 * lo : 4 * hi], ARRAY_OFFSET + 4 * lo)
 
 
+def _check_prefix(path: Path, data: bytes, total: int, block_size: int, file_size: int) -> int:
+    """The block count of a checksum file, after checking it fits the generation."""
+    if len(data) < ARRAY_OFFSET:
+        raise ChecksumError(f"{path}: truncated checksum file ({total} bytes)", path, None)
+    magic, version, bs, count = _PREFIX.unpack_from(data)
+    if magic != MAGIC or version != VERSION:
+        raise ChecksumError(f"{path}: not a checksum file of format {VERSION}", path, None)
+    if bs != block_size or count < -(-file_size // block_size) or total != ARRAY_OFFSET + 4 * count:
+        raise ChecksumError(
+            f"{path}: checksums for {count} blocks of {bs} bytes in {total} bytes do not "
+            f"fit a generation of {file_size} bytes in blocks of {block_size}",
+            path,
+            None,
+        )
+    return int(count)
+
+
+def open_checked(path: Path, block_size: int, file_size: int) -> tuple[int, int]:
+    """Open a checksum file for the UFFD engine (which maps it): (fd, count).
+    The caller closes the fd.  ChecksumError when it does not fit."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        total = os.fstat(fd).st_size
+        count = _check_prefix(path, os.pread(fd, ARRAY_OFFSET, 0), total, block_size, file_size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, count
+
+
 def load(path: Path, block_size: int, file_size: int) -> Checksums | None:
     """The checksums at `path`, or None when there is no such file (an old
     generation).  A file that is damaged or does not fit the generation is
@@ -114,19 +144,8 @@ def load(path: Path, block_size: int, file_size: int) -> Checksums | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
-    if len(data) < ARRAY_OFFSET:
-        raise ChecksumError(f"{path}: truncated checksum file ({len(data)} bytes)", path, None)
-    magic, version, bs, count = _PREFIX.unpack_from(data)
-    need = -(-file_size // block_size)
-    if magic != MAGIC or version != VERSION:
-        raise ChecksumError(f"{path}: not a checksum file of format {VERSION}", path, None)
-    if bs != block_size or count < need or len(data) != ARRAY_OFFSET + 4 * count:
-        raise ChecksumError(
-            f"{path}: checksums for {count} blocks of {bs} bytes in {len(data)} bytes do not "
-            f"fit a generation of {file_size} bytes in blocks of {block_size}",
-            path,
-            None,
-        )
+    _check_prefix(path, data, len(data), block_size, file_size)
+    bs = block_size
     values = array.array("I")
     values.frombytes(data[ARRAY_OFFSET:])
     return Checksums(path, bs, values)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wrennd.snapshot.checksums import locate
 from wrennd.snapshot.errors import GenerationError
 from wrennd.snapshot.header import Header
 from wrennd.snapshot.layout import link_path, store_path
@@ -30,6 +31,8 @@ class OpenSnapshot:
     header: Header
     generation_paths: tuple[Path, ...]
     prefetch: tuple[Range, ...]
+    # each generation's checksum file (wrennd.snapshot.checksums); None: it has none
+    checksum_paths: tuple[Path | None, ...] = ()
 
     @property
     def memory_size(self) -> int:
@@ -131,4 +134,6 @@ def open_snapshot(snapshot_dir: Path | str, store: Path | str | None = None) -> 
     header = read_header(sdir)
     paths = resolve_generations(sdir, None if store is None else Path(store), header)
     prefetch = read_prefetch_map(sdir, header.memory_size)
-    return OpenSnapshot(sdir, header, tuple(paths), tuple(prefetch))
+    sums = [locate(p, None if store is None else Path(store)) for p in paths]
+    present = tuple(p if p.exists() else None for p in sums)
+    return OpenSnapshot(sdir, header, tuple(paths), tuple(prefetch), present)

@@ -26,6 +26,7 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 import stat
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from wrennd.uffd.engine import (
     DEFAULT_BATCH_BYTES,
     DEFAULT_PREFETCH_BATCH_BYTES,
     DEFAULT_WINDOW_MAX_BYTES,
+    Checksummed,
     Engine,
     EngineConfigError,
     EngineStats,
@@ -67,6 +69,24 @@ class SnapshotMemory:
     generations: Sequence[Path]  # in source-index order
     prefetch: Sequence[tuple[int, int]] = ()
     entry_count: int | None = None  # ... with this many entries used
+    # each generation's checksum file (None: none, served unchecked), in blocks of
+    checksums: Sequence[Path | None] = ()
+    checksum_block_size: int = 0  # ... this many bytes (the snapshot's block size)
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """A block whose bytes did not match its checksum: never installed."""
+
+    generation: Path  # the generation file (its name is the build id)
+    block: int  # block index in that file (storage offset / block size)
+    storage_offset: int
+
+    def __str__(self) -> str:
+        return (
+            f"generation {self.generation.name} ({self.generation}): block {self.block} "
+            f"(storage offset {self.storage_offset:#x}) does not match its checksum"
+        )
 
 
 @dataclass
@@ -97,8 +117,12 @@ class UffdServer:
         handshake_timeout: float = 30.0,
         window_max_bytes: int = DEFAULT_WINDOW_MAX_BYTES,
         copy_mode: str = "auto",
+        verify_pages: bool = True,
     ) -> None:
+        """`verify_pages`: check each block against its generation's checksum as
+        it is installed (generations without checksums are served unchecked)."""
         self.socket_path = socket_path
+        self.verify_pages = verify_pages
         self.memory = memory
         self.batch_bytes = batch_bytes
         self.prefetch = prefetch
@@ -144,7 +168,33 @@ class UffdServer:
             prefetch=m.prefetch if self.prefetch else (),
             window_max_bytes=self.window_max_bytes,
             copy_mode=self.copy_mode,
+            checksums=self._checksums(),
         )
+
+    def _checksums(self) -> Checksummed | None:
+        m = self.memory
+        if not self.verify_pages or not any(m.checksums):
+            if m.generations:
+                log.info(
+                    "uffd: pages served without checksum verification",
+                    extra=kv(
+                        socket=self.socket_path,
+                        why="off"
+                        if not self.verify_pages
+                        else "the snapshot's generations have no checksums",
+                    ),
+                )
+            return None
+        return Checksummed(m.checksums, m.checksum_block_size)
+
+    def corruption(self) -> Corruption | None:
+        """The bad block the engine met, if any (then it stopped serving)."""
+        stats = self.stats()
+        if stats is None or stats.corrupt_source < 0:
+            return None
+        path = self.memory.generations[stats.corrupt_source]
+        block_size = self.memory.checksum_block_size or 1
+        return Corruption(path, stats.corrupt_offset // block_size, stats.corrupt_offset)
 
     def _check_files(self) -> None:
         m = self.memory
@@ -211,9 +261,28 @@ class UffdServer:
                 extra=kv(socket=self.socket_path, peer_pid=self.peer_pid, regions=len(regions)),
             )
             reason = await self._wait_end(conn)
+            self._kill_peer_if_corrupt()
         finally:
             conn.close()
         return await self._finish(reason)
+
+    def _kill_peer_if_corrupt(self) -> None:
+        """A VMM whose memory met a bad block must not run on: once the uffd
+        closes, the pages never installed would read as zeros.  Killed while
+        its connection is still open, so the pid is still its own."""
+        bad = self.corruption()
+        if bad is None or self.peer_pid is None:
+            return
+        log.error(
+            "uffd: snapshot data does not match its checksum; stopping the VMM",
+            extra=kv(socket=self.socket_path, peer_pid=self.peer_pid, corruption=str(bad)),
+        )
+        with contextlib.suppress(ProcessLookupError):
+            pidfd = os.pidfd_open(self.peer_pid)
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            finally:
+                os.close(pidfd)
 
     async def _accept(self) -> socket.socket:
         """The peer's connection, unless stop() comes first (ServeStopped)."""
