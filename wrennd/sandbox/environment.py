@@ -77,6 +77,8 @@ class HostConfig:
     uffd_batch_bytes: int = 64 * 1024
     prefetch_max_bytes: int = 0  # 0: the sandbox's memory size
     verify_pages: bool = True
+    scrub_interval: float = 0  # seconds between background scrubs; 0: off
+    scrub_rate_bytes: int = 32 << 20
     ttl_action: str = "pause"
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
     # The namespace where host-reachable sandbox addresses are routed (None: ours).
@@ -93,6 +95,8 @@ class HostConfig:
             uffd_batch_bytes=settings.uffd_batch_bytes,
             prefetch_max_bytes=settings.prefetch_max_bytes,
             verify_pages=settings.verify_pages,
+            scrub_interval=settings.scrub_interval,
+            scrub_rate_bytes=settings.scrub_rate_bytes,
             ttl_action=settings.ttl_action,
             host_netns=settings.host_netns,
         )

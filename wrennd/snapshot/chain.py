@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _generation_fds(snap: OpenSnapshot) -> Iterator[list[int]]:
+def generation_fds(snap: OpenSnapshot) -> Iterator[list[int]]:
     fds = snap.open_generations()
     try:
         yield fds
@@ -83,7 +83,7 @@ def write_flat(out: int, snap: OpenSnapshot, fds: Sequence[int]) -> None:
 def export(snapshot_dir: Path, out: Path, store: Path | None = None) -> None:
     """Write the flat raw memory file the chain describes (a Full memfile's equivalent)."""
     snap = open_snapshot(snapshot_dir, store)
-    with _generation_fds(snap) as fds, replacing(out) as out_fd:
+    with generation_fds(snap) as fds, replacing(out) as out_fd:
         write_flat(out_fd, snap, fds)
 
 
@@ -238,7 +238,7 @@ def verify(snapshot_dir: Path, store: Path | None = None) -> list[str]:
                 problems.append(f"{path}: not the same file as {twin}")
     fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)  # read every mapped byte
     try:
-        with _generation_fds(snap) as fds:
+        with generation_fds(snap) as fds:
             copy_mapped(snap.header.mapping, fds, snap.generation_paths, fd)
             problems += verify_data(snap, fds, store)
     except GenerationError as e:

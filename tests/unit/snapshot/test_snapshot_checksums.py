@@ -16,6 +16,7 @@ from wrennd.snapshot.chain import collapse, export, verify
 from wrennd.snapshot.checksums import checksum_path, load, store_checksum_path
 from wrennd.snapshot.ingest import ingest_diff, ingest_full
 from wrennd.snapshot.layout import link_path
+from wrennd.snapshot.scrub import scrub
 from wrennd.snapshot.store import collect_garbage, delete_snapshot, read_header
 
 BS = 4096
@@ -154,3 +155,35 @@ def test_checksum_files_are_collected_with_their_generation(
     delete_snapshot(snap, store)
     assert not any(store_checksum_path(store, g).exists() for g in gens)
     assert not link_path(snap, gens[0]).exists()
+
+
+def test_scrub_checks_at_a_bounded_rate_and_names_rot(chain: tuple[Path, Path]) -> None:
+    snap, store = chain
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    report = scrub(snap, store, rate_bytes=BS, sleep=sleep, clock=lambda: now[0])
+    data = sum(e.length for e in read_header(snap).mapping if not e.is_zero)
+    assert report.bytes_checked == data and report.corrupt is None and report.unchecked == []
+    # one block per second: it took as long as reading every block at that rate
+    assert now[0] == pytest.approx(data / BS)
+    diff = read_header(snap).generations[1]
+    flip(store / str(diff), 12 * BS + 5)
+    report = scrub(snap, store, rate_bytes=1 << 30)
+    assert report.corrupt is not None and report.corrupt.block == 12
+    assert str(diff) in str(report.corrupt)
+
+
+def test_scrub_stops_when_asked_and_lists_unchecked_generations(
+    chain: tuple[Path, Path],
+) -> None:
+    snap, store = chain
+    full = read_header(snap).generations[0]
+    store_checksum_path(store, full).unlink()
+    report = scrub(snap, store, rate_bytes=1 << 30)
+    assert report.unchecked == [str(full)] and report.corrupt is None
+    assert report.bytes_checked == 2 * BS  # only the Diff's blocks have checksums
+    stopped = scrub(snap, store, rate_bytes=1 << 30, should_stop=lambda: True)
+    assert stopped.stopped and stopped.bytes_checked == 0
