@@ -92,3 +92,33 @@ async def test_rot_stops_the_resume_and_old_snapshots_still_resume(
     assert await checksum(resumed) == before
     await manager.destroy(sid)
     assert not env.leaks()
+
+
+async def test_scrub_finds_rot_in_paused_sandboxes_and_templates(
+    manager: InProcess, env: Any
+) -> None:
+    info = await manager.create("base", memory_mib=MEM_MIB)
+    sid = info["id"]
+    await checksum(info, dirty=0.25)
+    await manager.pause(sid)
+    await manager.create_template(sid, "rotting")
+    scrubber = manager.service.scrubber
+    assert await scrubber.run_pass() == []
+    stats = scrubber.stats()
+    assert stats["passes"] == 1 and stats["last_pass"]["snapshots"] == 2
+    assert stats["bytes_checked"] > 0 and stats["last_pass"]["unchecked_generations"] == 0
+
+    snapshot_dir = env.state_dir / "sandboxes" / sid / "snapshot"
+    store = env.state_dir / "memfiles"
+    header = read_header(snapshot_dir)
+    e = next(e for e in header.mapping if not e.is_zero)
+    gen = store / str(header.generations[e.source])
+    flip(gen, e.storage_offset + 3)  # the template shares this generation by hard link
+    corrupt = await scrubber.run_pass()
+    assert {(c["kind"], c["name"]) for c in corrupt} == {("sandbox", sid), ("template", "rotting")}
+    block = e.storage_offset // header.block_size
+    assert all(c["generation"] == gen.name and c["block"] == block for c in corrupt)
+    assert scrubber.stats()["corrupt"] == corrupt
+    flip(gen, e.storage_offset + 3)
+    await manager.destroy(sid)
+    await manager.delete_template("rotting")
