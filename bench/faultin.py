@@ -12,6 +12,9 @@ touch.  Handlers compared:
   engine-b1   the same with batch = one page
   kernel      no uffd: the flat memfile mapped MAP_PRIVATE (Firecracker's File backend)
   minimal     a minimal C handler: read one message, copy one page, no lookup
+  engine-verify  the engine with verify_pages: each block checked against its
+              generation's CRC32C before it is installed (the daemon's default
+              when this costs <= 15 %; ratios: verify_pages_cost)
 
 Patterns: sequential, random, ws10 (10 % of memory in 64 KiB clusters, in
 random order), each read and write, warm page cache; sequential and random
@@ -55,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faultin_fixtures import build_chain
+from faultin_fixtures import build_chain, with_checksums
 
 from wrennd import config, features
 from wrennd.uffd import handshake
@@ -76,6 +79,10 @@ class Fixture:
     size: int
     flat: Path  # the exported memory image
     memory: SnapshotMemory
+    checked: SnapshotMemory = field(init=False)  # the same with checksum files
+
+    def __post_init__(self) -> None:
+        self.checked = with_checksums(self.memory)
 
 
 def build_fixture(directory: Path, size: int, seed: int) -> Fixture:
@@ -235,11 +242,13 @@ class Bench:
         prefetch_run: bool = False,
         window: int = DEFAULT_WINDOW_MAX_BYTES,
         copy_mode: str = "auto",
+        verify: bool = False,
     ) -> dict[str, Any]:
-        memory = dataclasses.replace(self.fx.memory, prefetch=list(prefetch))
+        memory = self.fx.checked if verify else self.fx.memory
+        memory = dataclasses.replace(memory, prefetch=list(prefetch))
         server = UffdServer(
             self.workdir / "uffd.sock", memory, batch_bytes=batch, window_max_bytes=window,
-            copy_mode=copy_mode,
+            copy_mode=copy_mode, verify_pages=verify,
         )  # fmt: skip
         await server.start()
         serving = asyncio.ensure_future(server.serve())
@@ -267,8 +276,10 @@ class Bench:
             engine_p50_us=s.latency_percentile_ns(0.5) / 1e3,
             bounce_batches=s.bounce_batches,
             window_grows=s.window_grows,
+            verified_blocks=s.verified_blocks,
             working_set=result.working_set,
         )
+        assert s.verified_blocks > 0 if verify else s.verified_blocks == 0
         return r
 
     async def minimal(self, pattern: str, write: bool) -> dict[str, Any]:
@@ -330,6 +341,7 @@ def handlers_of(
         "engine-b1": lambda o, w: b.engine(o, w, PAGE, window=PAGE),
         "engine-runs": lambda o, w: b.engine(o, w, batch, copy_mode="runs"),
         "engine-bounce": lambda o, w: b.engine(o, w, batch, copy_mode="bounce"),
+        "engine-verify": lambda o, w: b.engine(o, w, batch, verify=True),
         "kernel": b.kernel,
         "minimal": b.minimal,
     }
@@ -376,7 +388,7 @@ async def run_chains(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     loop = asyncio.get_running_loop()
     size = args.size_mib * MiB
-    names = ["engine", "engine-b1", "kernel"]
+    names = ["engine", "engine-verify", "engine-b1", "kernel"]
     names += ["engine-runs", "engine-bounce"] if args.copy_modes else []
     scen = [("sequential", "read", "warm"), ("sequential", "write", "warm")]
     scen += [("random", "read", "warm")]
@@ -390,7 +402,8 @@ async def run_chains(
         flat, memory, facts[name] = await loop.run_in_executor(
             None, build_chain, d, size, PAGE, args.seed, diffs, interleaved
         )
-        b = Bench(Fixture(size, flat, memory), workdir, guest, probe, args.seed)
+        fx = await loop.run_in_executor(None, Fixture, size, flat, memory)
+        b = Bench(fx, workdir, guest, probe, args.seed)
         plan = [(h, p, rw, c) for p, rw, c in scen for h in names]
         rows += await run_plan(b, name, plan, batch)
         await loop.run_in_executor(None, shutil.rmtree, d)
@@ -414,7 +427,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             print(f"fixture: {size // MiB} MiB in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
             b = Bench(fx, workdir, guest, probe, args.seed)
             pats = ("sequential", "random", "ws10")
-            hs = ["engine", "engine-b1", "kernel", "minimal"]
+            hs = ["engine", "engine-verify", "engine-b1", "kernel", "minimal"]
             plan = [(h, p, rw, "warm") for p in pats for rw in ("read", "write") for h in hs]
             if cold_ok:
                 plan += [(h, p, "read", "cold") for p in ("sequential", "random") for h in hs]
@@ -463,7 +476,27 @@ def chain_ratios(rows: list[dict[str, Any]], fixture: str, cold: bool) -> dict[s
     return out
 
 
+def verify_cost(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """verify_pages against the same engine without it, per scenario run by both:
+    the extra time as a fraction (0.10 = 10 % slower)."""
+    cost = {}
+    for r in rows:
+        if r["handler"] != "engine-verify":
+            continue
+        key = {k: r[k] for k in ("fixture", "pattern", "rw", "cache")}
+        base = find(rows, handler="engine", **key)
+        cost["/".join(key.values())] = round(r["seconds"] / base["seconds"] - 1, 3)
+    worst = max(cost.values(), default=0.0)
+    return {"by_scenario": cost, "max": worst, "goals": {"le_15pct": worst <= 0.15}}
+
+
 def ratios(res: dict[str, Any]) -> dict[str, Any]:
+    out = _ratios(res)
+    out["verify_pages_cost"] = verify_cost(res["rows"])
+    return out
+
+
+def _ratios(res: dict[str, Any]) -> dict[str, Any]:
     rows = res["rows"]
     chains = {f: chain_ratios(rows, f, res["cold"]) for f in res["fixtures"]}
     if not any(r["fixture"] == LEGACY for r in rows):
