@@ -91,6 +91,20 @@ def _network16(v: object) -> ipaddress.IPv4Network:
     return net
 
 
+def _jail_id(v: object) -> int:
+    # A jailed VMM must not run as root: that is what the jail is for.
+    n = _pos_int(v)
+    if n >= 1 << 32:
+        raise ValueError
+    return n
+
+
+def _cgroup_name(v: object) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) or v in (".", ".."):
+        raise ValueError
+    return v
+
+
 def _str(v: object) -> str:
     if not isinstance(v, str):
         raise TypeError
@@ -154,6 +168,12 @@ class Settings:
     host_netns: Path | None = _setting(None, _opt_path, "an absolute path or empty")
     ttl_action: str = _setting("pause", _choice(*TTL_ACTIONS), "pause or destroy")
     use_jailer: bool = _setting(False, _bool, "true or false")
+    # The jailed VMM's uid/gid; its chroots (None: state_dir/jail, the same filesystem
+    # so files are hard-linked in); its cgroup v2 parent.
+    jail_uid: int = _setting(64000, _jail_id, "a positive uid")
+    jail_gid: int = _setting(64000, _jail_id, "a positive gid")
+    jail_chroot_base: Path | None = _setting(None, _opt_path, "an absolute path or empty")
+    jail_cgroup: str = _setting("wrennd", _cgroup_name, "a cgroup name ([A-Za-z0-9_.-])")
     # JSON-RPC server limits (wrennd.rpc): per message, per connection, per daemon.
     rpc_max_message_bytes: int = _setting(4 << 20, _pos_int, "a positive integer (bytes)")
     rpc_max_inflight: int = _setting(64, _pos_int, "a positive integer (calls per connection)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,13 @@ from wrennd.network.slots import SlotAllocator
 from wrennd.sandbox import templates
 from wrennd.sandbox.environment import Deps, HostConfig, Progress, SandboxPaths
 from wrennd.sandbox.errors import GuestFailed, NoCapacity, SnapshotCorrupt, VmmFailed
+from wrennd.sandbox.jail import Jail
 from wrennd.sandbox.live import Live, guest_client
 from wrennd.sandbox.record import SandboxRecord
 from wrennd.snapshot import delete_snapshot, open_snapshot
 from wrennd.uffd.server import SnapshotMemory, UffdServer
 from wrennd.vm.api import MemBackend
-from wrennd.vm.errors import VmmError
+from wrennd.vm.errors import JailerError, VmmError
 from wrennd.vm.kernel import initrd_path
 from wrennd.vm.launcher import FirecrackerArgs
 from wrennd.vm.vmm import Vmm
@@ -47,12 +49,40 @@ async def attach_network(live: Live, network: NetworkManager, slots: SlotAllocat
     live.net = await network.create(live.slot)
 
 
+async def make_jail(live: Live, cfg: HostConfig, rec: SandboxRecord) -> Jail | None:
+    """The sandbox's chroot and cgroup limits when VMMs run under the jailer."""
+    if cfg.jail is None:
+        return None
+    assert live.net is not None
+    try:
+        live.jail = await asyncio.to_thread(
+            Jail.make, cfg.jail, live.sandbox_id, live.net.netns_path, rec.vcpus, rec.memory_mib
+        )
+    except (JailerError, OSError) as e:
+        raise VmmFailed(f"making the jail of {live.sandbox_id}: {e}") from e
+    return live.jail
+
+
+async def _jailed(place: Callable[..., tuple[str, ...]], *files: Path | None) -> tuple[str, ...]:
+    """Place files in the jail (blocking); their jail paths."""
+    try:
+        return await asyncio.to_thread(place, *files)
+    except JailerError as e:
+        raise VmmFailed(str(e)) from e
+
+
 async def start_vmm(live: Live, cfg: HostConfig, paths: SandboxPaths) -> Vmm:
     assert live.net is not None
     files = paths.vmm_files
     args = FirecrackerArgs(cfg.vmm.binary, live.sandbox_id.replace("-", "_"), files)
+    argv = args.argv()
+    netns: Path | None = live.net.netns_path
+    if live.jail is not None:
+        # The jailer joins the namespace itself (--netns), then drops to the jail user.
+        argv, netns = live.jail.argv(args), None
+        await asyncio.to_thread(live.jail.own_files, files)
     try:
-        live.vmm = await Vmm.start(args.argv(), files, netns_path=live.net.netns_path)
+        live.vmm = await Vmm.start(argv, files, netns_path=netns)
     except VmmError as e:
         raise VmmFailed(f"starting the VMM for {live.sandbox_id}: {e}") from e
     return live.vmm
@@ -68,6 +98,16 @@ async def boot(
     """Configure and start a fresh VM from the sandbox's root drive."""
     assert live.net is not None
     tap = live.net.tap
+    # A kernel made from Debian's package boots through its own initrd (vm.kernel).
+    initrd = initrd_path(cfg.kernel)
+    kernel_arg, drive_arg = str(cfg.kernel), str(drive)
+    initrd_arg = None if initrd is None else str(initrd)
+    jail = await make_jail(live, cfg, record)
+    if jail is not None:
+        kernel_arg, initrd_jailed, drive_arg = await _jailed(
+            jail.boot_files, cfg.kernel, initrd, drive
+        )
+        initrd_arg = initrd_jailed or None
     vmm = await start_vmm(live, cfg, paths)
     c = vmm.client
     try:
@@ -75,11 +115,8 @@ async def boot(
             lambda: c.put_machine_config(record.vcpus, record.memory_mib, track_dirty_pages=True)
         )
         args = boot_args(record, live.net.kernel_ip_arg)
-        # A kernel made from Debian's package boots through its own initrd (vm.kernel).
-        initrd = initrd_path(cfg.kernel)
-        initrd_arg = None if initrd is None else str(initrd)
-        await vmm.checked(lambda: c.put_boot_source(str(cfg.kernel), args, initrd_arg))
-        await vmm.checked(lambda: c.put_drive(ROOT_DRIVE, str(drive), is_root_device=True))
+        await vmm.checked(lambda: c.put_boot_source(kernel_arg, args, initrd_arg))
+        await vmm.checked(lambda: c.put_drive(ROOT_DRIVE, drive_arg, is_root_device=True))
         await vmm.checked(lambda: c.put_network_interface(GUEST_IFACE, tap))
         await vmm.checked(c.start)
     except VmmError as e:
@@ -87,7 +124,12 @@ async def boot(
 
 
 async def restore(
-    live: Live, cfg: HostConfig, paths: SandboxPaths, drive: Path, prefetch: bool = True
+    live: Live,
+    cfg: HostConfig,
+    paths: SandboxPaths,
+    rec: SandboxRecord,
+    drive: Path,
+    prefetch: bool = True,
 ) -> None:
     """Start a VMM and load the last snapshot with the UFFD engine serving its memory.
 
@@ -104,6 +146,12 @@ async def restore(
         checksums=snap.checksum_paths,
         checksum_block_size=snap.block_size,
     )
+    vmstate, uffd_socket, drive_arg = str(paths.vmstate), str(paths.uffd_socket), str(drive)
+    jail = await make_jail(live, cfg, rec)
+    if jail is not None:
+        vmstate, uffd_socket, drive_arg = await _jailed(
+            jail.restore_files, paths.vmstate, drive, paths.uffd_socket
+        )
     paths.run.mkdir(parents=True, exist_ok=True)
     live.uffd = UffdServer(
         paths.uffd_socket,
@@ -113,6 +161,8 @@ async def restore(
         verify_pages=cfg.verify_pages,
     )
     await live.uffd.start()
+    if jail is not None:
+        jail.own(paths.uffd_socket)  # the jailed VMM connects as the jail user
     live.serving = asyncio.ensure_future(live.uffd.serve())
     vmm = await start_vmm(live, cfg, paths)
     overrides = None
@@ -120,8 +170,8 @@ async def restore(
         overrides = {GUEST_IFACE: live.net.tap}
     try:
         await vmm.load_snapshot(
-            str(paths.vmstate),
-            MemBackend("Uffd", str(paths.uffd_socket)),
+            vmstate,
+            MemBackend("Uffd", uffd_socket),
             track_dirty_pages=True,
             resume_vm=False,
             network_overrides=overrides,
@@ -131,7 +181,7 @@ async def restore(
         raise VmmFailed(f"loading the snapshot of {live.sandbox_id}: {e}") from e
     await _uffd_serving(live)
     try:
-        await vmm.checked(lambda: vmm.client.patch_drive(ROOT_DRIVE, str(drive)))
+        await vmm.checked(lambda: vmm.client.patch_drive(ROOT_DRIVE, drive_arg))
         await vmm.checked(vmm.client.resume)
     except VmmError as e:
         raise VmmFailed(f"resuming the loaded VM of {live.sandbox_id}: {e}") from e
@@ -238,7 +288,7 @@ async def resume(deps: Deps, rec: SandboxRecord, progress: Progress, prefetch: b
         layer = await deps.storage.attach(rec.id)
         live.storage_attached = True
         await progress("load", 2, 4)
-        await restore(live, deps.cfg, deps.paths(rec.id), layer.drive, prefetch)
+        await restore(live, deps.cfg, deps.paths(rec.id), rec, layer.drive, prefetch)
         await progress("agent", 3, 4)
         await connect_guest(live, deps.cfg, rec.env, clock=True)
         check_memory(live)
@@ -276,7 +326,7 @@ async def clone(deps: Deps, rec: SandboxRecord, template: Path, progress: Progre
         )
         rec.generation, rec.snapshot_build_id = header.generation, str(header.build_id)
         await progress("load", 2, 4)
-        await restore(live, deps.cfg, paths, layer.drive)
+        await restore(live, deps.cfg, paths, rec, layer.drive)
         await progress("agent", 3, 4)
         await connect_guest(live, deps.cfg, rec.env, clock=True)
         check_memory(live)

@@ -18,6 +18,7 @@ from typing import Literal
 from wrennd.durable import publish
 from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.log import kv
+from wrennd.sandbox import jail as jailed
 from wrennd.sandbox.environment import Deps, Progress, SandboxPaths
 from wrennd.sandbox.errors import PauseUndone, VmmFailed
 from wrennd.sandbox.live import Live
@@ -60,11 +61,14 @@ async def _snapshot(
     await progress("pause_vm", 1, 4)
     await vmm.checked(vmm.client.pause)
     await progress("snapshot", 2, 4)
-    await vmm.checked(
-        lambda: vmm.client.create_snapshot(
-            str(paths.pending_vmstate), str(paths.pending_memfile), kind
-        )
-    )
+    jail = live.jail
+    targets = (str(paths.pending_vmstate), str(paths.pending_memfile))
+    if jail is not None:
+        targets = (jailed.PENDING_VMSTATE, jailed.PENDING_MEMFILE)
+    await vmm.checked(lambda: vmm.client.create_snapshot(*targets, kind))
+    if jail is not None:  # written in the chroot (its filesystem): linked out, not copied
+        await asyncio.to_thread(jail.take_out, jailed.PENDING_VMSTATE, paths.pending_vmstate)
+        await asyncio.to_thread(jail.take_out, jailed.PENDING_MEMFILE, paths.pending_memfile)
     # From here the VMM's dirty bitmap is reset: until a header holds these
     # pages, the next snapshot must be Full.
     rec.need_full = True

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wrennd.durable import publish
 from wrennd.log import kv
-from wrennd.sandbox import teardown, templates
+from wrennd.sandbox import jail, teardown, templates
 from wrennd.sandbox.environment import Deps, SandboxPaths
 from wrennd.sandbox.record import SandboxRecord, SandboxState
 from wrennd.snapshot import SnapshotError
@@ -123,6 +123,11 @@ async def recover(deps: Deps) -> list[SandboxRecord]:
     records, bad = await asyncio.to_thread(deps.records.load_all)
     for err in bad:
         log.error("unreadable sandbox record left alone", extra=kv(error=err))
+    if deps.cfg.jail is not None:
+        # First: a jailed VMM is found by its jail (its command line has jail paths).
+        jails = await asyncio.to_thread(jail.cleanup_stale, deps.cfg.jail)
+        if jails:
+            log.warning("stale jails removed", extra=kv(sandboxes=",".join(jails)))
     kept: list[SandboxRecord] = []
     for rec in records:
         paths = deps.paths(rec.id)
