@@ -26,7 +26,6 @@ import contextlib
 import errno
 import logging
 import os
-import signal
 import socket
 import stat
 from collections.abc import Sequence
@@ -34,13 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wrennd.log import kv
-from wrennd.uffd import handshake
+from wrennd.uffd import handshake, integrity
 from wrennd.uffd.engine import (
     BASE_PAGE_SIZE,
     DEFAULT_BATCH_BYTES,
     DEFAULT_PREFETCH_BATCH_BYTES,
     DEFAULT_WINDOW_MAX_BYTES,
-    Checksummed,
     Engine,
     EngineConfigError,
     EngineStats,
@@ -49,6 +47,7 @@ from wrennd.uffd.engine import (
     check_snapshot,
 )
 from wrennd.uffd.handshake import HandshakeError, Region
+from wrennd.uffd.integrity import Corruption
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +73,6 @@ class SnapshotMemory:
     checksum_block_size: int = 0  # ... this many bytes (the snapshot's block size)
 
 
-@dataclass(frozen=True)
-class Corruption:
-    """A block whose bytes did not match its checksum: never installed."""
-
-    generation: Path  # the generation file (its name is the build id)
-    block: int  # block index in that file (storage offset / block size)
-    storage_offset: int
-
-    def __str__(self) -> str:
-        return (
-            f"generation {self.generation.name} ({self.generation}): block {self.block} "
-            f"(storage offset {self.storage_offset:#x}) does not match its checksum"
-        )
-
-
 @dataclass
 class ServeResult:
     """Why serving ended, and the engine's final numbers."""
@@ -101,6 +85,23 @@ class ServeResult:
     prefetch_map: list[tuple[int, int]] = field(default_factory=list)  # the map this resume had
     present: list[tuple[int, int]] = field(default_factory=list)  # installed, not given back
     removed: list[tuple[int, int]] = field(default_factory=list)  # given back by REMOVE
+
+
+def listen(path: Path) -> socket.socket:
+    """A non-blocking listening socket at `path` (replacing a stale socket file only)."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise FileExistsError(errno.EEXIST, f"{path} exists and is not a socket")
+        path.unlink()  # a stale socket from an earlier run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(os.fspath(path))
+        sock.listen(1)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class UffdServer:
@@ -150,7 +151,7 @@ class UffdServer:
         else:
             await loop.run_in_executor(None, self._check_files)
         try:
-            self._listener = self._listen()
+            self._listener = listen(self.socket_path)
         except BaseException:
             self._close_engine()
             raise
@@ -171,51 +172,17 @@ class UffdServer:
             checksums=self._checksums(),
         )
 
-    def _checksums(self) -> Checksummed | None:
-        m = self.memory
-        if not self.verify_pages or not any(m.checksums):
-            if m.generations:
-                log.info(
-                    "uffd: pages served without checksum verification",
-                    extra=kv(
-                        socket=self.socket_path,
-                        why="off"
-                        if not self.verify_pages
-                        else "the snapshot's generations have no checksums",
-                    ),
-                )
-            return None
-        return Checksummed(m.checksums, m.checksum_block_size)
+    def _checksums(self) -> integrity.Checksummed | None:
+        return integrity.checksummed(self.memory, self.verify_pages, self.socket_path)
 
     def corruption(self) -> Corruption | None:
         """The bad block the engine met, if any (then it stopped serving)."""
-        stats = self.stats()
-        if stats is None or stats.corrupt_source < 0:
-            return None
-        path = self.memory.generations[stats.corrupt_source]
-        block_size = self.memory.checksum_block_size or 1
-        return Corruption(path, stats.corrupt_offset // block_size, stats.corrupt_offset)
+        return integrity.corruption_of(self.memory, self.stats())
 
     def _check_files(self) -> None:
         m = self.memory
         sizes = [p.stat().st_size for p in m.generations]
         check_snapshot(m.memory_size, BASE_PAGE_SIZE, m.entries, sizes, m.entry_count)
-
-    def _listen(self) -> socket.socket:
-        path = self.socket_path
-        with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISSOCK(path.lstat().st_mode):
-                raise FileExistsError(errno.EEXIST, f"{path} exists and is not a socket")
-            path.unlink()  # a stale socket from an earlier run
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.bind(os.fspath(path))
-            sock.listen(1)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
 
     @property
     def engine(self) -> Engine | None:
@@ -261,28 +228,10 @@ class UffdServer:
                 extra=kv(socket=self.socket_path, peer_pid=self.peer_pid, regions=len(regions)),
             )
             reason = await self._wait_end(conn)
-            self._kill_peer_if_corrupt()
+            integrity.stop_peer_if_corrupt(self.corruption(), self.peer_pid, self.socket_path)
         finally:
             conn.close()
         return await self._finish(reason)
-
-    def _kill_peer_if_corrupt(self) -> None:
-        """A VMM whose memory met a bad block must not run on: once the uffd
-        closes, the pages never installed would read as zeros.  Killed while
-        its connection is still open, so the pid is still its own."""
-        bad = self.corruption()
-        if bad is None or self.peer_pid is None:
-            return
-        log.error(
-            "uffd: snapshot data does not match its checksum; stopping the VMM",
-            extra=kv(socket=self.socket_path, peer_pid=self.peer_pid, corruption=str(bad)),
-        )
-        with contextlib.suppress(ProcessLookupError):
-            pidfd = os.pidfd_open(self.peer_pid)
-            try:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            finally:
-                os.close(pidfd)
 
     async def _accept(self) -> socket.socket:
         """The peer's connection, unless stop() comes first (ServeStopped)."""
