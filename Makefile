@@ -109,6 +109,10 @@ guest-smoke: install kernel image
 	$(PY) images/guest_smoke.py --kernel build/vmlinux --image build/base.ext4
 
 # The main job, scripted with wrennctl (README "Sandboxes"): root, cleans up after itself.
-.PHONY: demo
+.PHONY: demo console
 demo: install
 	$(PY) demo/demo.py
+
+# A scratch daemon (as make demo) with the HTTP console on a free loopback port, until Ctrl-C.
+console: install
+	$(PY) demo/console.py

@@ -124,6 +124,46 @@ def _nft_name(v: object) -> str:
     return v
 
 
+@dataclasses.dataclass(frozen=True)
+class HttpAddress:
+    """Where the HTTP console listens: a TCP host and port, or a Unix socket path."""
+
+    host: str | None = None
+    port: int = 0
+    path: Path | None = None
+
+    @property
+    def loopback(self) -> bool:
+        return self.path is not None or ipaddress.ip_address(self.host or "").is_loopback
+
+
+def parse_http_listen(v: object) -> HttpAddress | None:
+    """``127.0.0.1:PORT``, ``[::1]:PORT`` or ``unix:/path``; empty means off."""
+    if not isinstance(v, str):
+        raise TypeError
+    if not v:
+        return None
+    if v.startswith("unix:"):
+        return HttpAddress(path=_path(v[len("unix:") :]))
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):([0-9]{1,5})", v)
+    if m is None:
+        raise ValueError
+    host = m.group(1) or m.group(2)
+    ip = ipaddress.ip_address(host)  # ValueError for a name: no lookups, no surprises
+    if (m.group(1) is not None) != (ip.version == 6):
+        raise ValueError
+    port = int(m.group(3))
+    if not 0 < port < 65536:
+        raise ValueError
+    return HttpAddress(host=str(ip), port=port)
+
+
+def _http_listen(v: object) -> str:
+    parse_http_listen(v)
+    assert isinstance(v, str)
+    return v
+
+
 def _setting(default: Any, parse: Callable[[object], Any], expected: str) -> Any:
     return dataclasses.field(default=default, metadata={"parse": parse, "expected": expected})
 
@@ -181,6 +221,13 @@ class Settings:
     # Seconds SIGTERM may take (finish lifecycle calls, pause sandboxes); keep it below
     # the unit's TimeoutStopSec.
     shutdown_timeout: int = _setting(150, _pos_int, "a positive integer (seconds)")
+    # The HTTP console (wrennd.web): off unless an address is given.  Only loopback
+    # addresses and Unix sockets unless http_allow_remote: the console controls every
+    # sandbox, and plain HTTP off the host exposes its token to the network.
+    http_listen: str = _setting(
+        "", _http_listen, "empty, 127.0.0.1:PORT, [::1]:PORT (any IP literal) or unix:/path"
+    )
+    http_allow_remote: bool = _setting(False, _bool, "true or false")
 
     # Derived paths (DESIGN.md §3).
     @property
@@ -206,6 +253,14 @@ class Settings:
     @property
     def socket_path(self) -> Path:
         return self.run_dir / "wrennd.sock"
+
+    @property
+    def http_address(self) -> HttpAddress | None:
+        return parse_http_listen(self.http_listen)
+
+    @property
+    def http_token_path(self) -> Path:
+        return self.run_dir / "http.token"
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -250,4 +305,14 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Sett
         key = name[len(ENV_PREFIX) :].lower()
         if key in FIELDS:
             values[key] = _parse(key, raw, f"${name}")
-    return Settings(**values)
+    settings = Settings(**values)
+    address = settings.http_address
+    if address is not None and not address.loopback and not settings.http_allow_remote:
+        raise ConfigError(
+            "http_listen",
+            settings.http_listen,
+            "a loopback address or unix:/path (set http_allow_remote = true to listen "
+            "beyond this host, behind TLS or a tunnel)",
+            "the settings",
+        )
+    return settings

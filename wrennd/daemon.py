@@ -37,6 +37,7 @@ from wrennd.sandbox.service import SandboxService
 from wrennd.storage.errors import StorageError
 from wrennd.systemd import Notifier, watchdog_interval
 from wrennd.vm.kernel import describe as describe_kernel
+from wrennd.web.server import WebConsole
 
 logger = logging.getLogger("wrennd.daemon")
 # Exit status for a configuration error: the unit's RestartPreventExitStatus.
@@ -236,6 +237,10 @@ def wire(daemon: Daemon) -> None:
     daemon.info.add("kernel", lambda: kernel_facts)
     daemon.on_startup("sandbox recovery", sandboxes.start)
     daemon.on_shutdown("pause all sandboxes", sandboxes.shutdown)
+    if settings.http_address is not None:
+        console = WebConsole(settings, daemon.server, sandboxes, daemon.lag)
+        daemon.on_startup("http console", console.start)
+        daemon.on_shutdown("http console", lambda _: console.stop())
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
