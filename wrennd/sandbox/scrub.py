@@ -5,7 +5,7 @@ One pass checks every paused sandbox's snapshot and every template's against
 the generation checksums (wrennd.snapshot.scrub), one snapshot at a time, on
 a single worker thread of its own at the lowest CPU priority and at a bounded
 read rate: off the event loop and out of the way of resumes.  What it found
-is in ``stats()`` (host.stats section "scrub"; the hook for /metrics too).
+is in ``stats()`` (host.stats section "scrub", and wrennd.web.metrics).
 """
 
 from __future__ import annotations
