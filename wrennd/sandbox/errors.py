@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from wrennd.guest.client import AgentUnavailable, GuestError
+from wrennd.guest.session import SessionError
 from wrennd.snapshot.errors import ChecksumError
 from wrennd.storage.errors import BaseImageInUse, NoSpace, StorageError
 
@@ -177,6 +178,7 @@ _LIFTS: tuple[tuple[type[Exception], Callable[[Any], LifecycleError]], ...] = (
     (GuestError, lambda e: GuestFailed(e.message, code=e.code, status=e.status)),
     (ChecksumError, lambda e: SnapshotCorrupt(str(e), file=str(e.path), block=e.block)),
     (AgentUnavailable, lambda e: GuestFailed(str(e), code="unavailable")),
+    (SessionError, lambda e: GuestFailed(e.message, code=e.code)),
 )
 
 
