@@ -12,6 +12,9 @@ touch.  Handlers compared:
   engine-b1   the same with batch = one page
   kernel      no uffd: the flat memfile mapped MAP_PRIVATE (Firecracker's File backend)
   minimal     a minimal C handler: read one message, copy one page, no lookup
+  engine-verify  the engine with verify_pages: each block checked against its
+              generation's CRC32C before it is installed (the daemon's default
+              when this costs <= 15 %; ratios: verify_pages_cost)
 
 Patterns: sequential, random, ws10 (10 % of memory in 64 KiB clusters, in
 random order), each read and write, warm page cache; sequential and random
@@ -47,6 +50,7 @@ import os
 import random
 import shutil
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -55,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faultin_fixtures import build_chain
+from faultin_fixtures import build_chain, with_checksums
 
 from wrennd import config, features
 from wrennd.uffd import handshake
@@ -76,6 +80,10 @@ class Fixture:
     size: int
     flat: Path  # the exported memory image
     memory: SnapshotMemory
+    checked: SnapshotMemory = field(init=False)  # the same with checksum files
+
+    def __post_init__(self) -> None:
+        self.checked = with_checksums(self.memory)
 
 
 def build_fixture(directory: Path, size: int, seed: int) -> Fixture:
@@ -235,11 +243,13 @@ class Bench:
         prefetch_run: bool = False,
         window: int = DEFAULT_WINDOW_MAX_BYTES,
         copy_mode: str = "auto",
+        verify: bool = False,
     ) -> dict[str, Any]:
-        memory = dataclasses.replace(self.fx.memory, prefetch=list(prefetch))
+        memory = self.fx.checked if verify else self.fx.memory
+        memory = dataclasses.replace(memory, prefetch=list(prefetch))
         server = UffdServer(
             self.workdir / "uffd.sock", memory, batch_bytes=batch, window_max_bytes=window,
-            copy_mode=copy_mode,
+            copy_mode=copy_mode, verify_pages=verify,
         )  # fmt: skip
         await server.start()
         serving = asyncio.ensure_future(server.serve())
@@ -267,8 +277,10 @@ class Bench:
             engine_p50_us=s.latency_percentile_ns(0.5) / 1e3,
             bounce_batches=s.bounce_batches,
             window_grows=s.window_grows,
+            verified_blocks=s.verified_blocks,
             working_set=result.working_set,
         )
+        assert s.verified_blocks > 0 if verify else s.verified_blocks == 0
         return r
 
     async def minimal(self, pattern: str, write: bool) -> dict[str, Any]:
@@ -330,10 +342,27 @@ def handlers_of(
         "engine-b1": lambda o, w: b.engine(o, w, PAGE, window=PAGE),
         "engine-runs": lambda o, w: b.engine(o, w, batch, copy_mode="runs"),
         "engine-bounce": lambda o, w: b.engine(o, w, batch, copy_mode="bounce"),
+        "engine-verify": lambda o, w: b.engine(o, w, batch, verify=True),
         "kernel": b.kernel,
         "minimal": b.minimal,
     }
     return {n: every[n] for n in names}
+
+
+VERIFY_PAIR = ["engine", "engine-verify"]
+
+
+def with_repeats(plan: list[tuple[str, str, str, str]], n: int) -> list[tuple[str, str, str, str]]:
+    """Each scenario's engine / engine-verify pair run n times, alternating, right
+    after the scenario's other handlers: on a busy host the median of
+    alternating runs is what tells a 10 % cost from noise."""
+    out: list[tuple[str, str, str, str]] = []
+    for i, step in enumerate(plan):
+        out.append(step)
+        last_of_scenario = i + 1 == len(plan) or plan[i + 1][1:] != step[1:]
+        if last_of_scenario and n > 1:
+            out += [(h, step[1], step[2], step[3]) for _ in range(n - 1) for h in VERIFY_PAIR]
+    return out
 
 
 async def run_plan(
@@ -376,8 +405,9 @@ async def run_chains(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     loop = asyncio.get_running_loop()
     size = args.size_mib * MiB
-    names = ["engine", "engine-b1", "kernel"]
+    names = ["engine", "engine-verify", "engine-b1", "kernel"]
     names += ["engine-runs", "engine-bounce"] if args.copy_modes else []
+    names = VERIFY_PAIR if args.verify_only else names
     scen = [("sequential", "read", "warm"), ("sequential", "write", "warm")]
     scen += [("random", "read", "warm")]
     scen += [("sequential", "read", "cold")] if cold else []
@@ -390,9 +420,10 @@ async def run_chains(
         flat, memory, facts[name] = await loop.run_in_executor(
             None, build_chain, d, size, PAGE, args.seed, diffs, interleaved
         )
-        b = Bench(Fixture(size, flat, memory), workdir, guest, probe, args.seed)
+        fx = await loop.run_in_executor(None, Fixture, size, flat, memory)
+        b = Bench(fx, workdir, guest, probe, args.seed)
         plan = [(h, p, rw, c) for p, rw, c in scen for h in names]
-        rows += await run_plan(b, name, plan, batch)
+        rows += await run_plan(b, name, with_repeats(plan, args.verify_repeats), batch)
         await loop.run_in_executor(None, shutil.rmtree, d)
     return rows, facts
 
@@ -414,12 +445,14 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             print(f"fixture: {size // MiB} MiB in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
             b = Bench(fx, workdir, guest, probe, args.seed)
             pats = ("sequential", "random", "ws10")
-            hs = ["engine", "engine-b1", "kernel", "minimal"]
+            hs = ["engine", "engine-verify", "engine-b1", "kernel", "minimal"]
+            hs = VERIFY_PAIR if args.verify_only else hs
             plan = [(h, p, rw, "warm") for p in pats for rw in ("read", "write") for h in hs]
             if cold_ok:
                 plan += [(h, p, "read", "cold") for p in ("sequential", "random") for h in hs]
-            rows += await run_plan(b, LEGACY, plan, batch)
-            rows += await prefetch_pair(b, batch)
+            rows += await run_plan(b, LEGACY, with_repeats(plan, args.verify_repeats), batch)
+            if not args.verify_only:
+                rows += await prefetch_pair(b, batch)
         chain_rows, facts = await run_chains(args, workdir, guest, probe, batch, cold_ok)
         rows += chain_rows
     finally:
@@ -428,6 +461,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         await probe_task
         await loop.run_in_executor(None, shutil.rmtree, workdir)
     return {"size_bytes": size, "page_size": PAGE, "batch_bytes": batch, "cold": cold_ok,
+            "verify_only": args.verify_only, "verify_repeats": args.verify_repeats,
             "cpus": os.cpu_count(), "loadavg": os.getloadavg(), "fixtures": facts,
             "rows": rows}  # fmt: skip
 
@@ -463,7 +497,37 @@ def chain_ratios(rows: list[dict[str, Any]], fixture: str, cold: bool) -> dict[s
     return out
 
 
+def verify_cost(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """verify_pages against the same engine without it, per scenario run by both:
+    the extra time as a fraction (0.10 = 10 % slower), from the medians of the
+    (alternating, --verify-repeats) runs of each."""
+    times: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        if r["handler"] in VERIFY_PAIR and "variant" not in r:
+            key = "/".join(r[k] for k in ("fixture", "pattern", "rw", "cache"))
+            times.setdefault(key, {}).setdefault(r["handler"], []).append(r["seconds"])
+    cost = {
+        key: round(statistics.median(t["engine-verify"]) / statistics.median(t["engine"]) - 1, 3)
+        for key, t in times.items()
+        if len(t) == 2
+    }
+    worst = max(cost.values(), default=0.0)
+    typical = statistics.median(cost.values()) if cost else 0.0
+    return {
+        "by_scenario": cost,
+        "median": typical,
+        "max": worst,
+        "goals": {"le_15pct": worst <= 0.15},
+    }
+
+
 def ratios(res: dict[str, Any]) -> dict[str, Any]:
+    out = {} if res["verify_only"] else _ratios(res)
+    out["verify_pages_cost"] = verify_cost(res["rows"])
+    return out
+
+
+def _ratios(res: dict[str, Any]) -> dict[str, Any]:
     rows = res["rows"]
     chains = {f: chain_ratios(rows, f, res["cold"]) for f in res["fixtures"]}
     if not any(r["fixture"] == LEGACY for r in rows):
@@ -590,6 +654,14 @@ def main() -> int:
         help="skip the two-generation fixture (and its goals): only the chain fixtures",
     )  # fmt: skip
     ap.add_argument(
+        "--verify-only", action="store_true",
+        help="run only the engine with and without verify_pages (the verify_pages_cost figure)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--verify-repeats", type=int, default=1, metavar="N",
+        help="run each scenario's engine / engine-verify pair N times, alternating (medians)",
+    )  # fmt: skip
+    ap.add_argument(
         "--copy-modes", action="store_true",
         help="also run the chain fixtures with each install strategy forced",
     )  # fmt: skip
@@ -617,7 +689,7 @@ def main() -> int:
     res = uvloop.run(run_all(args))
     res["ratios"] = ratios(res)
     args.out.mkdir(parents=True, exist_ok=True)
-    pngs = [] if args.chains_only else plots(res, args.out)
+    pngs = [] if args.chains_only or args.verify_only else plots(res, args.out)
     for r in res["rows"]:
         r.pop("_lat", None)
         r.pop("working_set", None)

@@ -17,10 +17,14 @@ Diffs stays quick.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from pathlib import Path
 
+from wrennd.snapshot import checksums
+from wrennd.snapshot.ingest import scan_memfile
+from wrennd.snapshot.mapping import Mapping
 from wrennd.uffd.engine import SOURCE_ZERO, MapEntry
 from wrennd.uffd.server import SnapshotMemory
 
@@ -117,3 +121,24 @@ def build_chain(
         "generations": diffs + 1,
     }
     return flat, SnapshotMemory(size, page, entries, paths), facts
+
+
+def with_checksums(memory: SnapshotMemory) -> SnapshotMemory:
+    """The memory with a checksum file beside each generation, as ingest writes
+    them (the native scan's CRC32C per block): for the verify_pages runs."""
+    bs = memory.page_size or 4096
+    sums = []
+    for gen in memory.generations:
+        fd = os.open(gen, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            table = checksums.new_table(size // bs)
+            scan_memfile(fd, size, bs, 0, diff=False, punch=False, crcs=table)
+        finally:
+            os.close(fd)
+        path = checksums.checksum_path(gen)
+        whole = Mapping.from_entries([(0, size, 0, 0)])
+        raw = checksums.table_bytes(table, size // bs)
+        checksums.write(path, bs, raw, size // bs, whole, 0)
+        sums.append(path)
+    return dataclasses.replace(memory, checksums=sums, checksum_block_size=bs)

@@ -1,6 +1,7 @@
 /* Memfile scanning and copying for snapshot ingest, collapse and export. */
 #define _GNU_SOURCE
 #include "snapshot_io.h"
+#include "crc32c.h"
 #include "fdio.h"
 #include "zeroscan.h"
 
@@ -47,6 +48,7 @@ struct scan {
     uint32_t source;
     int punch;
     uint8_t *chunk, *bits;
+    uint32_t *crcs; /* per block, or NULL */
     struct builder out;
     struct wr_scan_result *res;
 };
@@ -80,6 +82,10 @@ static int scan_data(struct scan *s, uint64_t pos, uint64_t end)
         for (uint64_t b = 0; b < n / bs; b++) {
             uint64_t off = pos + b * bs;
             int zero = (s->bits[b >> 3] >> (b & 7)) & 1;
+            /* checksummed while the block is in cache from the zero scan: the
+             * generation's integrity record costs no second read */
+            if (s->crcs)
+                s->crcs[off / bs] = wr_crc32c(0, s->chunk + b * bs, bs);
             rc = push(&s->out, off, bs, zero ? WR_SOURCE_ZERO : s->source);
             if (rc < 0)
                 return rc;
@@ -137,14 +143,14 @@ static int scan_extents(struct scan *s, uint64_t memory_size, int mode)
 
 int wr_memfile_scan(int fd, uint64_t memory_size, uint64_t block_size,
                     uint32_t source, int mode, int punch,
-                    struct wr_scan_result *res)
+                    struct wr_scan_result *res, uint32_t *crcs)
 {
     memset(res, 0, sizeof *res);
     if (block_size == 0 || memory_size % block_size || source >= WR_SOURCE_ZERO ||
         (mode != WR_SCAN_FULL && mode != WR_SCAN_DIFF) || memory_size > INT64_MAX)
         return -EINVAL;
     struct scan s = {.fd = fd, .block_size = block_size, .source = source,
-                     .punch = punch, .res = res};
+                     .punch = punch, .crcs = crcs, .res = res};
     uint64_t chunk = CHUNK >= block_size ? CHUNK - CHUNK % block_size : block_size;
     s.chunk = malloc(chunk);
     s.bits = malloc(chunk / block_size / 8 + 1);
@@ -241,6 +247,55 @@ int wr_map_copy_out(const struct wr_map_entry *entries, uint64_t n,
             break;
         }
         rc = copy_rw(in, e->storage_offset, out_fd, e->offset, e->length, buf, buf_len);
+    }
+    free(buf);
+    return rc;
+}
+
+static int verify_entry(const struct wr_map_entry *e, int fd, const uint32_t *crcs, uint64_t bs,
+                        uint8_t *buf, uint64_t buf_len, uint64_t *bad_offset)
+{
+    uint64_t so = e->storage_offset, end = e->storage_offset + e->length;
+    while (so < end) {
+        uint64_t n = end - so < buf_len ? end - so : buf_len;
+        int rc = wr_pread_full(fd, buf, n, so);
+        if (rc < 0) {
+            *bad_offset = so;
+            return rc;
+        }
+        for (uint64_t b = 0; b < n; b += bs) {
+            if (wr_crc32c(0, buf + b, bs) != crcs[(so + b) / bs]) {
+                *bad_offset = so + b;
+                return -EBADMSG;
+            }
+        }
+        so += n;
+    }
+    return 0;
+}
+
+int wr_map_verify(const struct wr_map_entry *entries, uint64_t n, const int *fds,
+                  const uint32_t *const *crcs, uint32_t nfds, uint64_t block_size,
+                  uint64_t *failed, uint64_t *bad_offset)
+{
+    *failed = 0;
+    *bad_offset = 0;
+    if (block_size == 0 || CHUNK % block_size)
+        return -EINVAL;
+    uint8_t *buf = NULL;
+    int rc = 0;
+    for (uint64_t i = 0; i < n && rc == 0; i++) {
+        const struct wr_map_entry *e = &entries[i];
+        *failed = i;
+        if (e->source == WR_SOURCE_ZERO)
+            continue;
+        if (e->source >= nfds || e->storage_offset % block_size || e->length % block_size)
+            return free(buf), -EINVAL;
+        if (crcs[e->source] == NULL)
+            continue;
+        if (buf == NULL && (buf = malloc(CHUNK)) == NULL)
+            return -ENOMEM;
+        rc = verify_entry(e, fds[e->source], crcs[e->source], block_size, buf, CHUNK, bad_offset);
     }
     free(buf);
     return rc;

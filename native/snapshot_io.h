@@ -32,11 +32,13 @@ struct wr_scan_result {
  * extent whose ends are not block-aligned is -EINVAL (bad_offset says where).
  * With punch != 0 the all-zero blocks inside data extents are punched out
  * (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE).  Reads only data extents, so
- * the cost follows the data, not memory_size.  Returns 0 or -errno; on error
- * res->entries is NULL. */
+ * the cost follows the data, not memory_size.  With `crcs` (NULL: none;
+ * else memory_size / block_size entries) crcs[i] receives the CRC32C of block
+ * i for every block read (data extents, before any punch); other entries are
+ * left as they are.  Returns 0 or -errno; on error res->entries is NULL. */
 int wr_memfile_scan(int fd, uint64_t memory_size, uint64_t block_size,
                     uint32_t source, int mode, int punch,
-                    struct wr_scan_result *res);
+                    struct wr_scan_result *res, uint32_t *crcs);
 
 void wr_scan_result_free(struct wr_scan_result *res);
 
@@ -48,6 +50,16 @@ void wr_scan_result_free(struct wr_scan_result *res);
  * (-EIO: a source file ended early). */
 int wr_map_copy_out(const struct wr_map_entry *entries, uint64_t n,
                     const int *fds, uint32_t nfds, int out_fd, uint64_t *failed);
+
+/* Check every entry not mapped to zero-fill whose source has checksums
+ * (crcs[source] != NULL: one CRC32C per block_size bytes of that generation
+ * file, indexed by storage offset / block_size): read the bytes (pread, in
+ * chunks) and compare block by block.  Entries must be block-aligned.
+ * Returns 0, -EBADMSG with the failing entry in *failed and the bad block's
+ * storage offset in *bad_offset, or -errno (-EIO: a file ended early). */
+int wr_map_verify(const struct wr_map_entry *entries, uint64_t n, const int *fds,
+                  const uint32_t *const *crcs, uint32_t nfds, uint64_t block_size,
+                  uint64_t *failed, uint64_t *bad_offset);
 
 /* CDEF-END */
 

@@ -139,7 +139,12 @@ int wr_engine_create(const struct wr_engine_config *cfg, const struct wr_map_ent
     e->entries = malloc((nentries ? nentries : 1) * sizeof *entries);
     e->src_maps = calloc(nsources ? nsources : 1, sizeof *e->src_maps);
     e->src_sizes = calloc(nsources ? nsources : 1, sizeof *e->src_sizes);
-    if (!e->entries || !e->src_maps || !e->src_sizes) {
+    e->crcs = calloc(nsources ? nsources : 1, sizeof *e->crcs);
+    e->crc_maps = calloc(nsources ? nsources : 1, sizeof *e->crc_maps);
+    e->crc_lens = calloc(nsources ? nsources : 1, sizeof *e->crc_lens);
+    atomic_store(&e->corrupt_source, -1);
+    if (!e->entries || !e->src_maps || !e->src_sizes || !e->crcs || !e->crc_maps ||
+        !e->crc_lens) {
         rc = -ENOMEM;
         goto fail;
     }
@@ -153,6 +158,32 @@ int wr_engine_create(const struct wr_engine_config *cfg, const struct wr_map_ent
 fail:
     wr_engine_destroy(e);
     return rc;
+}
+
+int wr_engine_set_checksums(struct wr_engine *e, uint32_t source, int fd, uint64_t array_offset,
+                            uint64_t count, uint64_t block_size)
+{
+    if (e->fault_started)
+        return -EBUSY;
+    if (source >= e->nsources || !pow2(block_size) || e->base_page % block_size ||
+        (e->crc_block && e->crc_block != block_size) || e->crcs[source] ||
+        count < (e->src_sizes[source] + block_size - 1) / block_size || count > UINT64_MAX / 4 ||
+        array_offset % sizeof(uint32_t) || array_offset > UINT64_MAX - count * 4)
+        return -EINVAL;
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    uint64_t len = array_offset + count * 4;
+    if ((uint64_t)st.st_size < len || len == 0)
+        return -EINVAL;
+    void *p = mmap(NULL, (size_t)len, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    e->crc_maps[source] = p;
+    e->crc_lens[source] = len;
+    e->crcs[source] = (const uint32_t *)((uint8_t *)p + array_offset);
+    e->crc_block = block_size;
+    return 0;
 }
 
 int wr_engine_set_prefetch(struct wr_engine *e, const struct wr_range *ranges, uint64_t n)
@@ -294,6 +325,8 @@ static void *fault_main(void *arg)
         if (err)
             break;
     }
+    if (err == 0 && atomic_load(&e->corrupt_source) >= 0)
+        err = -EBADMSG; /* prefetch met a bad block and asked us to stop */
     atomic_store(&e->stop_error, err);
     atomic_store(&e->stopping, true); /* the prefetch thread follows */
     atomic_store(&e->running, 0);
@@ -377,6 +410,7 @@ void wr_engine_stats(const struct wr_engine *e, struct wr_engine_stats *o)
     LOAD(wakes);
     LOAD(bounce_batches);
     LOAD(window_grows);
+    LOAD(verified_blocks);
     LOAD(lat_count);
     LOAD(lat_sum_ns);
     LOAD(lat_max_ns);
@@ -388,6 +422,9 @@ void wr_engine_stats(const struct wr_engine *e, struct wr_engine_stats *o)
     o->prefetch_running = atomic_load(&m->prefetch_running);
     o->stop_error = atomic_load(&m->stop_error);
     o->prefetch_error = atomic_load(&m->prefetch_error);
+    o->corrupt_source = atomic_load(&m->corrupt_source);
+    o->reserved = 0;
+    o->corrupt_offset = atomic_load(&m->corrupt_offset);
 }
 
 uint64_t wr_engine_working_set(struct wr_engine *e, struct wr_range *out, uint64_t cap)
@@ -452,6 +489,9 @@ void wr_engine_destroy(struct wr_engine *e)
     for (uint32_t i = 0; e->src_maps && i < e->nsources; i++)
         if (e->src_maps[i])
             munmap(e->src_maps[i], e->src_sizes[i]);
+    for (uint32_t i = 0; e->crc_maps && i < e->nsources; i++)
+        if (e->crc_maps[i])
+            munmap(e->crc_maps[i], e->crc_lens[i]);
     if (e->bounce)
         munmap(e->bounce, e->bounce_len + e->zeros_len);
     int fds[3] = {e->uffd, e->ctl_fd, e->done_fd};
@@ -462,6 +502,9 @@ void wr_engine_destroy(struct wr_engine *e)
     pthread_mutex_destroy(&e->ws_lock);
     free(e->src_maps);
     free(e->src_sizes);
+    free(e->crcs);
+    free(e->crc_maps);
+    free(e->crc_lens);
     free(e->regions);
     free(e->entries);
     free(e->state);

@@ -87,6 +87,13 @@ struct wr_engine_stats {
     int32_t prefetch_running;
     int32_t stop_error;      /* 0, or the negative errno that stopped the engine */
     int32_t prefetch_error;  /* 0, or the negative errno that ended prefetch */
+    uint64_t verified_blocks; /* blocks checked against their CRC32C before install */
+    /* The first block whose bytes did not match its checksum (it was not
+     * installed; the engine stopped with -EBADMSG): generation `corrupt_source`
+     * (-1: none) at storage offset `corrupt_offset`. */
+    int32_t corrupt_source;
+    uint32_t reserved;
+    uint64_t corrupt_offset;
 };
 
 struct wr_engine;
@@ -98,6 +105,18 @@ struct wr_engine;
 int wr_engine_create(const struct wr_engine_config *cfg, const struct wr_map_entry *entries,
                      uint64_t nentries, const int *source_fds, uint32_t nsources,
                      struct wr_engine **out);
+
+/* Verify generation `source` before installing its bytes (before
+ * wr_engine_start): `fd` holds, at byte `array_offset`, `count` little-endian
+ * CRC32C values, one per `block_size` bytes of the generation file (block
+ * size a power of two dividing the base page; count covering the file).  The
+ * engine maps the fd read-only and does not keep it.  Every block is checked
+ * as it is installed, by demand faults and prefetch alike; a mismatch
+ * installs nothing of it, records the block (stats corrupt_*) and stops the
+ * engine with -EBADMSG: bad memory is never served.  Sources without
+ * checksums are installed unchecked.  0, -EINVAL, -EBUSY or -errno. */
+int wr_engine_set_checksums(struct wr_engine *e, uint32_t source, int fd, uint64_t array_offset,
+                            uint64_t count, uint64_t block_size);
 
 /* Ranges to install in the background, in order (before wr_engine_start). */
 int wr_engine_set_prefetch(struct wr_engine *e, const struct wr_range *ranges, uint64_t n);

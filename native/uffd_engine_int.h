@@ -21,7 +21,7 @@ struct stats_atomic {
     _Atomic uint64_t faults, copy_pages, copy_bytes, zero_pages, zero_bytes, batches;
     _Atomic uint64_t prefetch_pages, prefetch_batches, prefetch_yields;
     _Atomic uint64_t eexist, eagain, removes, removed_pages, removed_faults, wakes;
-    _Atomic uint64_t bounce_batches, window_grows;
+    _Atomic uint64_t bounce_batches, window_grows, verified_blocks;
     _Atomic uint64_t lat_count, lat_sum_ns, lat_max_ns;
     _Atomic uint64_t lat_hist[WR_LAT_BUCKETS];
 };
@@ -49,6 +49,14 @@ struct wr_engine {
     uint8_t **src_maps;
     uint64_t *src_sizes;
     uint32_t nsources;
+    /* Per source: its CRC32C array (NULL: unchecked), from the mapping
+     * crc_maps[i] of crc_lens[i] bytes; one value per crc_block bytes. */
+    const uint32_t **crcs;
+    uint8_t **crc_maps;
+    uint64_t *crc_lens;
+    uint64_t crc_block;
+    atomic_int corrupt_source;
+    _Atomic uint64_t corrupt_offset;
     /* Huge units only: one unit of zeros (hugetlb has no zeropage). */
     uint8_t *zeros;
     uint64_t zeros_len;
@@ -103,6 +111,9 @@ int wr_serve_fault(struct wr_engine *e, uint64_t addr);
 /* Install every ABSENT unit of memory [off, end) (prefetch): 0 or -errno;
  * *done_units counts what this call installed. */
 int wr_install_absent(struct wr_engine *e, uint64_t off, uint64_t end, uint64_t *done_units);
+/* Check memory [off, off+len) against its generations' checksums: 0, or
+ * -EBADMSG with the first bad block recorded (lock held). */
+int wr_verify_range(struct wr_engine *e, uint64_t off, uint64_t len);
 /* Mark host range [start, end) removed. */
 void wr_mark_removed(struct wr_engine *e, uint64_t start, uint64_t end);
 

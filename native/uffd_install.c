@@ -16,7 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 
+#include "crc32c.h"
 #include "uffd_engine_int.h"
 
 const struct wr_region *wr_region_of_offset(const struct wr_engine *e, uint64_t off)
@@ -25,6 +27,47 @@ const struct wr_region *wr_region_of_offset(const struct wr_engine *e, uint64_t 
         if (off - e->regions[i].offset < e->regions[i].size && off >= e->regions[i].offset)
             return &e->regions[i];
     return NULL;
+}
+
+/* Record the first bad block and wake the fault thread so the engine stops
+ * even when the prefetch thread found it. */
+static int corrupt(struct wr_engine *e, uint32_t source, uint64_t storage_off)
+{
+    int none = -1;
+    if (atomic_compare_exchange_strong(&e->corrupt_source, &none, (int)source))
+        atomic_store(&e->corrupt_offset, storage_off);
+    atomic_store(&e->stopping, true);
+    uint64_t one = 1;
+    if (write(e->ctl_fd, &one, sizeof one) < 0) {
+        /* the eventfd is non-blocking and far from overflow: nothing to do */
+    }
+    return -EBADMSG;
+}
+
+int wr_verify_range(struct wr_engine *e, uint64_t off, uint64_t len)
+{
+    uint64_t bs = e->crc_block, end = off + len;
+    if (bs == 0)
+        return 0; /* no generation has checksums */
+    uint64_t i = (uint64_t)wr_map_lookup(e->entries, e->nentries, off);
+    while (off < end) {
+        const struct wr_map_entry *en = &e->entries[i++];
+        uint64_t piece = en->offset + en->length - off;
+        if (piece > end - off)
+            piece = end - off;
+        const uint32_t *crcs = en->source == WR_SOURCE_ZERO ? NULL : e->crcs[en->source];
+        if (crcs != NULL) {
+            uint64_t so = en->storage_offset + (off - en->offset);
+            const uint8_t *src = e->src_maps[en->source];
+            for (uint64_t b = so; b < so + piece; b += bs) {
+                if (wr_crc32c(0, src + b, bs) != crcs[b / bs])
+                    return corrupt(e, en->source, b);
+            }
+            STAT_ADD(e, verified_blocks, piece / bs);
+        }
+        off += piece;
+    }
+    return 0;
 }
 
 static const struct wr_region *region_of_addr(const struct wr_engine *e, uint64_t addr)
@@ -230,13 +273,16 @@ static int install_span(struct wr_engine *e, const struct wr_region *r, uint64_t
     while (a < b) {
         const uint8_t *src = e->bounce;
         uint64_t end = a + chunk < b ? a + chunk : b;
+        if (!bounce)
+            end = run_end(e, a, b, &src);
+        int rc = wr_verify_range(e, a * ps, (end - a) * ps);
+        if (rc < 0)
+            return rc;
         if (bounce) {
             assemble(e, e->bounce, a * ps, (end - a) * ps);
             STAT_ADD(e, bounce_batches, 1);
-        } else {
-            end = run_end(e, a, b, &src);
         }
-        int rc = install_run(e, r, a, end - a, src, prefetch, &got);
+        rc = install_run(e, r, a, end - a, src, prefetch, &got);
         *done += got;
         if (got && record)
             record_touch(e, a * ps, (end - a) * ps);
@@ -313,7 +359,9 @@ int wr_serve_fault(struct wr_engine *e, uint64_t addr)
     if (ps == e->base_page) {
         const uint8_t *src;
         end = run_end(e, unit, first, &src);
-        int rc = install_run(e, r, unit, end - unit, src, false, &done);
+        int rc = wr_verify_range(e, off, (end - unit) * ps);
+        if (rc == 0)
+            rc = install_run(e, r, unit, end - unit, src, false, &done);
         if (done)
             record_touch(e, off, (end - unit) * ps);
         if (rc < 0)

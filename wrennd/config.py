@@ -182,6 +182,12 @@ class Settings:
     uffd_batch_bytes: int = _setting(64 * 1024, _pos_int, "a positive integer (bytes)")
     # 0: the sandbox's memory size (the map never exceeds what was resident at the pause)
     prefetch_max_bytes: int = _setting(0, _nonneg_int, "0 or a positive integer (bytes)")
+    # Check each block against its generation's CRC32C as the UFFD engine installs it.
+    verify_pages: bool = _setting(True, _bool, "true or false")
+    # Background scrub of paused sandboxes' and templates' generations: seconds
+    # between passes (0: off) and the read rate it keeps below.
+    scrub_interval: int = _setting(6 * 3600, _nonneg_int, "0 or a positive integer (seconds)")
+    scrub_rate_bytes: int = _setting(32 << 20, _pos_int, "a positive integer (bytes per second)")
     storage_backend: str = _setting(
         "auto", _choice(*STORAGE_BACKENDS), f"one of {', '.join(STORAGE_BACKENDS)}"
     )

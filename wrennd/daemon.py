@@ -230,6 +230,7 @@ def wire(daemon: Daemon) -> None:
     sandbox_methods.register(daemon.methods, sandboxes)
     daemon.stats.add("sandboxes", sandboxes.registry.counts_by_state)
     daemon.stats.add("uffd", lambda: views.uffd_totals(sandboxes))
+    daemon.stats.add("scrub", sandboxes.scrubber.stats)
     chosen = sandboxes.storage.backend.name
     daemon.info.add("storage", lambda: {"configured": settings.storage_backend, "backend": chosen})
     kernel_facts = describe_kernel(settings.kernel_path)  # where make kernel got it; read once

@@ -2,6 +2,7 @@
  * argument checks, then a real uffd served in-process (the engine threads
  * serve, test threads touch, while the prefetch thread installs). */
 #define _GNU_SOURCE
+#include "../crc32c.h"
 #include "../uffd_engine.h"
 #include "../sim/uffd_vmm.h"
 #include "../uffd_open.h"
@@ -317,6 +318,84 @@ static void test_fault_and_prefetch_threads_race(void)
     CHECK_EQ(wr_vmm_unmap(addr, size), 0);
 }
 
+/* A checksum file for generation `g` of n pages (8-byte preamble, then one
+ * CRC32C per page), with page `bad` given a wrong value. */
+static int make_checksums(int g, uint64_t n, uint64_t bad)
+{
+    char path[] = "/tmp/wr-engine-crc-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return -1;
+    unlink(path);
+    uint8_t *buf = malloc(page);
+    uint32_t *crcs = calloc(n + 2, sizeof *crcs);
+    for (uint64_t i = 0; i < n; i++) {
+        if (pread(g, buf, page, (off_t)(i * page)) != (ssize_t)page)
+            return -1;
+        crcs[i + 2] = wr_crc32c(0, buf, page) ^ (i == bad ? 1u : 0u);
+    }
+    ssize_t len = (ssize_t)((n + 2) * sizeof *crcs);
+    int ok = pwrite(fd, crcs, (size_t)len, 0) == len;
+    free(buf);
+    free(crcs);
+    return ok ? fd : -1;
+}
+
+/* Pages are checked against their checksums before they are installed: good
+ * ones are served, a bad one (met here by the prefetch thread) is not
+ * installed, is reported, and stops the engine with EBADMSG. */
+static void test_verify_pages(int g0)
+{
+    int crc = make_checksums(g0, NPAGES, 20);
+    CHECK(crc >= 0);
+    struct wr_map_entry ent = {.offset = 0, .length = 32 * page, .source = 0};
+    struct wr_engine_config cfg = {.memory_size = 32 * page, .page_size = page,
+                                   .batch_bytes = 16 * page, .window_max_bytes = 16 * page};
+    for (int round = 0; round < 2; round++) {
+        uint64_t addr = 0;
+        CHECK_EQ(wr_vmm_map(32 * page, page, 0, &addr), 0);
+        int uffd = wr_uffd_create(NULL);
+        CHECK_EQ(wr_uffd_register(uffd, addr, 32 * page, NULL), 0);
+        struct wr_engine *e = NULL;
+        CHECK_EQ(wr_engine_create(&cfg, &ent, 1, &g0, 1, &e), 0);
+        CHECK_EQ(wr_engine_set_checksums(e, 0, crc, 8, NPAGES - 1, page), -EINVAL); /* too few */
+        CHECK_EQ(wr_engine_set_checksums(e, 1, crc, 8, NPAGES, page), -EINVAL); /* no source 1 */
+        CHECK_EQ(wr_engine_set_checksums(e, 0, crc, 8, NPAGES, page), 0);
+        struct wr_range pf = {.offset = 16 * page, .length = 16 * page};
+        if (round == 1)
+            CHECK_EQ(wr_engine_set_prefetch(e, &pf, 1), 0);
+        struct wr_region reg = {.base = addr, .size = 32 * page, .offset = 0};
+        CHECK_EQ(wr_engine_start(e, uffd, &reg, 1), 0);
+        struct wr_engine_stats s;
+        if (round == 0) { /* demand faults on good pages: served, verified */
+            const volatile uint8_t *mem = (const volatile uint8_t *)(uintptr_t)addr;
+            CHECK_EQ(mem[3 * page], 3 * 7 + 1);
+            CHECK_EQ(wr_engine_stop(e), 0);
+            wr_engine_stats(e, &s);
+            CHECK_EQ(s.verified_blocks, 16);
+            CHECK_EQ(s.corrupt_source, -1);
+            CHECK_EQ(s.stop_error, 0);
+        } else { /* prefetch meets page 20 */
+            struct pollfd p = {.fd = wr_engine_done_fd(e), .events = POLLIN};
+            CHECK_EQ(poll(&p, 1, 10000), 1);
+            CHECK_EQ(wr_engine_stop(e), 0);
+            wr_engine_stats(e, &s);
+            CHECK_EQ(s.stop_error, -EBADMSG);
+            CHECK_EQ(s.prefetch_error, -EBADMSG);
+            CHECK_EQ(s.corrupt_source, 0);
+            CHECK_EQ(s.corrupt_offset, 20 * page);
+            struct wr_range present[4];
+            int64_t n = wr_engine_ranges(e, WR_RANGES_PRESENT, present, 4);
+            for (int64_t i = 0; i < n && i < 4; i++)
+                CHECK(present[i].offset + present[i].length <= 20 * page ||
+                      present[i].offset > 20 * page);
+        }
+        wr_engine_destroy(e);
+        CHECK_EQ(wr_vmm_unmap(addr, 32 * page), 0);
+    }
+    close(crc);
+}
+
 int main(void)
 {
     page = (uint64_t)sysconf(_SC_PAGESIZE);
@@ -331,6 +410,7 @@ int main(void)
         for (uint32_t mode = WR_COPY_AUTO; mode <= WR_COPY_BOUNCE; mode++)
             test_window_across_entries(g0, g1, mode);
         test_fault_and_prefetch_threads_race();
+        test_verify_pages(g0);
     } else {
         printf("test_uffd_engine: userfaultfd unusable (%s): in-process serving skipped\n",
                strerror(-probe));

@@ -21,7 +21,7 @@ from wrennd.network.manager import NetworkManager
 from wrennd.network.slots import SlotAllocator
 from wrennd.sandbox import templates
 from wrennd.sandbox.environment import Deps, HostConfig, Progress, SandboxPaths
-from wrennd.sandbox.errors import GuestFailed, NoCapacity, VmmFailed
+from wrennd.sandbox.errors import GuestFailed, NoCapacity, SnapshotCorrupt, VmmFailed
 from wrennd.sandbox.jail import Jail
 from wrennd.sandbox.live import Live, guest_client
 from wrennd.sandbox.record import SandboxRecord
@@ -143,6 +143,8 @@ async def restore(
         list(snap.header.mapping),
         snap.generation_paths,
         snap.prefetch,
+        checksums=snap.checksum_paths,
+        checksum_block_size=snap.block_size,
     )
     vmstate, uffd_socket, drive_arg = str(paths.vmstate), str(paths.uffd_socket), str(drive)
     jail = await make_jail(live, cfg, rec)
@@ -152,7 +154,11 @@ async def restore(
         )
     paths.run.mkdir(parents=True, exist_ok=True)
     live.uffd = UffdServer(
-        paths.uffd_socket, memory, batch_bytes=cfg.uffd_batch_bytes, prefetch=prefetch
+        paths.uffd_socket,
+        memory,
+        batch_bytes=cfg.uffd_batch_bytes,
+        prefetch=prefetch,
+        verify_pages=cfg.verify_pages,
     )
     await live.uffd.start()
     if jail is not None:
@@ -224,6 +230,31 @@ async def _uffd_serving(live: Live) -> None:
     )
 
 
+def check_memory(live: Live) -> None:
+    """Raise SnapshotCorrupt if the engine met a block that fails its checksum
+    (it then installed nothing of it and the VMM was stopped)."""
+    bad = live.uffd.corruption() if live.uffd is not None else None
+    if bad is not None:
+        raise SnapshotCorrupt(
+            f"{live.sandbox_id}: snapshot memory is damaged: {bad}",
+            file=str(bad.generation),
+            block=bad.block,
+            generation=bad.generation.name,
+        )
+
+
+def corrupt_memory(live: Live, error: BaseException) -> SnapshotCorrupt | None:
+    """The SnapshotCorrupt a failed restore really is: a bad block stops the VMM,
+    which then fails the load or the guest's start with a less useful error."""
+    if isinstance(error, SnapshotCorrupt):
+        return None
+    try:
+        check_memory(live)
+    except SnapshotCorrupt as bad:
+        return bad
+    return None
+
+
 async def _undo(deps: Deps, live: Live) -> None:
     """Release what was made; a failure here is logged, the original error goes up."""
     try:
@@ -268,8 +299,12 @@ async def resume(deps: Deps, rec: SandboxRecord, progress: Progress, prefetch: b
         await restore(live, deps.cfg, deps.paths(rec.id), rec, layer.drive, prefetch)
         await progress("agent", 3, 4)
         await connect_guest(live, deps.cfg, rec.env, clock=True)
-    except BaseException:
+        check_memory(live)
+    except BaseException as e:
+        bad = corrupt_memory(live, e)
         await _undo(deps, live)
+        if bad is not None:
+            raise bad from e
         raise
     stats = live.uffd.stats() if live.uffd is not None else None
     pages = 0 if stats is None else stats.copy_pages + stats.zero_pages
@@ -302,7 +337,9 @@ async def clone(deps: Deps, rec: SandboxRecord, template: Path, progress: Progre
         await restore(live, deps.cfg, paths, rec, layer.drive)
         await progress("agent", 3, 4)
         await connect_guest(live, deps.cfg, rec.env, clock=True)
-    except BaseException:
+        check_memory(live)
+    except BaseException as e:
+        bad = corrupt_memory(live, e)
         await _undo(deps, live)
         if made_layer:
             await asyncio.shield(deps.storage.remove(rec.id))
@@ -310,6 +347,8 @@ async def clone(deps: Deps, rec: SandboxRecord, template: Path, progress: Progre
             await asyncio.shield(
                 asyncio.to_thread(delete_snapshot, paths.snapshot_dir, deps.cfg.store)
             )
+        if bad is not None:
+            raise bad from e
         raise
     await progress("done", 4, 4)
     return live

@@ -77,6 +77,9 @@ class HostConfig:
     max_generations: int = 10
     uffd_batch_bytes: int = 64 * 1024
     prefetch_max_bytes: int = 0  # 0: the sandbox's memory size
+    verify_pages: bool = True
+    scrub_interval: float = 0  # seconds between background scrubs; 0: off
+    scrub_rate_bytes: int = 32 << 20
     ttl_action: str = "pause"
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
     memory_overcommit_percent: int = 100
@@ -95,6 +98,9 @@ class HostConfig:
             max_generations=settings.max_generations,
             uffd_batch_bytes=settings.uffd_batch_bytes,
             prefetch_max_bytes=settings.prefetch_max_bytes,
+            verify_pages=settings.verify_pages,
+            scrub_interval=settings.scrub_interval,
+            scrub_rate_bytes=settings.scrub_rate_bytes,
             ttl_action=settings.ttl_action,
             memory_overcommit_percent=settings.memory_overcommit_percent,
             host_netns=settings.host_netns,

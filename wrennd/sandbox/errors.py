@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.guest.session import SessionError
-from wrennd.snapshot.errors import ChainChangedError, IngestError, SnapshotError
+from wrennd.snapshot.errors import ChainChangedError, ChecksumError, IngestError, SnapshotError
 from wrennd.storage.errors import BaseImageInUse, NoSpace, StorageError
 
 if TYPE_CHECKING:
@@ -188,6 +188,7 @@ _LIFTS: tuple[tuple[type[Exception], Callable[[Any], LifecycleError]], ...] = (
     # Damaged persisted data, not a daemon bug: its own code, naming the file.
     (SnapshotError, lambda e: _snapshot_error(e)),
     (GuestError, lambda e: GuestFailed(e.message, code=e.code, status=e.status)),
+    (ChecksumError, lambda e: SnapshotCorrupt(str(e), file=str(e.path), block=e.block)),
     (AgentUnavailable, lambda e: GuestFailed(str(e), code="unavailable")),
     (SessionError, lambda e: GuestFailed(e.message, code=e.code)),
 )

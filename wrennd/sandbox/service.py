@@ -28,6 +28,7 @@ from wrennd.sandbox.errors import lifting
 from wrennd.sandbox.lifecycle import Lifecycle
 from wrennd.sandbox.record import RecordStore
 from wrennd.sandbox.registry import Registry, Sandbox
+from wrennd.sandbox.scrub import Scrubber
 from wrennd.sandbox.usage import usage
 from wrennd.storage.aio import AsyncStorage
 from wrennd.storage.choose import choose_backend
@@ -58,6 +59,7 @@ class SandboxService:
         self.lifecycle = Lifecycle(self.deps, self.registry)
         self.images = ImageCatalog(self.deps, self.registry)
         self.templates = TemplateCatalog(self.deps, self.registry, self.lifecycle)
+        self.scrubber = Scrubber(self.deps, self.registry)
 
     @classmethod
     def from_settings(cls, settings: config.Settings) -> SandboxService:
@@ -75,9 +77,11 @@ class SandboxService:
 
     async def start(self) -> None:
         await self.lifecycle.start()
+        self.scrubber.start()
 
     async def close(self) -> None:
         """Stop background work and the storage workers (running VMMs are left alone)."""
+        await self.scrubber.stop()
         await self.lifecycle.close()
         await self.storage.aclose()
 

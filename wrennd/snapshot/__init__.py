@@ -10,6 +10,7 @@ from __future__ import annotations
 from wrennd.snapshot.chain import collapse, collapse_in_background, export, inspect, verify
 from wrennd.snapshot.errors import (
     ChainChangedError,
+    ChecksumError,
     GenerationError,
     HeaderError,
     IngestError,
@@ -27,6 +28,7 @@ from wrennd.snapshot.store import collect_garbage, delete_snapshot, recover
 __all__ = [
     "ZERO_SOURCE",
     "ChainChangedError",
+    "ChecksumError",
     "Entry",
     "GenerationError",
     "Header",

@@ -10,6 +10,7 @@ a valid snapshot.  Blocking: the daemon calls `collapse_in_background`.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import logging
@@ -22,8 +23,15 @@ from typing import Any
 from wrennd._native import ffi, lib
 from wrennd.durable import replacing, staged
 from wrennd.log import kv
-from wrennd.snapshot.errors import ChainChangedError, GenerationError, SnapshotError
+from wrennd.snapshot import checksums
+from wrennd.snapshot.errors import (
+    ChainChangedError,
+    ChecksumError,
+    GenerationError,
+    SnapshotError,
+)
 from wrennd.snapshot.header import Header
+from wrennd.snapshot.ingest import scan_memfile
 from wrennd.snapshot.layout import (
     header_path,
     link_path,
@@ -43,7 +51,7 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _generation_fds(snap: OpenSnapshot) -> Iterator[list[int]]:
+def generation_fds(snap: OpenSnapshot) -> Iterator[list[int]]:
     fds = snap.open_generations()
     try:
         yield fds
@@ -75,7 +83,7 @@ def write_flat(out: int, snap: OpenSnapshot, fds: Sequence[int]) -> None:
 def export(snapshot_dir: Path, out: Path, store: Path | None = None) -> None:
     """Write the flat raw memory file the chain describes (a Full memfile's equivalent)."""
     snap = open_snapshot(snapshot_dir, store)
-    with _generation_fds(snap) as fds, replacing(out) as out_fd:
+    with generation_fds(snap) as fds, replacing(out) as out_fd:
         write_flat(out_fd, snap, fds)
 
 
@@ -92,7 +100,12 @@ def collapse(snapshot_dir: Path, store: Path) -> Header:
         snap = open_snapshot(snapshot_dir, store)
         fds = snap.open_generations()
     try:
-        header = _write_collapsed(snapshot_dir, store, snap, fds, old_bytes)
+        # Rot must not be laundered into a fresh generation with fresh checksums.
+        sums = checksums.load_for(snap.generation_paths, snap.block_size, store)
+        checksums.verify_mapping(
+            snap.header.mapping, fds, snap.generation_paths, sums, snap.block_size
+        )
+        header = _write_collapsed(snapshot_dir, store, snap, fds, old_bytes, sums)
     finally:
         for fd in fds:
             os.close(fd)
@@ -108,8 +121,31 @@ def collapse(snapshot_dir: Path, store: Path) -> Header:
     return header
 
 
+def _new_checksums(
+    snap: OpenSnapshot, sums: Sequence[checksums.Checksums | None], new_fd: int
+) -> array.array[int] | Any:
+    """The merged generation's checksums: carried over from the old ones, or,
+    when some old generation had none, computed from the new file's data."""
+    bs, size = snap.block_size, snap.memory_size
+    carried = checksums.carry_over(snap.header.mapping, sums, bs, size)
+    if carried is not None:
+        return carried
+    log.info(
+        "collapse: an old generation has no checksums; computing them",
+        extra=kv(snapshot=snap.snapshot_dir),
+    )
+    table = checksums.new_table(size // bs)
+    scan_memfile(new_fd, size, bs, 0, diff=False, punch=False, crcs=table)
+    return table
+
+
 def _write_collapsed(
-    snapshot_dir: Path, store: Path, snap: OpenSnapshot, fds: Sequence[int], old_bytes: bytes
+    snapshot_dir: Path,
+    store: Path,
+    snap: OpenSnapshot,
+    fds: Sequence[int],
+    old_bytes: bytes,
+    sums: Sequence[checksums.Checksums | None],
 ) -> Header:
     """Write the new generation under a temporary name, publish and commit it under the lock."""
     build_id = uuid.uuid4()
@@ -124,14 +160,23 @@ def _write_collapsed(
         (build_id,) if has_data else (),
         mapping,
     )
+    count = snap.memory_size // snap.block_size
+    sums_path = checksums.store_checksum_path(store, build_id)
     with staged(store_path(store, build_id), 0o400) as new:
         if has_data:
             write_flat(new.fd, snap, fds)
+            table = _new_checksums(snap, sums, new.fd)
         with locked(store):  # published and linked at once: no collection in between
             if current_header_bytes(snapshot_dir) != old_bytes:
                 raise ChainChangedError(f"{snapshot_dir}: the header changed meanwhile")
             if has_data:
-                new.publish()
+                raw = checksums.table_bytes(table, count)
+                checksums.write(sums_path, snap.block_size, raw, count, mapping, 0)
+                try:
+                    new.publish()
+                except BaseException:
+                    sums_path.unlink(missing_ok=True)
+                    raise
             commit_locked(snapshot_dir, store, header)
     return header
 
@@ -193,10 +238,29 @@ def verify(snapshot_dir: Path, store: Path | None = None) -> list[str]:
                 problems.append(f"{path}: not the same file as {twin}")
     fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)  # read every mapped byte
     try:
-        with _generation_fds(snap) as fds:
+        with generation_fds(snap) as fds:
             copy_mapped(snap.header.mapping, fds, snap.generation_paths, fd)
+            problems += verify_data(snap, fds, store)
     except GenerationError as e:
         problems.append(str(e))
     finally:
         os.close(fd)
     return problems
+
+
+def verify_data(snap: OpenSnapshot, fds: Sequence[int], store: Path | None) -> list[str]:
+    """Check every mapped block against its generation's checksums; the first
+    mismatch (naming generation and block) is the problem reported."""
+    sums = checksums.load_for(snap.generation_paths, snap.block_size, store)
+    for path, s in zip(snap.generation_paths, sums, strict=True):
+        if s is None:
+            log.info(
+                "generation has no checksums: its data is not checked", extra=kv(generation=path)
+            )
+    try:
+        checksums.verify_mapping(
+            snap.header.mapping, fds, snap.generation_paths, sums, snap.block_size
+        )
+    except ChecksumError as e:
+        return [str(e)]
+    return []

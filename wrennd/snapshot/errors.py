@@ -39,3 +39,15 @@ class UnsupportedFilesystemError(IngestError):
 
 class ChainChangedError(SnapshotError):
     """The snapshot's header changed while a collapse was building its replacement."""
+
+
+class ChecksumError(GenerationError):
+    """Generation data (or its checksum file) does not match its checksums: rot.
+
+    ``path`` is the generation (or checksum) file, ``block`` the block index in
+    it (storage offset / block size), None when the checksum file itself is bad."""
+
+    def __init__(self, message: str, path: object, block: int | None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.block = block

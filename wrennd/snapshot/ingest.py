@@ -25,10 +25,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from wrennd import durable
 from wrennd._native import ffi, lib
 from wrennd.log import kv
+from wrennd.snapshot import checksums
 from wrennd.snapshot.errors import IngestError, UnsupportedFilesystemError
 from wrennd.snapshot.header import Header
 from wrennd.snapshot.layout import store_path
@@ -50,12 +52,20 @@ class ScanResult:
 
 
 def scan_memfile(
-    fd: int, memory_size: int, block_size: int, source: int, diff: bool, punch: bool
+    fd: int,
+    memory_size: int,
+    block_size: int,
+    source: int,
+    diff: bool,
+    punch: bool,
+    crcs: Any = None,
 ) -> ScanResult:
-    """Native scan of a memfile into mapping entries, optionally punching its zero blocks."""
+    """Native scan of a memfile into mapping entries, optionally punching its zero
+    blocks; with `crcs` (checksums.new_table) the CRC32C of every block read."""
     res = ffi.new("struct wr_scan_result *")
     mode = lib.WR_SCAN_DIFF if diff else lib.WR_SCAN_FULL
-    rc = lib.wr_memfile_scan(fd, memory_size, block_size, source, mode, int(punch), res)
+    table = ffi.NULL if crcs is None else crcs
+    rc = lib.wr_memfile_scan(fd, memory_size, block_size, source, mode, int(punch), res, table)
     if rc == -errno.EINVAL and diff:
         raise IngestError(
             f"data extent boundary at offset {res.bad_offset:#x} is not a multiple of the "
@@ -129,6 +139,7 @@ def _open_memfile(memfile: Path) -> int:
 class _Consumed:
     fd: int
     dest: Path | None = None  # where adopt_memfile put it in the store
+    sums: Path | None = None  # its checksum file in the store
 
 
 @contextlib.contextmanager
@@ -143,6 +154,8 @@ def _consuming(memfile: Path) -> Iterator[_Consumed]:
         if c.dest is not None:
             with contextlib.suppress(OSError):
                 durable.move(c.dest, memfile)
+        if c.sums is not None:
+            c.sums.unlink(missing_ok=True)
         raise
     finally:
         os.close(c.fd)
@@ -162,13 +175,15 @@ def ingest_full(
                 f"{memfile}: {size} bytes is not a positive multiple of the block size {block_size}"
             )
         build_id = uuid.uuid4()
-        scan = scan_memfile(fd, size, block_size, 0, diff=False, punch=True)
+        table = checksums.new_table(size // block_size)
+        scan = scan_memfile(fd, size, block_size, 0, diff=False, punch=True, crcs=table)
         os.fsync(fd)
         generations = (build_id,) if scan.data_bytes else ()
         header = Header(block_size, size, 0, build_id, build_id, generations, scan.mapping)
         header.validate(str(memfile))
         with locked(store):  # adopted and linked at once: no collection in between
             if scan.data_bytes:
+                mem.sums = _write_checksums(store, build_id, block_size, table, size, scan)
                 mem.dest = adopt_memfile(memfile, fd, store, build_id, scan.mapping, 0)
             commit_locked(snapshot_dir, store, header)
     log.info(
@@ -219,7 +234,8 @@ def ingest_diff(memfile: Path, parent_dir: Path, snapshot_dir: Path, store: Path
     geometry = read_header(parent_dir)
     with _consuming(memfile) as mem:
         fd = mem.fd
-        scan = _scan_diff(memfile, fd, geometry)
+        table = checksums.new_table(geometry.memory_size // geometry.block_size)
+        scan = _scan_diff(memfile, fd, geometry, table)
         with locked(store):
             parent = read_header(parent_dir)
             if (parent.block_size, parent.memory_size) != (
@@ -230,6 +246,9 @@ def ingest_diff(memfile: Path, parent_dir: Path, snapshot_dir: Path, store: Path
             resolve_generations(parent_dir, store, parent)
             header = _diff_header(parent, scan.mapping, uuid.uuid4())
             if header.build_id in header.generations:
+                mem.sums = _write_checksums(
+                    store, header.build_id, parent.block_size, table, os.fstat(fd).st_size, scan
+                )
                 os.fsync(fd)
                 mem.dest = adopt_memfile(memfile, fd, store, header.build_id, scan.mapping, 0)
             commit_locked(snapshot_dir, store, header)
@@ -246,7 +265,7 @@ def ingest_diff(memfile: Path, parent_dir: Path, snapshot_dir: Path, store: Path
     return header
 
 
-def _scan_diff(memfile: Path, fd: int, parent: Header) -> ScanResult:
+def _scan_diff(memfile: Path, fd: int, parent: Header, table: Any) -> ScanResult:
     """Dirty runs of a Diff memfile, data mapped to source 0 (renumbered at overlay)."""
     size = os.fstat(fd).st_size
     if size > parent.memory_size or size % parent.block_size:
@@ -259,7 +278,25 @@ def _scan_diff(memfile: Path, fd: int, parent: Header) -> ScanResult:
     # Dirty all-zero blocks map to zero-fill but are not punched: a punch is a
     # filesystem transaction each (most of a 1%-dirty ingest's time on ext4),
     # and the few blocks they keep allocated go at collapse.
-    return scan_memfile(fd, size, parent.block_size, 0, diff=True, punch=False)
+    return scan_memfile(fd, size, parent.block_size, 0, diff=True, punch=False, crcs=table)
+
+
+def _write_checksums(
+    store: Path, build_id: uuid.UUID, block_size: int, table: Any, size: int, scan: ScanResult
+) -> Path:
+    """The new generation's checksum file, in the store beside it (under the
+    store lock: collection removes checksum files whose generation is absent)."""
+    store.mkdir(parents=True, exist_ok=True)
+    path = checksums.store_checksum_path(store, build_id)
+    checksums.write(
+        path,
+        block_size,
+        checksums.table_bytes(table, size // block_size),
+        size // block_size,
+        scan.mapping,
+        0,
+    )
+    return path
 
 
 def _diff_header(parent: Header, dirty: Mapping, build_id: uuid.UUID) -> Header:

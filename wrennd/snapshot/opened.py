@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from wrennd.log import kv
+from wrennd.snapshot.checksums import locate
 from wrennd.snapshot.errors import GenerationError, HeaderError
 from wrennd.snapshot.header import Header
 from wrennd.snapshot.layout import link_path, store_path
@@ -34,6 +35,8 @@ class OpenSnapshot:
     header: Header
     generation_paths: tuple[Path, ...]
     prefetch: tuple[Range, ...]
+    # each generation's checksum file (wrennd.snapshot.checksums); None: it has none
+    checksum_paths: tuple[Path | None, ...] = ()
 
     @property
     def memory_size(self) -> int:
@@ -140,4 +143,6 @@ def open_snapshot(snapshot_dir: Path | str, store: Path | str | None = None) -> 
         # Only a speed hint: without it every page is served on demand.
         log.warning("prefetch map ignored", extra=kv(error=e))
         prefetch = []
-    return OpenSnapshot(sdir, header, tuple(paths), tuple(prefetch))
+    sums = [locate(p, None if store is None else Path(store)) for p in paths]
+    present = tuple(p if p.exists() else None for p in sums)
+    return OpenSnapshot(sdir, header, tuple(paths), tuple(prefetch), present)

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from wrennd.durable import atomic_write, fsync_dir, remove_stale_temps
+from wrennd.snapshot.checksums import parse_checksum_name, store_checksum_path
 from wrennd.snapshot.errors import ChainChangedError, GenerationError, SnapshotError
 from wrennd.snapshot.header import Header, parse_header
 from wrennd.snapshot.layout import (
@@ -122,7 +123,11 @@ def collect_garbage(store: Path) -> list[uuid.UUID]:
             build_id = parse_build_id(p.name)
             if build_id is not None and p.is_file() and p.stat().st_nlink == 1:
                 p.unlink()
+                store_checksum_path(store, build_id).unlink(missing_ok=True)
                 removed.append(build_id)
+            owner = parse_checksum_name(p.name)
+            if owner is not None and not store_path(store, owner).exists():
+                p.unlink(missing_ok=True)  # its generation is gone (crash mid-ingest)
         fsync_dir(store)
     return removed
 
@@ -135,6 +140,7 @@ def _release_locked(store: Path, build_ids: Iterable[uuid.UUID]) -> list[uuid.UU
         try:
             if path.stat().st_nlink == 1:
                 path.unlink()
+                store_checksum_path(store, build_id).unlink(missing_ok=True)
                 removed.append(build_id)
         except FileNotFoundError:
             continue

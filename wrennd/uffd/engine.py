@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from wrennd._native import ffi, lib
+from wrennd.snapshot.checksums import ARRAY_OFFSET, open_checked
 from wrennd.uffd.handshake import Region
 
 SOURCE_ZERO = lib.WR_SOURCE_ZERO
@@ -80,6 +81,9 @@ class EngineStats:
     prefetch_running: bool
     stop_error: int
     prefetch_error: int
+    verified_blocks: int = 0  # blocks checked against their checksums before install
+    corrupt_source: int = -1  # the generation of the first bad block (-1: none) ...
+    corrupt_offset: int = 0  # ... and its storage offset; the engine stopped with EBADMSG
 
     def latency_percentile_ns(self, q: float) -> int:
         """Upper bound of the log2 bucket holding the q-quantile (0 < q <= 1); 0 if no data."""
@@ -101,6 +105,15 @@ class EngineStats:
 
 
 _SCALAR_STATS = [f.name for f in fields(EngineStats) if f.name != "lat_hist"]
+
+
+@dataclass(frozen=True)
+class Checksummed:
+    """Generation checksum files to verify pages against (wrennd.snapshot.checksums):
+    files[i] for source i (None: unchecked), one CRC32C per `block_size` bytes."""
+
+    files: Sequence[Path | None]
+    block_size: int
 
 
 def check_snapshot(
@@ -193,6 +206,7 @@ class Engine:
         entry_count: int | None = None,
         window_max_bytes: int = DEFAULT_WINDOW_MAX_BYTES,
         copy_mode: str = "auto",
+        checksums: Checksummed | None = None,
     ) -> None:
         """`entries` is a sequence of entries or a cffi ``struct wr_map_entry[]``
         (as wrennd.snapshot's OpenSnapshot.entries, with its entry_count).
@@ -205,6 +219,7 @@ class Engine:
             raise EngineConfigError(f"copy mode {copy_mode!r} is not one of {sorted(COPY_MODES)}")
         tuning = (batch_bytes, prefetch_batch_bytes, window_max_bytes, COPY_MODES[copy_mode])
         fds: list[int] = []
+        self._ptr: Any = None
         try:
             for p in sources:
                 fds.append(os.open(p, os.O_RDONLY | os.O_CLOEXEC))
@@ -212,6 +227,11 @@ class Engine:
             count = len(entries) if entry_count is None else entry_count
             check_snapshot(memory_size, page_size, entries, sizes, count)
             self._ptr = self._create(memory_size, page_size, tuning, entries, count, fds)
+            if checksums is not None:
+                self._set_checksums(checksums, sizes)
+        except BaseException:
+            self.close()
+            raise
         finally:
             for fd in fds:
                 os.close(fd)
@@ -226,6 +246,20 @@ class Engine:
                 f"prefetch map refused ({os.strerror(-rc)}): ranges must lie inside"
                 f" the {memory_size} bytes of memory"
             )
+
+    def _set_checksums(self, sums: Checksummed, sizes: Sequence[int]) -> None:
+        for i, path in enumerate(sums.files):
+            if path is None:
+                continue
+            fd, count = open_checked(path, sums.block_size, sizes[i])
+            try:
+                rc = lib.wr_engine_set_checksums(
+                    self._ptr, i, fd, ARRAY_OFFSET, count, sums.block_size
+                )
+            finally:
+                os.close(fd)
+            if rc < 0:
+                raise EngineConfigError(f"{path}: checksums refused: {os.strerror(-rc)}")
 
     @staticmethod
     def _create(

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wrennd.log import kv
-from wrennd.uffd import handshake
+from wrennd.uffd import handshake, integrity
 from wrennd.uffd.engine import (
     BASE_PAGE_SIZE,
     DEFAULT_BATCH_BYTES,
@@ -47,6 +47,7 @@ from wrennd.uffd.engine import (
     check_snapshot,
 )
 from wrennd.uffd.handshake import HandshakeError, Region
+from wrennd.uffd.integrity import Corruption
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ class SnapshotMemory:
     generations: Sequence[Path]  # in source-index order
     prefetch: Sequence[tuple[int, int]] = ()
     entry_count: int | None = None  # ... with this many entries used
+    # each generation's checksum file (None: none, served unchecked), in blocks of
+    checksums: Sequence[Path | None] = ()
+    checksum_block_size: int = 0  # ... this many bytes (the snapshot's block size)
 
 
 @dataclass
@@ -83,6 +87,23 @@ class ServeResult:
     removed: list[tuple[int, int]] = field(default_factory=list)  # given back by REMOVE
 
 
+def listen(path: Path) -> socket.socket:
+    """A non-blocking listening socket at `path` (replacing a stale socket file only)."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise FileExistsError(errno.EEXIST, f"{path} exists and is not a socket")
+        path.unlink()  # a stale socket from an earlier run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(os.fspath(path))
+        sock.listen(1)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class UffdServer:
     """Accepts one peer speaking Firecracker's uffd protocol and serves it."""
 
@@ -97,8 +118,12 @@ class UffdServer:
         handshake_timeout: float = 30.0,
         window_max_bytes: int = DEFAULT_WINDOW_MAX_BYTES,
         copy_mode: str = "auto",
+        verify_pages: bool = True,
     ) -> None:
+        """`verify_pages`: check each block against its generation's checksum as
+        it is installed (generations without checksums are served unchecked)."""
         self.socket_path = socket_path
+        self.verify_pages = verify_pages
         self.memory = memory
         self.batch_bytes = batch_bytes
         self.prefetch = prefetch
@@ -126,7 +151,7 @@ class UffdServer:
         else:
             await loop.run_in_executor(None, self._check_files)
         try:
-            self._listener = self._listen()
+            self._listener = listen(self.socket_path)
         except BaseException:
             self._close_engine()
             raise
@@ -144,28 +169,20 @@ class UffdServer:
             prefetch=m.prefetch if self.prefetch else (),
             window_max_bytes=self.window_max_bytes,
             copy_mode=self.copy_mode,
+            checksums=self._checksums(),
         )
+
+    def _checksums(self) -> integrity.Checksummed | None:
+        return integrity.checksummed(self.memory, self.verify_pages, self.socket_path)
+
+    def corruption(self) -> Corruption | None:
+        """The bad block the engine met, if any (then it stopped serving)."""
+        return integrity.corruption_of(self.memory, self.stats())
 
     def _check_files(self) -> None:
         m = self.memory
         sizes = [p.stat().st_size for p in m.generations]
         check_snapshot(m.memory_size, BASE_PAGE_SIZE, m.entries, sizes, m.entry_count)
-
-    def _listen(self) -> socket.socket:
-        path = self.socket_path
-        with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISSOCK(path.lstat().st_mode):
-                raise FileExistsError(errno.EEXIST, f"{path} exists and is not a socket")
-            path.unlink()  # a stale socket from an earlier run
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.bind(os.fspath(path))
-            sock.listen(1)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
 
     @property
     def engine(self) -> Engine | None:
@@ -211,6 +228,7 @@ class UffdServer:
                 extra=kv(socket=self.socket_path, peer_pid=self.peer_pid, regions=len(regions)),
             )
             reason = await self._wait_end(conn)
+            integrity.stop_peer_if_corrupt(self.corruption(), self.peer_pid, self.socket_path)
         finally:
             conn.close()
         return await self._finish(reason)

@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from wrennd.metrics import LoopLag
@@ -138,6 +143,7 @@ class _StateCollector(Collector):
         yield from self._engines()
         yield from self._lag()
         yield from self._catalogs()
+        yield from self._scrub()
 
     def _engines(self) -> Iterator[Metric]:
         hist: list[int] = []
@@ -206,3 +212,23 @@ class _StateCollector(Collector):
             "Allocated bytes under the templates directory",
             value=c.template_bytes,
         )
+
+    def _scrub(self) -> Iterator[Metric]:
+        """The background scrub of paused sandboxes' and templates' generation data."""
+        s = self.service.scrubber.stats()
+        yield CounterMetricFamily(
+            "wrennd_scrub_passes", "Scrub passes completed", value=s["passes"]
+        )
+        yield CounterMetricFamily(
+            "wrennd_scrub_checked_bytes",
+            "Generation bytes the scrub checked against their checksums",
+            value=s["bytes_checked"],
+        )
+        corrupt = GaugeMetricFamily(
+            "wrennd_scrub_corrupt_snapshots",
+            "Snapshots whose data the last scrub pass found damaged, by kind",
+            labels=["kind"],
+        )
+        for kind in ("sandbox", "template"):
+            corrupt.add_metric([kind], sum(1 for c in s["corrupt"] if c["kind"] == kind))
+        yield corrupt

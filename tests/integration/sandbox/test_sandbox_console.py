@@ -156,6 +156,12 @@ async def test_metrics_after_create_pause_resume(console: Console, place: Any) -
     assert value == {"wrennd_images": 1, "wrennd_templates": 0}
     assert families["wrennd_image_disk_bytes"].samples[0].value > 0
     assert "wrennd_template_disk_bytes" in families
+    corrupt = {
+        s.labels["kind"]: s.value for s in families["wrennd_scrub_corrupt_snapshots"].samples
+    }
+    assert corrupt == {"sandbox": 0, "template": 0}
+    assert families["wrennd_scrub_passes"].type == "counter"
+    assert "wrennd_scrub_checked_bytes" in families
     await c.call("sandbox.destroy", {"id": sid})
     await c.close()
     # An open page (a WebSocket) does not hold the daemon's stop up.

@@ -86,6 +86,7 @@ async def test_api_end_to_end(client: Client, place: Any) -> None:
     assert used["memory_bytes"] is None
     stats = await client.call("host.stats")
     assert stats["sandboxes"]["paused"] == 1 and stats["sandboxes"]["running"] == 0
+    assert stats["scrub"]["enabled"] and stats["scrub"]["corrupt"] == []  # the scrub is wired
     with pytest.raises(RemoteError) as wrong:
         await client.call("sandbox.exec", {"id": sid, "argv": ["true"]})
     assert wrong.value.type == "wrong_state" and wrong.value.data["state"] == "paused"

@@ -25,8 +25,15 @@ def test_faultin_small_run(tmp_path: Path) -> None:
     res = json.loads((out / "faultin.json").read_text())
     rows = res["rows"]
     handlers = {r["handler"] for r in rows}
-    assert handlers == {"engine", "engine-b1", "kernel", "minimal"}
-    assert len(rows) == 4 * 3 * 2 + 2 + 3 * 3  # the chain: 3 handlers, 3 scenarios
+    assert handlers == {"engine", "engine-verify", "engine-b1", "kernel", "minimal"}
+    assert len(rows) == 5 * 3 * 2 + 2 + 4 * 3  # the chain: 4 handlers, 3 scenarios
+    for r in rows:
+        if r["handler"] == "engine-verify":
+            assert r["verified_blocks"] > 0
+        elif r["handler"] == "engine":
+            assert r["verified_blocks"] == 0
+    cost = res["ratios"]["verify_pages_cost"]
+    assert len(cost["by_scenario"]) == 3 * 2 + 3 and "le_15pct" in cost["goals"]
     npages = 4 * 1024 * 1024 // res["page_size"]
     for r in rows:
         if r["handler"] in ("engine-b1", "minimal") and r["pattern"] != "ws10":
