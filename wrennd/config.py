@@ -137,6 +137,9 @@ class Settings:
     host_netns: Path | None = _setting(None, _opt_path, "an absolute path or empty")
     ttl_action: str = _setting("pause", _choice(*TTL_ACTIONS), "pause or destroy")
     use_jailer: bool = _setting(False, _bool, "true or false")
+    # Seconds a guest call (exec without its own timeout, files, processes) may take
+    # before it ends with guest_unavailable; an exec's own timeout extends it.
+    guest_timeout: int = _setting(300, _pos_int, "a positive integer (seconds)")
     # JSON-RPC server limits (wrennd.rpc): per message, per connection, per daemon.
     rpc_max_message_bytes: int = _setting(4 << 20, _pos_int, "a positive integer (bytes)")
     rpc_max_inflight: int = _setting(64, _pos_int, "a positive integer (calls per connection)")

@@ -35,6 +35,8 @@ from wrennd.sandbox import (
 _ID = {"type": "string", "pattern": "^sb-[0-9a-f]{12}$"}
 _STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 _PATH = {"type": "string", "minLength": 1, "maxLength": 4096}
+# How long a files or process call may take (seconds; default: the host's guest_timeout).
+_TIMEOUT = {"type": "number", "exclusiveMinimum": 0}
 
 
 def _obj(required: list[str], **props: Any) -> dict[str, Any]:
@@ -61,17 +63,21 @@ CREATE = {
     "oneOf": [{"required": ["image"]}, {"required": ["template"]}],
 }
 IMAGE_REGISTER = _obj(["name", "path"], name=_NAME, path=_PATH)
-PROCESS = _obj(["id", "process"], id=_ID, process={"type": "string", "minLength": 1})
+PROCESS = _obj(
+    ["id", "process"], id=_ID, process={"type": "string", "minLength": 1}, timeout=_TIMEOUT
+)
 SIGNAL = _obj(
     ["id", "process"],
     id=_ID,
     process={"type": "string", "minLength": 1},
     signal={"type": ["integer", "string"]},
     group={"type": "boolean"},
+    timeout=_TIMEOUT,
 )
 TEMPLATE_CREATE = _obj(["name", "sandbox_id"], name=_NAME, sandbox_id=_ID)
 BY_NAME = _obj(["name"], name=_NAME)
 BY_ID = _obj(["id"], id=_ID)
+PROCESS_LIST = _obj(["id"], id=_ID, timeout=_TIMEOUT)
 LIST = _obj([], state={"enum": [s.value for s in SandboxState]}, metadata=_STR_MAP)
 SET_TIMEOUT = _obj(["id", "timeout_s"], id=_ID, timeout_s={"type": ["number", "null"]})
 EXEC = {
@@ -89,16 +95,17 @@ EXEC = {
     ),
     "oneOf": [{"required": ["argv"]}, {"required": ["shell"]}],
 }
-FILE = _obj(["id", "path"], id=_ID, path=_PATH)
+FILE = _obj(["id", "path"], id=_ID, path=_PATH, timeout=_TIMEOUT)
 WRITE = _obj(
     ["id", "path", "data"],
     id=_ID,
     path=_PATH,
     data={"type": "string", "description": "base64"},
     mode={"type": "integer", "minimum": 0, "maximum": 0o7777},
+    timeout=_TIMEOUT,
 )
-MKDIR = _obj(["id", "path"], id=_ID, path=_PATH, parents={"type": "boolean"})
-REMOVE = _obj(["id", "path"], id=_ID, path=_PATH, recursive={"type": "boolean"})
+MKDIR = _obj(["id", "path"], id=_ID, path=_PATH, parents={"type": "boolean"}, timeout=_TIMEOUT)
+REMOVE = _obj(["id", "path"], id=_ID, path=_PATH, recursive={"type": "boolean"}, timeout=_TIMEOUT)
 
 
 @contextlib.contextmanager
@@ -144,7 +151,7 @@ async def _exec_streamed(
     service: SandboxService, ctx: CallContext, sid: str, spec: CommandSpec
 ) -> dict[str, Any]:
     pid, exited = 0, None
-    async with service.guest(sid) as guest:
+    async with service.guest(sid, service.command_deadline(spec)) as guest:
         events = guest.exec(spec)
         try:
             async for event in events:
@@ -231,7 +238,7 @@ def _register_queries(methods: MethodTable, service: SandboxService) -> None:
         with _translated():
             if p.get("stream"):
                 return await _exec_streamed(service, ctx, p["id"], spec)
-            async with service.guest(p["id"]) as guest:
+            async with service.guest(p["id"], service.command_deadline(spec)) as guest:
                 r = await guest.run(spec)
         return {
             "pid": r.pid,
@@ -247,7 +254,7 @@ def _register_files(methods: MethodTable, service: SandboxService) -> None:
     @methods.register("sandbox.files.read", params=FILE)
     async def read(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            async with service.guest(p["id"]) as guest:
+            async with service.guest(p["id"], p.get("timeout")) as guest:
                 data = await guest.read_bytes(p["path"])
         return {"path": p["path"], "size": len(data), "data": base64.b64encode(data).decode()}
 
@@ -255,34 +262,34 @@ def _register_files(methods: MethodTable, service: SandboxService) -> None:
     async def write(ctx: CallContext, p: dict[str, Any]) -> Any:
         data = _b64(p["data"], "data")
         with _translated():
-            async with service.guest(p["id"]) as guest:
+            async with service.guest(p["id"], p.get("timeout")) as guest:
                 info = await guest.write_file(p["path"], data, mode=p.get("mode"))
         return info.to_json()
 
     @methods.register("sandbox.files.stat", params=FILE)
     async def stat(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            async with service.guest(p["id"]) as guest:
+            async with service.guest(p["id"], p.get("timeout")) as guest:
                 return (await guest.stat(p["path"])).to_json()
 
     @methods.register("sandbox.files.list", params=FILE)
     async def list_dir(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            async with service.guest(p["id"]) as guest:
+            async with service.guest(p["id"], p.get("timeout")) as guest:
                 entries = await guest.list_dir(p["path"])
         return {"entries": [e.to_json() for e in entries]}
 
     @methods.register("sandbox.files.mkdir", params=MKDIR, mutating=True)
     async def mkdir(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            async with service.guest(p["id"]) as guest:
+            async with service.guest(p["id"], p.get("timeout")) as guest:
                 created = await guest.mkdir(p["path"], parents=p.get("parents", True))
         return {"created": created}
 
     @methods.register("sandbox.files.remove", params=REMOVE, mutating=True)
     async def remove(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            async with service.guest(p["id"]) as guest:
+            async with service.guest(p["id"], p.get("timeout")) as guest:
                 await guest.remove(p["path"], recursive=p.get("recursive", False))
         return {"removed": True}
 
@@ -347,22 +354,22 @@ def _register_processes(methods: MethodTable, service: SandboxService) -> None:
             async with service.guest(p["id"]) as guest:
                 return (await guest.start(spec)).to_json()
 
-    @methods.register("sandbox.process.list", params=BY_ID)
+    @methods.register("sandbox.process.list", params=PROCESS_LIST)
     async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            async with service.guest(p["id"]) as guest:
+            async with service.guest(p["id"], p.get("timeout")) as guest:
                 return {"processes": [x.to_json() for x in await guest.processes()]}
 
     @methods.register("sandbox.process.get", params=PROCESS)
     async def get(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            async with service.guest(p["id"]) as guest:
+            async with service.guest(p["id"], p.get("timeout")) as guest:
                 return (await guest.process(p["process"])).to_json()
 
     @methods.register("sandbox.process.signal", params=SIGNAL, mutating=True)
     async def signal(ctx: CallContext, p: dict[str, Any]) -> Any:
         with _translated():
-            async with service.guest(p["id"]) as guest:
+            async with service.guest(p["id"], p.get("timeout")) as guest:
                 await guest.signal(p["process"], p.get("signal", 15), p.get("group", True))
         return {"signalled": True}
 
@@ -370,7 +377,7 @@ def _register_processes(methods: MethodTable, service: SandboxService) -> None:
     async def output(ctx: CallContext, p: dict[str, Any]) -> Any:
         """The retained output so far (stream notifications), then the process's state."""
         with _translated():
-            async with service.guest(p["id"]) as guest:
+            async with service.guest(p["id"], p.get("timeout")) as guest:
                 events = guest.attach(p["process"], follow=False)
                 try:
                     async for event in events:

@@ -29,6 +29,7 @@ from wrennd.vm.launcher import VmmFiles
 log = logging.getLogger(__name__)
 
 DEFAULT_BOOT_TIMEOUT = 60.0
+DEFAULT_GUEST_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class HostConfig:
     uffd_batch_bytes: int = 64 * 1024
     ttl_action: str = "pause"
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
+    guest_timeout: float = DEFAULT_GUEST_TIMEOUT
     # The namespace where host-reachable sandbox addresses are routed (None: ours).
     host_netns: Path | None = None
 
@@ -90,6 +92,7 @@ class HostConfig:
             max_generations=settings.max_generations,
             uffd_batch_bytes=settings.uffd_batch_bytes,
             ttl_action=settings.ttl_action,
+            guest_timeout=float(settings.guest_timeout),
             host_netns=settings.host_netns,
         )
 

@@ -155,6 +155,13 @@ class GuestFailed(LifecycleError):
     code = "guest_failure"
 
 
+class GuestUnavailable(LifecycleError):
+    """The guest did not answer in time: its deadline passed, its VMM is stopped, it
+    could not be reached, or a lifecycle call (pause, destroy) ended the call."""
+
+    code = "guest_unavailable"
+
+
 class StorageFailed(LifecycleError):
     """The rootfs storage backend failed (not the VMM, not the guest)."""
 
@@ -174,7 +181,7 @@ _LIFTS: tuple[tuple[type[Exception], Callable[[Any], LifecycleError]], ...] = (
     (BaseImageInUse, lambda e: ImageInUse(e.path.stem, e.sandbox_ids)),
     (StorageError, lambda e: StorageFailed(str(e))),
     (GuestError, lambda e: GuestFailed(e.message, code=e.code, status=e.status)),
-    (AgentUnavailable, lambda e: GuestFailed(str(e), code="unavailable")),
+    (AgentUnavailable, lambda e: GuestUnavailable(str(e), reason="unreachable")),
 )
 
 

@@ -23,6 +23,7 @@ from wrennd.sandbox.live import Live
 from wrennd.sandbox.reaper import Reaper
 from wrennd.sandbox.record import SandboxRecord, SandboxState, new_sandbox_id
 from wrennd.sandbox.registry import Registry, Sandbox
+from wrennd.sandbox.rwlock import PREEMPT_AFTER
 from wrennd.snapshot import ChainChangedError, collapse_in_background
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class Lifecycle:
     @lifted
     async def destroy(self, sandbox_id: str) -> None:
         sb = self.registry.get(sandbox_id)
-        async with sb.lock:
+        async with sb.lock.exclusive(PREEMPT_AFTER):
             await self.registry.move(sb, S.STOPPING, "destroy")
             self.reaper.set(sandbox_id, None)
             if sb.collapse is not None:
@@ -149,7 +150,7 @@ class Lifecycle:
     @lifted
     async def pause(self, sandbox_id: str, progress: Progress = no_progress) -> Sandbox:
         sb = self.registry.get(sandbox_id)
-        async with sb.lock:
+        async with sb.lock.exclusive(PREEMPT_AFTER):
             if sb.live is None:
                 raise WrongState(sandbox_id, sb.record.state, "pause")
             await self.registry.move(sb, S.PAUSING, "pause")
@@ -219,7 +220,7 @@ class Lifecycle:
     @lifted
     async def set_timeout(self, sandbox_id: str, timeout_s: float | None) -> Sandbox:
         sb = self.registry.get(sandbox_id)
-        async with sb.lock:
+        async with sb.lock.shared():  # the record only: guest calls may go on
             rec = sb.record
             rec.timeout_s = timeout_s
             rec.expires_at = None if timeout_s is None else self.clock() + timeout_s
@@ -259,7 +260,7 @@ class Lifecycle:
                 return
             reason = str(vmm.proc.exited_error("the VMM exited while running"))
             log.error("sandbox vmm died", extra=kv(sandbox=sb.id, returncode=rc))
-            async with sb.lock:
+            async with sb.lock.exclusive(preempt_after=0):  # the guest is gone with its VMM
                 if sb.live is not live:
                     return
                 live.watcher = None  # this task: release must not cancel it

@@ -15,14 +15,16 @@ from dataclasses import dataclass, field
 from wrennd.sandbox.errors import SandboxNotFound, WrongState
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import RecordStore, SandboxRecord, SandboxState, check_transition
+from wrennd.sandbox.rwlock import SandboxLock
 
 
 @dataclass
 class Sandbox:
-    """One sandbox: its persisted record, the lock lifecycle calls hold, what runs."""
+    """One sandbox: its persisted record, its lock (guest calls share it, lifecycle calls
+    hold it alone), what runs."""
 
     record: SandboxRecord
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lock: SandboxLock = field(default_factory=SandboxLock)
     live: Live | None = None
     collapse: asyncio.Task[None] | None = None
 

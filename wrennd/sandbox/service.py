@@ -18,13 +18,14 @@ from typing import Any, Protocol
 
 from wrennd import config
 from wrennd.guest.client import GuestClient
+from wrennd.guest.protocol import CommandSpec
 from wrennd.log import kv
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import AddressPlan, Naming
 from wrennd.network.slots import SlotAllocator
 from wrennd.sandbox.catalogs import ImageCatalog, TemplateCatalog
 from wrennd.sandbox.environment import Deps, HostConfig, SandboxPaths, choose_vmm
-from wrennd.sandbox.errors import lifting
+from wrennd.sandbox.guestcall import guest_call
 from wrennd.sandbox.lifecycle import Lifecycle
 from wrennd.sandbox.record import RecordStore
 from wrennd.sandbox.registry import Registry, Sandbox
@@ -35,6 +36,8 @@ from wrennd.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 SHUTDOWN_PAUSE_CONCURRENCY = 4
+# Seconds past an exec's own timeout for the agent to kill the command and answer.
+EXEC_REPORT_GRACE = 10.0
 
 
 class Deadline(Protocol):
@@ -95,12 +98,22 @@ class SandboxService:
         return self.deps.paths(sandbox_id)
 
     @contextlib.asynccontextmanager
-    async def guest(self, sandbox_id: str) -> AsyncIterator[GuestClient]:
-        """The agent of a running sandbox (WrongState otherwise); the guest's errors leave
-        the block as the sandbox layer's."""
-        with lifting():
-            _, live = self.registry.running(sandbox_id, "reach the guest")
-            yield live.require_guest()
+    async def guest(
+        self, sandbox_id: str, within: float | None = None
+    ) -> AsyncIterator[GuestClient]:
+        """The agent of a running sandbox (WrongState otherwise) for the block, which holds
+        the sandbox's lock shared and ends within ``within`` seconds (default: the host's
+        ``guest_timeout``) with GuestUnavailable; the guest's errors leave it lifted."""
+        limit = self.cfg.guest_timeout if within is None else within
+        async with guest_call(self.registry, sandbox_id, limit) as client:
+            yield client
+
+    def command_deadline(self, spec: CommandSpec) -> float:
+        """How long an exec may take: its own timeout plus the time to report it, or
+        the host's default."""
+        if spec.timeout is None:
+            return self.cfg.guest_timeout
+        return spec.timeout + EXEC_REPORT_GRACE
 
     async def usage(self, sb: Sandbox) -> dict[str, Any]:
         """Host disk (allocated blocks of the layer and the snapshot) and resident memory."""
