@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.storage.errors import BaseImageInUse, NoSpace, StorageError
+from wrennd.storage.holders import DriveInUse
 
 if TYPE_CHECKING:
     from wrennd.sandbox.record import SandboxState
@@ -179,6 +180,7 @@ class SnapshotCorrupt(LifecycleError):
 _LIFTS: tuple[tuple[type[Exception], Callable[[Any], LifecycleError]], ...] = (
     (NoSpace, lambda e: NoCapacity("disk", str(e))),
     (BaseImageInUse, lambda e: ImageInUse(e.path.stem, e.sandbox_ids)),
+    (DriveInUse, lambda e: StorageFailed(str(e), drive=str(e.drive), holders=e.holders)),
     (StorageError, lambda e: StorageFailed(str(e))),
     (GuestError, lambda e: GuestFailed(e.message, code=e.code, status=e.status)),
     (AgentUnavailable, lambda e: GuestUnavailable(str(e), reason="unreachable")),

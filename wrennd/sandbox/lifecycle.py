@@ -45,9 +45,13 @@ class Lifecycle:
         cfg = self.deps.cfg
         for d in (cfg.sandboxes_dir, cfg.store, cfg.images_dir):
             d.mkdir(parents=True, exist_ok=True)
-        for rec in await recovery.recover(self.deps):
-            self.registry.add(Sandbox(rec))
+        records, adopted = await recovery.recover(self.deps)
+        for rec in records:
+            sb = Sandbox(rec, live=adopted.get(rec.id))
+            self.registry.add(sb)
             self.reaper.set(rec.id, rec.expires_at if rec.state == S.RUNNING else None)
+            if sb.live is not None:
+                self._watch(sb, sb.live)
         self.reaper.start()
 
     async def close(self) -> None:

@@ -1,11 +1,12 @@
 """Startup recovery: read every state.json and bring each record to a resting state.
 
-No VMM of a previous daemon is adopted: one that outlived it is stopped (it
-is identified by its API socket on its command line, never by pid alone).
-A sandbox whose VMM is gone goes back to its last snapshot (paused) when it
-has one, else to error with the reason; an unfinished create or destroy is
-completed as a destroy.  Then every stale network, storage device and
-snapshot temporary is cleaned, since nothing runs yet.
+A running sandbox whose VMM outlived the previous daemon is adopted
+(``adoption``) and keeps running.  Any other VMM of a previous daemon is
+stopped (identified by its API socket on its command line, never by pid
+alone).  A sandbox whose VMM is gone goes back to its last snapshot (paused)
+when it has one, else to error with the reason; an unfinished create or
+destroy is completed as a destroy.  Then every stale network, storage device
+and snapshot temporary not owned by an adopted sandbox is cleaned.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from pathlib import Path
 
 from wrennd.durable import publish
 from wrennd.log import kv
-from wrennd.sandbox import teardown, templates
+from wrennd.network.slots import SlotAllocator
+from wrennd.sandbox import adoption, teardown, templates
 from wrennd.sandbox.environment import Deps, SandboxPaths
+from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import SandboxRecord, SandboxState
 from wrennd.snapshot import SnapshotError
 from wrennd.snapshot import recover as recover_store
@@ -115,16 +118,24 @@ def _settle(rec: SandboxRecord) -> str | None:
         else:
             rec.state = S.ERROR
             rec.error = f"the daemon stopped while the sandbox was {was} and it has no snapshot"
-    rec.slot, rec.vmm_pid = None, None
+    rec.slot, rec.vmm_pid, rec.vmm_start_time, rec.vmm_api_socket = None, None, None, None
+    rec.uffd_served = False
     return rec.error
 
 
-async def recover(deps: Deps) -> list[SandboxRecord]:
+async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
+    """Every record brought to rest, and the live resources of those adopted."""
     records, bad = await asyncio.to_thread(deps.records.load_all)
     for err in bad:
         log.error("unreadable sandbox record left alone", extra=kv(error=err))
     kept: list[SandboxRecord] = []
+    adopted: dict[str, Live] = {}
     for rec in records:
+        live = await adoption.adopt(deps, rec)
+        if live is not None:
+            adopted[rec.id] = live
+            kept.append(rec)
+            continue
         paths = deps.paths(rec.id)
         api_socket = paths.vmm_files.api_socket
         pids = set(await asyncio.to_thread(vmms_using, api_socket))
@@ -143,11 +154,13 @@ async def recover(deps: Deps) -> list[SandboxRecord]:
         await asyncio.to_thread(deps.records.save, rec)
         log.info("sandbox recovered", extra=kv(sandbox=rec.id, was=before, now=rec.state))
         kept.append(rec)
+    slots = [live.slot for live in adopted.values() if live.slot is not None]
+    deps.slots = SlotAllocator(deps.slots.capacity, slots)
     if records:
         # Only a host that ran sandboxes can hold stale ones (a record is saved
         # before anything is made for a sandbox).
-        await (await deps.network_ready()).cleanup_stale(())
-    await deps.storage.cleanup_stale(())
+        await (await deps.network_ready()).cleanup_stale(slots)
+    await deps.storage.cleanup_stale(list(adopted))
     removed = await asyncio.to_thread(templates.cleanup_temporaries, deps)
     if removed:
         log.info("half-built templates removed", extra=kv(templates=",".join(removed)))
@@ -155,4 +168,4 @@ async def recover(deps: Deps) -> list[SandboxRecord]:
     dirs += await asyncio.to_thread(templates.snapshot_dirs, deps)
     deps.cfg.store.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(recover_store, dirs, deps.cfg.store)
-    return kept
+    return kept, adopted

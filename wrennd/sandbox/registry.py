@@ -82,7 +82,9 @@ class Registry:
         rec, live = sb.record, sb.live
         rec.state, rec.error = target, error
         rec.slot = live.slot if live is not None else None
-        rec.vmm_pid = live.vmm.proc.pid if live is not None and live.vmm is not None else None
+        if live is None or live.vmm is None:
+            rec.vmm_api_socket = rec.vmm_pid = rec.vmm_start_time = None
+            rec.uffd_served = False
         await self.save(sb)
 
     # --- queries ---------------------------------------------------------------
