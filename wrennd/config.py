@@ -147,6 +147,9 @@ class Settings:
     # Seconds SIGTERM may take (finish lifecycle calls, pause sandboxes); keep it below
     # the unit's TimeoutStopSec.
     shutdown_timeout: int = _setting(150, _pos_int, "a positive integer (seconds)")
+    # What SIGTERM does with running sandboxes: pause them all, or keep them running for
+    # the next daemon to adopt (an upgrade); `wrennctl host restart` keeps them either way.
+    on_stop: str = _setting("pause", _choice("pause", "keep"), "pause or keep")
 
     # Derived paths (DESIGN.md §3).
     @property

@@ -60,10 +60,21 @@ class Lifecycle:
         tasks = [sb.collapse for sb in self.registry if sb.collapse is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def pause_all(self, concurrency: int = 4) -> dict[str, str]:
-        """Pause every running sandbox (the shutdown hook); sandbox id -> outcome."""
+    @staticmethod
+    def needs_daemon(sb: Sandbox) -> bool:
+        """Its VM cannot run without this daemon (the UFFD engine serves its memory)."""
+        return sb.record.uffd_served
+
+    async def pause_all(
+        self, concurrency: int = 4, only: Callable[[Sandbox], bool] | None = None
+    ) -> dict[str, str]:
+        """Pause every running sandbox (or those ``only`` picks); sandbox id -> outcome."""
         gate = asyncio.Semaphore(concurrency)
-        running = [sb.id for sb in self.registry if sb.record.state == S.RUNNING]
+        running = [
+            sb.id
+            for sb in self.registry
+            if sb.record.state == S.RUNNING and (only is None or only(sb))
+        ]
 
         async def one(sandbox_id: str) -> str:
             async with gate:

@@ -83,10 +83,20 @@ class SandboxService:
         await self.lifecycle.close()
         await self.storage.aclose()
 
-    async def shutdown(self, ctx: Deadline) -> None:
-        """Pause every running sandbox (bounded concurrency), then stop background work."""
+    async def shutdown(self, ctx: Deadline, keep: bool = False) -> None:
+        """Pause every running sandbox (bounded concurrency), then stop background work.
+
+        ``keep``: leave running every sandbox that can run without this daemon, for the
+        next one to adopt; those whose memory this daemon's UFFD engine serves are paused
+        (they cannot run on without it)."""
         ctx.status("stopping: pausing sandboxes")
-        outcome = await self.lifecycle.pause_all(SHUTDOWN_PAUSE_CONCURRENCY)
+        needs = self.lifecycle.needs_daemon
+        if keep:
+            kept = [sb.id for sb in self.registry if sb.live is not None and not needs(sb)]
+            log.info("sandboxes left running", extra=kv(kept=len(kept), ids=",".join(kept)))
+        outcome = await self.lifecycle.pause_all(
+            SHUTDOWN_PAUSE_CONCURRENCY, needs if keep else None
+        )
         failed = {k: v for k, v in outcome.items() if v != "paused"}
         log.info("sandboxes paused for shutdown", extra=kv(paused=len(outcome) - len(failed)))
         await self.close()

@@ -245,6 +245,61 @@ async def test_kill9_keeps_running_sandboxes(daemon: Daemon, place: Any) -> None
     assert not place.leaks()
 
 
+async def test_keep_alive_restart(daemon: Daemon, place: Any) -> None:
+    """``wrennctl host restart`` and ``on_stop = "keep"`` exit leaving sandboxes running for
+    the next daemon; one whose memory the daemon's UFFD engine serves is paused instead."""
+    daemon.start()
+    c = await daemon.client()
+    booted = (await c.call("sandbox.create", {"image": "base", "memory_mib": 64}))["id"]
+    served = (await c.call("sandbox.create", {"image": "base", "memory_mib": 64}))["id"]
+    await c.call("sandbox.pause", {"id": served})
+    await c.call("sandbox.resume", {"id": served})
+    pid = (await c.call("sandbox.get", {"id": booted}))["vmm"]["pid"]
+    await c.close()
+    wrennctl = Path(sys.executable).parent / "wrennctl"
+    ctl = await asyncio.create_subprocess_exec(
+        str(wrennctl),
+        "--socket",
+        str(daemon.socket),
+        "host",
+        "restart",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await ctl.communicate()
+    assert ctl.returncode == 0, err
+    assert daemon.proc is not None and daemon.proc.wait(90) == 0
+    daemon.proc = None
+
+    daemon.start(WRENND_ON_STOP="keep")
+    c = await daemon.client()
+    got = await c.call("sandbox.get", {"id": booted})
+    assert got["state"] == "running" and got["vmm"]["pid"] == pid, got
+    got_served = await c.call("sandbox.get", {"id": served})
+    assert got_served["state"] == "paused" and got_served["error"] is None, got_served
+    await c.close()
+    assert daemon.stop(signal.SIGTERM) == 0  # on_stop = keep
+
+    daemon.start()
+    c = await daemon.client()
+    got = await c.call("sandbox.get", {"id": booted})
+    assert got["state"] == "running" and got["vmm"]["pid"] == pid, got
+    assert (await c.call("sandbox.exec", {"id": booted, "shell": "echo kept"}))[
+        "stdout"
+    ] == "kept\n"
+    await c.close()
+    assert daemon.stop(signal.SIGTERM) == 0  # the default pauses all
+    record = json.loads((place.state_dir / "sandboxes" / booted / "state.json").read_bytes())
+    assert record["state"] == "paused"
+    daemon.start()
+    c = await daemon.client()
+    for sid in (booted, served):
+        await c.call("sandbox.destroy", {"id": sid})
+    await c.close()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not place.leaks()
+
+
 async def _call_and_kill(
     daemon: Daemon, c: Client, method: str, params: dict[str, Any], stage: str
 ) -> None:
