@@ -150,6 +150,9 @@ class Settings:
     # What SIGTERM does with running sandboxes: pause them all, or keep them running for
     # the next daemon to adopt (an upgrade); `wrennctl host restart` keeps them either way.
     on_stop: str = _setting("pause", _choice("pause", "keep"), "pause or keep")
+    # After a resume, install the rest of guest memory in the background and detach the
+    # UFFD engine (the VM then outlives the daemon), or serve pages on demand only.
+    uffd_fill: str = _setting("background", _choice("background", "lazy"), "background or lazy")
 
     # Derived paths (DESIGN.md §3).
     @property

@@ -230,6 +230,7 @@ def wire(daemon: Daemon) -> None:
     sandbox_methods.register(daemon.methods, sandboxes)
     daemon.stats.add("sandboxes", sandboxes.registry.counts_by_state)
     daemon.stats.add("uffd", lambda: views.uffd_totals(sandboxes))
+    daemon.stats.add("engines", lambda: views.engine_states(sandboxes))
     chosen = sandboxes.storage.backend.name
     daemon.info.add("storage", lambda: {"configured": settings.storage_backend, "backend": chosen})
     daemon.on_startup("sandbox recovery", sandboxes.start)

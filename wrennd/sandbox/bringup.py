@@ -16,7 +16,7 @@ from typing import Any
 from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.log import kv
 from wrennd.network.errors import SlotsExhausted
-from wrennd.sandbox import templates
+from wrennd.sandbox import diskpair, templates
 from wrennd.sandbox.environment import Deps, HostConfig, Progress
 from wrennd.sandbox.errors import GuestFailed, NoCapacity, VmmFailed
 from wrennd.sandbox.live import Live, guest_client
@@ -120,7 +120,11 @@ async def restore(
     )
     paths.run.mkdir(parents=True, exist_ok=True)
     live.uffd = UffdServer(
-        paths.uffd_socket, memory, batch_bytes=cfg.uffd_batch_bytes, prefetch=prefetch
+        paths.uffd_socket,
+        memory,
+        batch_bytes=cfg.uffd_batch_bytes,
+        prefetch=prefetch,
+        fill=cfg.uffd_fill == "background",
     )
     await live.uffd.start()
     live.serving = asyncio.ensure_future(live.uffd.serve())
@@ -257,6 +261,8 @@ async def clone(deps: Deps, rec: SandboxRecord, template: Path, progress: Progre
             deps.cfg.store,
         )
         rec.generation, rec.snapshot_build_id = header.generation, str(header.build_id)
+        # Nothing ran on the new layer yet: it is the disk of the template's snapshot.
+        await diskpair.keep(deps, rec, header.generation)
         await progress("load", 2, 4)
         await restore(live, deps, rec, layer.drive)
         await progress("agent", 3, 4)

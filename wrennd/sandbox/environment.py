@@ -79,6 +79,9 @@ class HostConfig:
     ttl_action: str = "pause"
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
     guest_timeout: float = DEFAULT_GUEST_TIMEOUT
+    # The daemon's default is Settings.uffd_fill ("background"); a HostConfig built by
+    # hand (tests and benchmarks that measure demand faults) serves lazily unless told.
+    uffd_fill: str = "lazy"
     # The namespace where host-reachable sandbox addresses are routed (None: ours).
     host_netns: Path | None = None
 
@@ -93,6 +96,7 @@ class HostConfig:
             uffd_batch_bytes=settings.uffd_batch_bytes,
             ttl_action=settings.ttl_action,
             guest_timeout=float(settings.guest_timeout),
+            uffd_fill=settings.uffd_fill,
             host_netns=settings.host_netns,
         )
 

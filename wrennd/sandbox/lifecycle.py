@@ -16,7 +16,16 @@ import time
 from collections.abc import Callable
 
 from wrennd.log import kv
-from wrennd.sandbox import bringup, images, pausing, recovery, teardown, templates
+from wrennd.sandbox import (
+    bringup,
+    diskpair,
+    filling,
+    images,
+    pausing,
+    recovery,
+    teardown,
+    templates,
+)
 from wrennd.sandbox.environment import Deps, Progress, no_progress
 from wrennd.sandbox.errors import PauseUndone, WrongState, lifted
 from wrennd.sandbox.live import Live
@@ -24,7 +33,6 @@ from wrennd.sandbox.reaper import Reaper
 from wrennd.sandbox.record import SandboxRecord, SandboxState, new_sandbox_id
 from wrennd.sandbox.registry import Registry, Sandbox
 from wrennd.sandbox.rwlock import PREEMPT_AFTER
-from wrennd.snapshot import ChainChangedError, collapse_in_background
 
 log = logging.getLogger(__name__)
 S = SandboxState
@@ -59,11 +67,6 @@ class Lifecycle:
         await self.reaper.stop()
         tasks = [sb.collapse for sb in self.registry if sb.collapse is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    @staticmethod
-    def needs_daemon(sb: Sandbox) -> bool:
-        """Its VM cannot run without this daemon (the UFFD engine serves its memory)."""
-        return sb.record.uffd_served
 
     async def pause_all(
         self, concurrency: int = 4, only: Callable[[Sandbox], bool] | None = None
@@ -181,9 +184,10 @@ class Lifecycle:
             sb.live = None
             sb.record.generation = header.generation
             sb.record.snapshot_build_id = str(header.build_id)
+            sb.record.recovered_from = None
             await self._rest(sb, S.PAUSED)
             if header.generation >= self.deps.cfg.max_generations:
-                sb.collapse = asyncio.ensure_future(self._collapse(sb))
+                sb.collapse = asyncio.ensure_future(pausing.collapse(self.deps, self.registry, sb))
         return sb
 
     async def _after_failed_pause(self, sb: Sandbox, error: BaseException) -> None:
@@ -192,20 +196,6 @@ class Lifecycle:
                 await sb.live.release(self.deps.storage, self.deps.network, self.deps.slots)
             sb.live = None
         await self._rest(sb, S.ERROR, f"pause failed: {error}")
-
-    async def _collapse(self, sb: Sandbox) -> None:
-        snapshot_dir = self.deps.paths(sb.id).snapshot_dir
-        try:
-            header = await collapse_in_background(snapshot_dir, self.deps.cfg.store)
-        except ChainChangedError:
-            log.info("collapse superseded by a newer snapshot", extra=kv(sandbox=sb.id))
-        except Exception as e:
-            log.error("background collapse failed", extra=kv(sandbox=sb.id, error=e))
-        else:
-            log.info("chain collapsed", extra=kv(sandbox=sb.id, build_id=header.build_id))
-            if self.registry.find(sb.id) is sb:
-                sb.record.snapshot_build_id = str(header.build_id)
-                await self.registry.save(sb)
 
     @lifted
     async def resume(
@@ -225,7 +215,10 @@ class Lifecycle:
                 sb.live = await bringup.resume(self.deps, rec, progress, prefetch)
             except BaseException as e:
                 back = S.PAUSED if rec.generation is not None else S.ERROR
-                await asyncio.shield(self._rest(sb, back, f"resume failed: {e}"))
+                error = f"resume failed: {e}"
+                if back == S.PAUSED and rec.vmm_pid is not None:  # the VM may have run
+                    await asyncio.shield(diskpair.roll_back_quietly(self.deps, rec, error))
+                await asyncio.shield(self._rest(sb, back, error))
                 raise
             if rec.timeout_s is not None:
                 rec.expires_at = self.clock() + rec.timeout_s
@@ -255,6 +248,10 @@ class Lifecycle:
         self.reaper.set(sb.id, sb.record.expires_at)
         if sb.live is not None:
             self._watch(sb, sb.live)
+            if sb.live.uffd is not None and sb.live.filler is None:
+                sb.live.filler = asyncio.ensure_future(
+                    filling.fill_and_detach(self.registry, sb, sb.live)
+                )
 
     async def _expired(self, sandbox_id: str) -> None:
         sb = self.registry.find(sandbox_id)

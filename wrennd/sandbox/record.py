@@ -117,6 +117,9 @@ class SandboxRecord:
     # a header with another one after a crash mid-pause means that pause's memory committed.
     snapshot_build_id: str | None = None
     error: str | None = None
+    # Set when the sandbox went back to its last snapshot (memory and disk together):
+    # {"generation", "at", "reason"}; cleared by the next pause.
+    recovered_from: dict[str, Any] | None = None
     created_at: float = dataclasses.field(default_factory=time.time)
     updated_at: float = dataclasses.field(default_factory=time.time)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from wrennd.durable import publish
 from wrennd.log import kv
 from wrennd.network.slots import SlotAllocator
-from wrennd.sandbox import adoption, teardown, templates
+from wrennd.sandbox import adoption, diskpair, teardown, templates
 from wrennd.sandbox.environment import Deps, SandboxPaths
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import SandboxRecord, SandboxState
@@ -88,14 +88,17 @@ def finish_interrupted_pause(paths: SandboxPaths, rec: SandboxRecord) -> bool:
         header = read_header(paths.snapshot_dir)
     except (OSError, SnapshotError):
         header = None
+    # The header is the commit point; its vmstate is still pending, or was published
+    # just before the crash (the pause then died releasing its resources).
     committed = (
         header is not None
         and str(header.build_id) != rec.snapshot_build_id
-        and paths.pending_vmstate.exists()
+        and (paths.pending_vmstate.exists() or paths.vmstate.exists())
     )
     if committed:
         assert header is not None
-        publish(paths.pending_vmstate, paths.vmstate)
+        if paths.pending_vmstate.exists():
+            publish(paths.pending_vmstate, paths.vmstate)
         rec.generation, rec.snapshot_build_id = header.generation, str(header.build_id)
         rec.need_full = False
     paths.pending_memfile.unlink(missing_ok=True)
@@ -123,6 +126,19 @@ def _settle(rec: SandboxRecord) -> str | None:
     return rec.error
 
 
+async def _pair_disks(deps: Deps, disks: list[tuple[SandboxRecord, str | None]]) -> None:
+    """With every layer detached: roll disks back to their snapshot, or keep them."""
+    for rec, reason in disks:
+        try:
+            if reason is None:
+                assert rec.generation is not None
+                await diskpair.keep(deps, rec, rec.generation)
+            elif await diskpair.roll_back(deps, rec, reason):
+                await asyncio.to_thread(deps.records.save, rec)
+        except Exception as e:
+            log.error("snapshot disk not paired", extra=kv(sandbox=rec.id, error=e))
+
+
 async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
     """Every record brought to rest, and the live resources of those adopted."""
     records, bad = await asyncio.to_thread(deps.records.load_all)
@@ -130,6 +146,8 @@ async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
         log.error("unreadable sandbox record left alone", extra=kv(error=err))
     kept: list[SandboxRecord] = []
     adopted: dict[str, Live] = {}
+    # Records whose disk goes back to their snapshot's (a reason) or is kept with it (None).
+    disks: list[tuple[SandboxRecord, str | None]] = []
     for rec in records:
         live = await adoption.adopt(deps, rec)
         if live is not None:
@@ -144,13 +162,18 @@ async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
             if await asyncio.to_thread(stop_stale_vmm, pid, api_socket):
                 log.warning("stale vmm stopped", extra=kv(sandbox=rec.id, pid=pid))
         before = rec.state
+        completed = False
         if rec.state == S.PAUSING and await asyncio.to_thread(finish_interrupted_pause, paths, rec):
             log.info("interrupted pause completed", extra=kv(sandbox=rec.id))
-            rec.state = S.PAUSED
+            rec.state, completed = S.PAUSED, True
         if _settle(rec) is None and rec.state in (S.CREATING, S.STOPPING):
             await teardown.destroy(deps, rec, None)
             log.info("unfinished sandbox removed", extra=kv(sandbox=rec.id, state=before.value))
             continue
+        if rec.state == S.PAUSED and before != S.PAUSED and not completed:
+            disks.append((rec, f"the daemon stopped while the sandbox was {before.value}"))
+        elif rec.state == S.PAUSED and not diskpair.has_kept(deps, rec):
+            disks.append((rec, None))  # its layer is still the disk of its snapshot
         await asyncio.to_thread(deps.records.save, rec)
         log.info("sandbox recovered", extra=kv(sandbox=rec.id, was=before, now=rec.state))
         kept.append(rec)
@@ -161,6 +184,7 @@ async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
         # before anything is made for a sandbox).
         await (await deps.network_ready()).cleanup_stale(slots)
     await deps.storage.cleanup_stale(list(adopted))
+    await _pair_disks(deps, disks)
     removed = await asyncio.to_thread(templates.cleanup_temporaries, deps)
     if removed:
         log.info("half-built templates removed", extra=kv(templates=",".join(removed)))

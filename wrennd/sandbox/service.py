@@ -23,10 +23,12 @@ from wrennd.log import kv
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import AddressPlan, Naming
 from wrennd.network.slots import SlotAllocator
+from wrennd.sandbox import filling
 from wrennd.sandbox.catalogs import ImageCatalog, TemplateCatalog
 from wrennd.sandbox.environment import Deps, HostConfig, SandboxPaths, choose_vmm
 from wrennd.sandbox.guestcall import guest_call
 from wrennd.sandbox.lifecycle import Lifecycle
+from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import RecordStore
 from wrennd.sandbox.registry import Registry, Sandbox
 from wrennd.sandbox.usage import usage
@@ -90,7 +92,10 @@ class SandboxService:
         next one to adopt; those whose memory this daemon's UFFD engine serves are paused
         (they cannot run on without it)."""
         ctx.status("stopping: pausing sandboxes")
-        needs = self.lifecycle.needs_daemon
+
+        def needs(sb: Sandbox) -> bool:  # its VM cannot run without this daemon's engine
+            return sb.record.uffd_served
+
         if keep:
             kept = [sb.id for sb in self.registry if sb.live is not None and not needs(sb)]
             log.info("sandboxes left running", extra=kv(kept=len(kept), ids=",".join(kept)))
@@ -118,6 +123,10 @@ class SandboxService:
         async with guest_call(self.registry, sandbox_id, limit) as client:
             yield client
 
+    def engine_state(self, live: Live) -> dict[str, Any] | None:
+        """The UFFD engine of a running sandbox: serving, filling (percent) or detached."""
+        return filling.engine_state(live)
+
     def command_deadline(self, spec: CommandSpec) -> float:
         """How long an exec may take: its own timeout plus the time to report it, or
         the host's default."""
@@ -127,10 +136,13 @@ class SandboxService:
 
     async def usage(self, sb: Sandbox) -> dict[str, Any]:
         """Host disk (allocated blocks of the layer and the snapshot) and resident memory."""
+        layer: Path | None = None
+        base: Path | None = None
         try:
-            layer: Path | None = (await self.storage.record(sb.id)).layer
+            rootfs = await self.storage.record(sb.id)
+            layer, base = rootfs.layer, rootfs.base_image
         except StorageError:
-            layer = None
+            pass
         live = sb.live
         pid = live.vmm.proc.pid if live is not None and live.vmm is not None else None
-        return await asyncio.to_thread(usage, self.paths(sb.id).state, layer, pid)
+        return await asyncio.to_thread(usage, self.paths(sb.id).state, layer, pid, base)

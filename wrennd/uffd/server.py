@@ -34,6 +34,7 @@ from pathlib import Path
 
 from wrennd.log import kv
 from wrennd.uffd import handshake
+from wrennd.uffd.detach import Detacher
 from wrennd.uffd.engine import (
     BASE_PAGE_SIZE,
     DEFAULT_BATCH_BYTES,
@@ -90,6 +91,7 @@ class UffdServer:
         prefetch: bool = True,
         prefetch_batch_bytes: int = DEFAULT_PREFETCH_BATCH_BYTES,
         handshake_timeout: float = 30.0,
+        fill: bool = False,
     ) -> None:
         self.socket_path = socket_path
         self.memory = memory
@@ -104,6 +106,7 @@ class UffdServer:
         self._listener: socket.socket | None = None
         self._stop = asyncio.Event()
         self._final: EngineStats | None = None
+        self.detaching = Detacher(memory, fill)
 
     async def start(self) -> None:
         """Map the snapshot (or, with the page size still unknown, check its
@@ -132,7 +135,7 @@ class UffdServer:
             sources=m.generations,
             batch_bytes=self.batch_bytes,
             prefetch_batch_bytes=self.prefetch_batch_bytes,
-            prefetch=m.prefetch if self.prefetch else (),
+            prefetch=[*(m.prefetch if self.prefetch else ()), *self.detaching.ranges],
         )
 
     def _check_files(self) -> None:
@@ -186,6 +189,7 @@ class UffdServer:
                 if self._engine is None:
                     page_size = regions[0].page_size
                     self._engine = await loop.run_in_executor(None, self._make_engine, page_size)
+                self.detaching.keep(uffd)
                 self._engine.start(uffd, regions)
             except EngineConfigError as e:
                 os.close(uffd)
@@ -270,6 +274,8 @@ class UffdServer:
         engine = self._engine
         assert engine is not None
         await asyncio.get_running_loop().run_in_executor(None, engine.stop)
+        if reason == "stopped" and self.detaching.finish(self.regions):
+            reason = "detached"
         stats = engine.stats()
         self._final = stats
         result = ServeResult(
@@ -291,6 +297,11 @@ class UffdServer:
         self._close_engine()
         return result
 
+    def detach(self) -> None:
+        """After the fill: end serving, unregister guest memory (serve() says "detached")."""
+        self.detaching.request()
+        self._stop.set()
+
     def stop(self) -> None:
         """Ask serve() to end: it joins the engine and returns, or, with no peer
         connected yet, raises ServeStopped."""
@@ -305,6 +316,7 @@ class UffdServer:
 
     async def close(self) -> None:
         """Stop serving, release everything, remove the socket file."""
+        self.detaching.close()
         if self._engine is not None:
             engine = self._engine
             await asyncio.get_running_loop().run_in_executor(None, engine.stop)

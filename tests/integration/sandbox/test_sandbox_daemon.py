@@ -164,7 +164,7 @@ async def test_sigterm_pauses_and_kill9_recovers(daemon: Daemon, place: Any) -> 
     record = json.loads((place.state_dir / "sandboxes" / a / "state.json").read_bytes())
     assert record["state"] == "paused"
 
-    daemon.start()
+    daemon.start(WRENND_UFFD_FILL="lazy")  # a's memory stays with the engine
     c = await daemon.client()
     assert (await c.call("sandbox.get", {"id": a}))["state"] == "paused"
     await c.call("sandbox.resume", {"id": a})
@@ -248,7 +248,7 @@ async def test_kill9_keeps_running_sandboxes(daemon: Daemon, place: Any) -> None
 async def test_keep_alive_restart(daemon: Daemon, place: Any) -> None:
     """``wrennctl host restart`` and ``on_stop = "keep"`` exit leaving sandboxes running for
     the next daemon; one whose memory the daemon's UFFD engine serves is paused instead."""
-    daemon.start()
+    daemon.start(WRENND_UFFD_FILL="lazy")  # "served" keeps needing the engine
     c = await daemon.client()
     booted = (await c.call("sandbox.create", {"image": "base", "memory_mib": 64}))["id"]
     served = (await c.call("sandbox.create", {"image": "base", "memory_mib": 64}))["id"]
@@ -295,6 +295,87 @@ async def test_keep_alive_restart(daemon: Daemon, place: Any) -> None:
     c = await daemon.client()
     for sid in (booted, served):
         await c.call("sandbox.destroy", {"id": sid})
+    await c.close()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not place.leaks()
+
+
+async def test_kill9_rolls_memory_and_disk_back_together(daemon: Daemon, place: Any) -> None:
+    """A sandbox that needs the dead daemon's UFFD engine goes back to its last snapshot
+    with the disk of that snapshot: a file written after it is gone, one before intact."""
+    daemon.start(WRENND_UFFD_FILL="lazy")  # the engine never detaches: no hand-over
+    c = await daemon.client()
+    sid = (await c.call("sandbox.create", {"image": "base", "memory_mib": 64}))["id"]
+    await c.call("sandbox.files.write", {"id": sid, "path": "/root/before", "data": b64(b"B")})
+    await c.call("sandbox.pause", {"id": sid})
+    await c.call("sandbox.resume", {"id": sid})
+    await c.call("sandbox.files.write", {"id": sid, "path": "/root/after", "data": b64(b"A")})
+    await c.call("sandbox.exec", {"id": sid, "shell": "sync"})
+    await c.close()
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    daemon.start()
+    c = await daemon.client()
+    got = await c.call("sandbox.get", {"id": sid})
+    assert got["state"] == "paused", got
+    recovered = got["recovered_from"]
+    assert recovered["generation"] == 0 and "running" in recovered["reason"], got
+    layer = place.state_dir / "sandboxes" / sid / "rootfs.ext4"
+    fsck = await asyncio.create_subprocess_exec(
+        "e2fsck",
+        "-fn",
+        str(layer),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await fsck.communicate()
+    assert fsck.returncode == 0, out.decode()
+    await c.call("sandbox.resume", {"id": sid})
+    read = await c.call("sandbox.files.read", {"id": sid, "path": "/root/before"})
+    assert base64.b64decode(read["data"]) == b"B"
+    with pytest.raises(RemoteError):
+        await c.call("sandbox.files.read", {"id": sid, "path": "/root/after"})
+    await c.call("sandbox.pause", {"id": sid})
+    assert (await c.call("sandbox.get", {"id": sid}))["recovered_from"] is None
+    await c.call("sandbox.destroy", {"id": sid})
+    await c.close()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not place.leaks()
+
+
+async def test_kill9_keeps_a_resumed_sandbox_whose_engine_detached(
+    daemon: Daemon, place: Any
+) -> None:
+    """uffd_fill = background: after resume the engine installs the rest of memory and
+    detaches, so the VM no longer needs the daemon and survives its kill -9."""
+    daemon.start()
+    c = await daemon.client()
+    sid = (await c.call("sandbox.create", {"image": "base", "memory_mib": 64}))["id"]
+    await c.call("sandbox.files.write", {"id": sid, "path": "/root/k", "data": b64(b"K")})
+    await c.call("sandbox.pause", {"id": sid})
+    await c.call("sandbox.resume", {"id": sid})
+    deadline = time.monotonic() + 120
+    while (got := await c.call("sandbox.get", {"id": sid}))["engine"]["state"] != "detached":
+        assert got["engine"]["state"] in ("filling", "serving"), got
+        assert time.monotonic() < deadline, got
+        await asyncio.sleep(0.2)
+    stats = await c.call("host.stats")
+    assert stats["engines"][sid] == {"state": "detached"}
+    pid = got["vmm"]["pid"]
+    await c.close()
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    daemon.start()
+    c = await daemon.client()
+    got = await c.call("sandbox.get", {"id": sid})
+    assert got["state"] == "running" and got["vmm"]["pid"] == pid, got
+    assert got["recovered_from"] is None
+    read = await c.call("sandbox.files.read", {"id": sid, "path": "/root/k"})
+    assert base64.b64decode(read["data"]) == b"K"
+    assert (await c.call("sandbox.exec", {"id": sid, "shell": "echo on"}))["stdout"] == "on\n"
+    await c.call("sandbox.pause", {"id": sid})
+    await c.call("sandbox.resume", {"id": sid})
+    await c.call("sandbox.destroy", {"id": sid})
     await c.close()
     assert daemon.stop(signal.SIGTERM) == 0
     assert not place.leaks()
