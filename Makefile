@@ -97,14 +97,22 @@ clean:
 	rm -rf build $(VENV) wrennd/_native*.so wrennd_sim/_simnative*.so $(NATIVE_STAMP) *.egg-info
 
 # Guest rootfs and kernel (images/, README "Guest agent and image").
-.PHONY: image kernel
+.PHONY: image kernel guest-smoke
 image:
 	images/build-image build/base.ext4
 
 kernel:
 	images/fetch-kernel build/vmlinux
 
+# The image on a real kernel under QEMU -M microvm (TCG), through the agent (docs/real-host.md).
+guest-smoke: install kernel image
+	$(PY) images/guest_smoke.py --kernel build/vmlinux --image build/base.ext4
+
 # The main job, scripted with wrennctl (README "Sandboxes"): root, cleans up after itself.
-.PHONY: demo
+.PHONY: demo console
 demo: install
 	$(PY) demo/demo.py
+
+# A scratch daemon (as make demo) with the HTTP console on a free loopback port, until Ctrl-C.
+console: install
+	$(PY) demo/console.py

@@ -19,8 +19,19 @@ reads also cold (drop_caches, root only).  The engine's ws10 read is run
 again with the working set recorded by the first run as its prefetch map.
 
 The snapshot is a two-generation chain with zero-fill entries; the flat
-memfile is its exported image.  Writes JSON, PNG plots and a markdown table
-to --out and prints the ratios the issue sets goals for.
+memfile is its exported image.
+
+Then the chain fixtures (bench/faultin_fixtures.py), built the way a real
+chain is: "chain3" and "chain10", a Full image of realistic data/zero runs plus
+3 or 10 Diff generations of scattered single dirty pages (5 % each), and
+"interleaved", data and zero pages at random.  On each: sequential read warm
+and cold, and random read warm, by the engine, the engine with one page per
+fault (engine-b1) and kernel paging; --copy-modes adds the engine with each
+install strategy forced (engine-runs, engine-bounce: how AUTO's rule was
+chosen).
+
+Writes JSON, PNG plots and a markdown table to --out and prints the ratios
+the issues set goals for.
 
     .venv/bin/python bench/faultin.py [--size-mib 256] [--out bench/results/faultin]
 """
@@ -44,9 +55,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from faultin_fixtures import build_chain
+
 from wrennd import config, features
 from wrennd.uffd import handshake
-from wrennd.uffd.engine import SOURCE_ZERO, MapEntry
+from wrennd.uffd.engine import DEFAULT_WINDOW_MAX_BYTES, SOURCE_ZERO, MapEntry
 from wrennd.uffd.server import SnapshotMemory, UffdServer
 from wrennd_sim import uffd_peer
 from wrennd_sim._simnative import ffi, lib
@@ -54,6 +67,8 @@ from wrennd_sim._simnative import ffi, lib
 PAGE = uffd_peer.BASE_PAGE_SIZE
 MiB = 1 << 20
 CLUSTER_PAGES = 16
+LEGACY = "mixed"
+CHAINS = {"chain3": (3, False), "chain10": (10, False), "interleaved": (0, True)}
 
 
 @dataclass
@@ -212,10 +227,20 @@ class Bench:
         }
 
     async def engine(
-        self, pattern: str, write: bool, batch: int, prefetch: Any = (), prefetch_run: bool = False
+        self,
+        pattern: str,
+        write: bool,
+        batch: int,
+        prefetch: Any = (),
+        prefetch_run: bool = False,
+        window: int = DEFAULT_WINDOW_MAX_BYTES,
+        copy_mode: str = "auto",
     ) -> dict[str, Any]:
         memory = dataclasses.replace(self.fx.memory, prefetch=list(prefetch))
-        server = UffdServer(self.workdir / "uffd.sock", memory, batch_bytes=batch)
+        server = UffdServer(
+            self.workdir / "uffd.sock", memory, batch_bytes=batch, window_max_bytes=window,
+            copy_mode=copy_mode,
+        )  # fmt: skip
         await server.start()
         serving = asyncio.ensure_future(server.serve())
         try:
@@ -240,6 +265,8 @@ class Bench:
             installed_bytes=s.copy_bytes + s.zero_bytes,
             prefetch_pages=s.prefetch_pages,
             engine_p50_us=s.latency_percentile_ns(0.5) / 1e3,
+            bounce_batches=s.bounce_batches,
+            window_grows=s.window_grows,
             working_set=result.working_set,
         )
         return r
@@ -295,6 +322,81 @@ def warm(paths: list[Path]) -> None:
                 pass
 
 
+def handlers_of(
+    b: Bench, batch: int, names: list[str]
+) -> dict[str, Callable[[str, bool], Awaitable[dict[str, Any]]]]:
+    every: dict[str, Callable[[str, bool], Awaitable[dict[str, Any]]]] = {
+        "engine": lambda o, w: b.engine(o, w, batch),
+        "engine-b1": lambda o, w: b.engine(o, w, PAGE, window=PAGE),
+        "engine-runs": lambda o, w: b.engine(o, w, batch, copy_mode="runs"),
+        "engine-bounce": lambda o, w: b.engine(o, w, batch, copy_mode="bounce"),
+        "kernel": b.kernel,
+        "minimal": b.minimal,
+    }
+    return {n: every[n] for n in names}
+
+
+async def run_plan(
+    b: Bench, fixture: str, plan: list[tuple[str, str, str, str]], batch: int
+) -> list[dict[str, Any]]:
+    loop = asyncio.get_running_loop()
+    handlers = handlers_of(b, batch, sorted({h for h, _, _, _ in plan}))
+    rows = []
+    for h, p, rw, cache in plan:
+        if cache == "cold":
+            await loop.run_in_executor(None, drop_caches)
+        else:  # warm: every file fully in the page cache
+            await loop.run_in_executor(None, warm, [b.fx.flat, *b.fx.memory.generations])
+        r = await handlers[h](p, rw == "write")
+        r.update(handler=h, pattern=p, rw=rw, cache=cache, fixture=fixture)
+        rows.append(r)
+        print(f"{fixture:11} {h:13} {p:10} {rw:5} {cache}: {r['seconds'] * 1e3:9.1f} ms",
+              file=sys.stderr)  # fmt: skip
+    return rows
+
+
+async def prefetch_pair(b: Bench, batch: int) -> list[dict[str, Any]]:
+    """prefetch off (records the working set) vs on (prefetches that record)"""
+    loop = asyncio.get_running_loop()
+    files = [b.fx.flat, *b.fx.memory.generations]
+    await loop.run_in_executor(None, warm, files)
+    off = await b.engine("ws10", False, batch, prefetch_run=True)
+    await loop.run_in_executor(None, warm, files)
+    on = await b.engine("ws10", False, batch, prefetch=off["working_set"], prefetch_run=True)
+    for name, r in (("prefetch-off", off), ("prefetch-on", on)):
+        r.update(handler="engine", pattern="ws10", rw="read", cache="warm", variant=name)
+        r["fixture"] = LEGACY
+        ms = r["resume_seconds"] * 1e3
+        print(f"engine    ws10 {name}: {ms:.1f} ms, {r['faults']} faults", file=sys.stderr)
+    return [off, on]
+
+
+async def run_chains(
+    args: argparse.Namespace, workdir: Path, guest: Guest, probe: LagProbe, batch: int, cold: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    loop = asyncio.get_running_loop()
+    size = args.size_mib * MiB
+    names = ["engine", "engine-b1", "kernel"]
+    names += ["engine-runs", "engine-bounce"] if args.copy_modes else []
+    scen = [("sequential", "read", "warm"), ("sequential", "write", "warm")]
+    scen += [("random", "read", "warm")]
+    scen += [("sequential", "read", "cold")] if cold else []
+    rows: list[dict[str, Any]] = []
+    facts = {}
+    for name in args.fixtures:
+        diffs, interleaved = CHAINS[name]
+        d = workdir / name
+        d.mkdir()
+        flat, memory, facts[name] = await loop.run_in_executor(
+            None, build_chain, d, size, PAGE, args.seed, diffs, interleaved
+        )
+        b = Bench(Fixture(size, flat, memory), workdir, guest, probe, args.seed)
+        plan = [(h, p, rw, c) for p, rw, c in scen for h in names]
+        rows += await run_plan(b, name, plan, batch)
+        await loop.run_in_executor(None, shutil.rmtree, d)
+    return rows, facts
+
+
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     size = args.size_mib * MiB
     batch = args.batch_bytes or config.Settings().uffd_batch_bytes
@@ -307,47 +409,27 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     try:
         t0 = time.perf_counter()
-        fx = await asyncio.get_running_loop().run_in_executor(
-            None, build_fixture, workdir, size, args.seed
-        )
-        print(f"fixture: {size // MiB} MiB in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        b = Bench(fx, workdir, guest, probe, args.seed)
-        pats = ("sequential", "random", "ws10")
-        handlers: dict[str, Callable[[str, bool], Awaitable[dict[str, Any]]]] = {
-            "engine": lambda o, w: b.engine(o, w, batch),
-            "engine-b1": lambda o, w: b.engine(o, w, PAGE),
-            "kernel": b.kernel,
-            "minimal": b.minimal,
-        }
-        plan = [(h, p, rw, "warm") for p in pats for rw in ("read", "write") for h in handlers]
-        if cold_ok:
-            plan += [(h, p, "read", "cold") for p in ("sequential", "random") for h in handlers]
-        for h, p, rw, cache in plan:
-            if cache == "cold":
-                await loop.run_in_executor(None, drop_caches)
-            else:  # warm: every file fully in the page cache
-                await loop.run_in_executor(None, warm, [fx.flat, *fx.memory.generations])
-            r = await handlers[h](p, rw == "write")
-            r.update(handler=h, pattern=p, rw=rw, cache=cache)
-            rows.append(r)
-            print(f"{h:9} {p:10} {rw:5} {cache}: {r['seconds'] * 1e3:9.1f} ms", file=sys.stderr)
-        # prefetch off (records the working set) vs on (prefetches that record)
-        await loop.run_in_executor(None, warm, [fx.flat, *fx.memory.generations])
-        off = await b.engine("ws10", False, batch, prefetch_run=True)
-        await loop.run_in_executor(None, warm, [fx.flat, *fx.memory.generations])
-        on = await b.engine("ws10", False, batch, prefetch=off["working_set"], prefetch_run=True)
-        for name, r in (("prefetch-off", off), ("prefetch-on", on)):
-            r.update(handler="engine", pattern="ws10", rw="read", cache="warm", variant=name)
-            rows.append(r)
-            ms = r["resume_seconds"] * 1e3
-            print(f"engine    ws10 {name}: {ms:.1f} ms, {r['faults']} faults", file=sys.stderr)
+        if not args.chains_only:
+            fx = await loop.run_in_executor(None, build_fixture, workdir, size, args.seed)
+            print(f"fixture: {size // MiB} MiB in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+            b = Bench(fx, workdir, guest, probe, args.seed)
+            pats = ("sequential", "random", "ws10")
+            hs = ["engine", "engine-b1", "kernel", "minimal"]
+            plan = [(h, p, rw, "warm") for p in pats for rw in ("read", "write") for h in hs]
+            if cold_ok:
+                plan += [(h, p, "read", "cold") for p in ("sequential", "random") for h in hs]
+            rows += await run_plan(b, LEGACY, plan, batch)
+            rows += await prefetch_pair(b, batch)
+        chain_rows, facts = await run_chains(args, workdir, guest, probe, batch, cold_ok)
+        rows += chain_rows
     finally:
         await guest.close()
         probe.running = False
         await probe_task
         await loop.run_in_executor(None, shutil.rmtree, workdir)
     return {"size_bytes": size, "page_size": PAGE, "batch_bytes": batch, "cold": cold_ok,
-            "cpus": os.cpu_count(), "rows": rows}  # fmt: skip
+            "cpus": os.cpu_count(), "loadavg": os.getloadavg(), "fixtures": facts,
+            "rows": rows}  # fmt: skip
 
 
 def find(rows: list[dict[str, Any]], **kw: str) -> dict[str, Any]:
@@ -357,9 +439,36 @@ def find(rows: list[dict[str, Any]], **kw: str) -> dict[str, Any]:
     raise KeyError(kw)
 
 
+def chain_ratios(rows: list[dict[str, Any]], fixture: str, cold: bool) -> dict[str, Any]:
+    """Engine against kernel paging (warm, cold) and one page per fault, sequential read."""
+
+    def secs(h: str, cache: str, pattern: str = "sequential", rw: str = "read") -> float:
+        r = find(rows, fixture=fixture, handler=h, pattern=pattern, rw=rw, cache=cache)
+        return float(r["seconds"])
+
+    out: dict[str, Any] = {
+        "vs_kernel_warm": secs("kernel", "warm") / secs("engine", "warm"),
+        "vs_batch1": secs("engine-b1", "warm") / secs("engine", "warm"),
+        "random_vs_kernel_warm": secs("kernel", "warm", "random")
+        / secs("engine", "warm", "random"),
+    }
+    if cold:
+        out["vs_kernel_cold"] = secs("kernel", "cold") / secs("engine", "cold")
+    out["goals"] = {
+        "ge_2x_kernel_warm": out["vs_kernel_warm"] >= 2,
+        "ge_8x_batch1": out["vs_batch1"] >= 8,
+    }
+    if cold:
+        out["goals"]["ge_2x_kernel_cold"] = out["vs_kernel_cold"] >= 2
+    return out
+
+
 def ratios(res: dict[str, Any]) -> dict[str, Any]:
     rows = res["rows"]
-    w = {"cache": "warm"}
+    chains = {f: chain_ratios(rows, f, res["cold"]) for f in res["fixtures"]}
+    if not any(r["fixture"] == LEGACY for r in rows):
+        return {"chains": chains}
+    w = {"cache": "warm", "fixture": LEGACY}
     b1 = find(rows, handler="engine-b1", pattern="random", rw="read", **w)
     mini = find(rows, handler="minimal", pattern="random", rw="read", **w)
     seq = find(rows, handler="engine", pattern="sequential", rw="read", **w)
@@ -368,7 +477,13 @@ def ratios(res: dict[str, Any]) -> dict[str, Any]:
     on = find(rows, variant="prefetch-on")
     serving = [r for r in rows if r["handler"] == "engine" and r.get("faults")]
     gbps = res["size_bytes"] / seq["seconds"] / 1e9
+    fast = [r for r in serving if r["pattern"] == "sequential" and r["touched_pages"] * PAGE
+            / r["seconds"] >= 1e9]  # fmt: skip
     return {
+        "chains": chains,
+        "loop_lag_p99_ms_at_ge_1GBps": {
+            f"{r['fixture']}/{r['rw']}/{r['cache']}": r["loop_lag_p99_ms"] for r in fast
+        },
         "single_page_p50_vs_minimal": b1["lat_p50_us"] / mini["lat_p50_us"],
         "single_page_p50_us": {"engine-b1": b1["lat_p50_us"], "minimal": mini["lat_p50_us"]},
         "sequential_speedup_vs_batch1": seq_b1["seconds"] / seq["seconds"],
@@ -392,7 +507,7 @@ def ratios(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(res: dict[str, Any]) -> str:
-    cols = ["handler", "pattern", "rw", "cache", "time ms", "MB/s touched", "faults"]
+    cols = ["fixture", "handler", "pattern", "rw", "cache", "time ms", "MB/s touched", "faults"]
     cols += ["p50 µs", "p99 µs", "loop lag p99 ms"]
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for r in res["rows"]:
@@ -400,7 +515,8 @@ def markdown(res: dict[str, Any]) -> str:
         mbs = r["touched_pages"] * PAGE / r["seconds"] / 1e6
         faults = "-" if r["faults"] is None else str(r["faults"])
         lines.append(
-            f"| {label} | {r['pattern']} | {r['rw']} | {r['cache']} | {r['seconds'] * 1e3:.1f} |"
+            f"| {r['fixture']} | {label} | {r['pattern']} | {r['rw']} | {r['cache']} |"
+            f" {r['seconds'] * 1e3:.1f} |"
             f" {mbs:.0f} | {faults} | {r['lat_p50_us']:.1f} | {r['lat_p99_us']:.1f} |"
             f" {r['loop_lag_p99_ms']:.2f} |"
         )
@@ -413,7 +529,7 @@ def plots(res: dict[str, Any], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in res["rows"] if "variant" not in r]
+    rows = [r for r in res["rows"] if "variant" not in r and r["fixture"] == LEGACY]
     scen = sorted({(r["pattern"], r["rw"], r["cache"]) for r in rows})
     hs = ["engine", "engine-b1", "kernel", "minimal"]
     fig, ax = plt.subplots(figsize=(12, 5))
@@ -465,6 +581,19 @@ def main() -> int:
     ap.add_argument("--no-cold", action="store_true", help="skip the cold page cache runs")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument(
+        "--fixtures", default=",".join(CHAINS),
+        type=lambda v: [f for f in v.split(",") if f],
+        help=f"chain fixtures to run, comma-separated (default all: {','.join(CHAINS)}; '' none)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--chains-only", action="store_true",
+        help="skip the two-generation fixture (and its goals): only the chain fixtures",
+    )  # fmt: skip
+    ap.add_argument(
+        "--copy-modes", action="store_true",
+        help="also run the chain fixtures with each install strategy forced",
+    )  # fmt: skip
+    ap.add_argument(
         "--pin",
         metavar="HANDLER,GUEST|none",
         default="0,1" if len(os.sched_getaffinity(0)) > 1 else "none",
@@ -488,7 +617,7 @@ def main() -> int:
     res = uvloop.run(run_all(args))
     res["ratios"] = ratios(res)
     args.out.mkdir(parents=True, exist_ok=True)
-    pngs = plots(res, args.out)
+    pngs = [] if args.chains_only else plots(res, args.out)
     for r in res["rows"]:
         r.pop("_lat", None)
         r.pop("working_set", None)

@@ -16,6 +16,14 @@ dir in a loop file (reflink layers), never the machine's own network.
     .venv/bin/python bench/lifecycle.py [--memory-mib 256] [--reps 3]
                                         [--fanout 1 5 20] [--json out.json]
                                         [--plot out.png]
+
+--cycles N measures only the prefetch map across pause/resume cycles: a
+sandbox is created and paused (Full), then N times resumed, a stable working
+set touched (--ws-mib, in --ws-order) and --new-pages pages never touched
+before written at random, and paused again; once with prefetch and once
+without, each on its own sandbox.  Per cycle: demand faults on the working
+set and on the new pages (the engine's counters around each touch), the time
+to touch them, and the prefetch map's size after the pause.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import statistics
 import subprocess
@@ -36,7 +45,9 @@ from typing import Any
 
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import Naming
+from wrennd.rpc import views
 from wrennd.sandbox.environment import HostConfig, VmmChoice
+from wrennd.snapshot import read_prefetch_map
 from wrennd.storage import loopdev
 from wrennd.storage.aio import open_storage
 from wrennd_sim.fcsim.control import ControlClient
@@ -140,6 +151,62 @@ async def measure(mgr: InProcess, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+async def one_cycle(
+    mgr: InProcess, sid: str, args: argparse.Namespace, n: int, prefetch: bool
+) -> dict[str, Any]:
+    ws_pages = (args.ws_mib << 20) // PAGE
+    info = await mgr.resume(sid, prefetch=prefetch)
+    f0 = views.uffd_totals(mgr.service)["faults"]
+    ws = await control(info, "touch", count=ws_pages, order=args.ws_order, arg=1)
+    f1 = views.uffd_totals(mgr.service)["faults"]
+    # new pages: a fresh random order per cycle, written (they end up in the Diff)
+    new = await control(info, "touch", count=args.new_pages, order="random", arg=1000 + n,
+                        write=True)  # fmt: skip
+    f2 = views.uffd_totals(mgr.service)["faults"]
+    await mgr.pause(sid)
+    pmap = read_prefetch_map(mgr.service.paths(sid).snapshot_dir)
+    return {
+        "cycle": n,
+        "faults_ws": f1 - f0,
+        "faults_new": f2 - f1,
+        "demand_faults": f2 - f0,
+        "touch_ms": (float(ws["seconds"]) + float(new["seconds"])) * 1e3,
+        "touch_ws_ms": float(ws["seconds"]) * 1e3,
+        "prefetch_map_mib": sum(n for _, n in pmap) / (1 << 20),
+    }
+
+
+async def cycles(mgr: InProcess, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"memory_mib": args.memory_mib, "ws_mib": args.ws_mib,
+                           "ws_order": args.ws_order, "new_pages": args.new_pages,
+                           "prefetch_max_mib": args.prefetch_max_mib,
+                           "loadavg": os.getloadavg()}  # fmt: skip
+    for prefetch in (True, False):
+        info = await mgr.create("base", memory_mib=args.memory_mib)
+        sid = info["id"]
+        await mgr.pause(sid)  # Full: the first resume has no prefetch map
+        rows = [await one_cycle(mgr, sid, args, n, prefetch) for n in range(1, args.cycles + 1)]
+        for r in rows:
+            print(f"prefetch={prefetch} {r}", file=sys.stderr)
+        first, later = rows[0], rows[1:]
+        best = min(r["touch_ms"] for r in rows)
+        out["prefetch" if prefetch else "no_prefetch"] = {
+            "cycles": rows,
+            "later_faults_over_first_max": max(r["demand_faults"] for r in later)
+            / max(1, first["demand_faults"]),
+            "later_ws_faults_over_first_max": max(r["faults_ws"] for r in later)
+            / max(1, first["faults_ws"]),
+            "touch_over_best_max": max(r["touch_ms"] for r in later) / best,
+        }
+        await mgr.destroy(sid)
+    on = out["prefetch"]
+    out["goals"] = {
+        "later_demand_faults_le_10pct_of_first": on["later_faults_over_first_max"] <= 0.10,
+        "later_touch_within_20pct_of_best": on["touch_over_best_max"] <= 1.20,
+    }
+    return out
+
+
 async def fanout(mgr: InProcess, sid: str, sizes: list[int]) -> dict[str, Any]:
     """A template from a paused sandbox, then N clones created at once, for each N."""
     await mgr.create_template(sid, "bench")
@@ -179,6 +246,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             kernel=mnt / "vmlinux",
             max_generations=1000,  # no collapse in the middle of a measurement
             host_netns=bed.host_path,
+            prefetch_max_bytes=args.prefetch_max_mib << 20,
         )
         network = NetworkManager(
             naming=Naming(prefix=f"lb{tag}s", table=f"lb_{tag}"), host_netns=bed.host_path
@@ -187,7 +255,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             bed.build()
             async with InProcess.started(cfg, storage, network) as mgr:
-                return await measure(mgr, args)
+                return await (cycles(mgr, args) if args.cycles else measure(mgr, args))
         finally:
             bed.destroy()
 
@@ -222,6 +290,14 @@ def main() -> int:
     parser.add_argument("--memory-mib", type=int, default=256)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--fanout", type=int, nargs="+", default=[1, 5, 20])
+    parser.add_argument("--cycles", type=int, default=0, help="cycles mode: this many cycles")
+    parser.add_argument("--ws-mib", type=int, default=64)
+    parser.add_argument("--ws-order", choices=["sequential", "random"], default="sequential")
+    parser.add_argument("--new-pages", type=int, default=256)
+    parser.add_argument(
+        "--prefetch-max-mib", type=int, default=0,
+        help="the prefetch_max_bytes setting, in MiB (default 0: the memory size)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
@@ -230,7 +306,7 @@ def main() -> int:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
-    if args.plot:
+    if args.plot and not args.cycles:
         plot(result, args.plot)
     return 0
 

@@ -78,19 +78,20 @@ static int map_sources(struct wr_engine *e, const int *fds)
 static int alloc_buffers(struct wr_engine *e)
 {
     uint64_t ps = e->cfg.page_size;
-    if (ps > e->base_page) {
-        /* hugetlb has no zeropage: zeros and assembled units are copied from
-         * these buffers, written once so they are faulted in (see
-         * entry_span in uffd_install.c) */
-        e->zeros_len = ps;
-        e->zeros = mmap(NULL, 2 * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (e->zeros == MAP_FAILED) {
-            e->zeros = NULL;
-            return -errno;
-        }
-        memset(e->zeros, 0, 2 * ps);
-        e->bounce = e->zeros + ps;
-    }
+    /* Room for the largest window (longer prefetch spans go in pieces);
+     * written once so the bounce pages are faulted in before the first copy
+     * from them (see assemble in uffd_install.c). */
+    uint64_t len = e->cfg.window_max_bytes;
+    e->bounce_len = len;
+    e->zeros_len = ps > e->base_page ? ps : 0;
+    void *p = mmap(NULL, len + e->zeros_len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    memset(p, 0, len + e->zeros_len);
+    e->bounce = p;
+    if (e->zeros_len)
+        e->zeros = e->bounce + len;
     e->state = calloc(e->nunits, 1);
     e->ctl_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     e->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -110,7 +111,7 @@ int wr_engine_create(const struct wr_engine_config *cfg, const struct wr_map_ent
 {
     uint64_t base = (uint64_t)sysconf(_SC_PAGESIZE);
     if (!pow2(cfg->page_size) || cfg->page_size < base || cfg->memory_size == 0 ||
-        cfg->memory_size % cfg->page_size)
+        cfg->memory_size % cfg->page_size || cfg->copy_mode > WR_COPY_BOUNCE)
         return -EINVAL;
     int rc;
     struct wr_engine *e = calloc(1, sizeof *e);
@@ -121,6 +122,13 @@ int wr_engine_create(const struct wr_engine_config *cfg, const struct wr_map_ent
     e->cfg.prefetch_batch_bytes =
         round_batch(cfg->prefetch_batch_bytes ? cfg->prefetch_batch_bytes : 1 << 20,
                     cfg->page_size);
+    /* window sizes are whole powers of two of units, so windows stay aligned */
+    uint64_t minu = e->cfg.batch_bytes / cfg->page_size, maxu = minu;
+    while (maxu * 2 * cfg->page_size <= cfg->window_max_bytes)
+        maxu *= 2;
+    e->cfg.window_max_bytes = maxu * cfg->page_size;
+    e->min_units = e->win_units = minu;
+    e->max_units = maxu;
     e->base_page = base;
     e->nunits = cfg->memory_size / cfg->page_size;
     e->uffd = e->ctl_fd = e->done_fd = -1;
@@ -367,6 +375,8 @@ void wr_engine_stats(const struct wr_engine *e, struct wr_engine_stats *o)
     LOAD(removed_pages);
     LOAD(removed_faults);
     LOAD(wakes);
+    LOAD(bounce_batches);
+    LOAD(window_grows);
     LOAD(lat_count);
     LOAD(lat_sum_ns);
     LOAD(lat_max_ns);
@@ -389,6 +399,30 @@ uint64_t wr_engine_working_set(struct wr_engine *e, struct wr_range *out, uint64
         memcpy(out, e->ws, (n < cap ? n : cap) * sizeof *out);
     pthread_mutex_unlock(&e->ws_lock);
     return n;
+}
+
+int64_t wr_engine_ranges(struct wr_engine *e, int which, struct wr_range *out, uint64_t cap)
+{
+    uint8_t want = which == WR_RANGES_PRESENT ? ST_PRESENT : ST_REMOVED;
+    if (which != WR_RANGES_PRESENT && which != WR_RANGES_REMOVED)
+        return -EINVAL;
+    uint64_t ps = e->cfg.page_size, n = 0;
+    pthread_mutex_lock(&e->lock);
+    for (uint64_t u = 0; u < e->nunits;) {
+        if (e->state[u] != want) {
+            u++;
+            continue;
+        }
+        uint64_t v = u + 1;
+        while (v < e->nunits && e->state[v] == want)
+            v++;
+        if (n < cap)
+            out[n] = (struct wr_range){.offset = u * ps, .length = (v - u) * ps};
+        n++;
+        u = v;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return (int64_t)n;
 }
 
 int wr_engine_stop(struct wr_engine *e)
@@ -418,8 +452,8 @@ void wr_engine_destroy(struct wr_engine *e)
     for (uint32_t i = 0; e->src_maps && i < e->nsources; i++)
         if (e->src_maps[i])
             munmap(e->src_maps[i], e->src_sizes[i]);
-    if (e->zeros)
-        munmap(e->zeros, 2 * e->zeros_len);
+    if (e->bounce)
+        munmap(e->bounce, e->bounce_len + e->zeros_len);
     int fds[3] = {e->uffd, e->ctl_fd, e->done_fd};
     for (int i = 0; i < 3; i++)
         if (fds[i] >= 0)

@@ -41,9 +41,25 @@ struct wr_range {
 struct wr_engine_config {
     uint64_t memory_size;          /* == sum of region sizes == mapping end */
     uint64_t page_size;            /* install unit: the base page or 2 MiB */
-    uint64_t batch_bytes;          /* largest run installed per demand fault */
+    uint64_t batch_bytes;          /* the smallest fault window; the faulting page's first step */
     uint64_t prefetch_batch_bytes; /* largest run installed per prefetch step */
+    uint64_t window_max_bytes;     /* the window grows up to this for sequential faults
+                                      (below batch_bytes: no growth) */
+    uint32_t copy_mode;            /* WR_COPY_AUTO, or a forced strategy (measurements) */
+    uint32_t reserved;             /* 0 */
 };
+
+/* How the rest of a fault window is installed: one ioctl per run of one kind
+ * (COPY from the generation file, ZEROPAGE), or assembled in a bounce buffer
+ * for one UFFDIO_COPY per span of absent pages.  AUTO picks per span by its
+ * number of runs (uffd_install.c says why). */
+#define WR_COPY_AUTO 0
+#define WR_COPY_RUNS 1
+#define WR_COPY_BOUNCE 2
+
+/* wr_engine_ranges: which units to list. */
+#define WR_RANGES_PRESENT 1 /* installed and not given back since */
+#define WR_RANGES_REMOVED 2 /* given back by UFFD_EVENT_REMOVE and not faulted again */
 
 struct wr_engine_stats {
     uint64_t faults;         /* page-fault messages handled */
@@ -61,6 +77,8 @@ struct wr_engine_stats {
     uint64_t removed_pages;  /* pages marked removed by them */
     uint64_t removed_faults; /* faults on removed pages (served zeros) */
     uint64_t wakes;          /* UFFDIO_WAKE for faults on present pages */
+    uint64_t bounce_batches; /* install ioctls from an assembled bounce buffer */
+    uint64_t window_grows;   /* faults that found a sequential stream and grew the window */
     uint64_t lat_count;      /* fault service time: read -> installed */
     uint64_t lat_sum_ns;
     uint64_t lat_max_ns;
@@ -101,6 +119,11 @@ void wr_engine_stats(const struct wr_engine *e, struct wr_engine_stats *out);
  * order (adjacent runs merged).  Copies up to `cap` ranges into `out`;
  * returns the total count. */
 uint64_t wr_engine_working_set(struct wr_engine *e, struct wr_range *out, uint64_t cap);
+
+/* The memory ranges (offset order, adjacent units merged) whose units are in
+ * the state `which` (WR_RANGES_*) right now.  Copies up to `cap` ranges into
+ * `out`; returns the total count, or -EINVAL for an unknown `which`. */
+int64_t wr_engine_ranges(struct wr_engine *e, int which, struct wr_range *out, uint64_t cap);
 
 /* Stop and join both threads; idempotent. */
 int wr_engine_stop(struct wr_engine *e);

@@ -21,6 +21,7 @@ struct stats_atomic {
     _Atomic uint64_t faults, copy_pages, copy_bytes, zero_pages, zero_bytes, batches;
     _Atomic uint64_t prefetch_pages, prefetch_batches, prefetch_yields;
     _Atomic uint64_t eexist, eagain, removes, removed_pages, removed_faults, wakes;
+    _Atomic uint64_t bounce_batches, window_grows;
     _Atomic uint64_t lat_count, lat_sum_ns, lat_max_ns;
     _Atomic uint64_t lat_hist[WR_LAT_BUCKETS];
 };
@@ -48,10 +49,18 @@ struct wr_engine {
     uint8_t **src_maps;
     uint64_t *src_sizes;
     uint32_t nsources;
-    /* Huge units only: one unit of zeros, then the bounce unit (one mapping). */
+    /* Huge units only: one unit of zeros (hugetlb has no zeropage). */
     uint8_t *zeros;
     uint64_t zeros_len;
+    /* Where windows and huge units are assembled for one UFFDIO_COPY; written
+     * once at create so it is faulted in. */
     uint8_t *bounce;
+    uint64_t bounce_len;
+
+    /* The adaptive window (fault thread only): its size now in units, and the
+     * units a sequential stream's next fault would land in. */
+    uint64_t win_units, min_units, max_units;
+    uint64_t seq_lo, seq_hi;
 
     /* Guarded by `lock`: the state map and every install, so a REMOVE read
      * and marked by the fault thread cannot interleave with a prefetch copy

@@ -1,5 +1,15 @@
-/* Installing runs of pages: the engine's hot path.  Every function here runs
- * with e->lock held (fault thread or prefetch thread). */
+/* Installing pages: the engine's hot path.  Every function here runs with
+ * e->lock held (fault thread or prefetch thread).
+ *
+ * A demand fault installs a window of units around it, across mapping
+ * entries (generations, zero runs): first the faulting page's own run inside
+ * the smallest window (batch_bytes), so the vCPU wakes after one short ioctl
+ * whatever the window's size, then every other ABSENT unit of the window.
+ * REMOVED and PRESENT units are never installed by a window (a REMOVED unit
+ * is installed, as zeros, only when it faults itself), and a window never
+ * leaves the faulting page's handshake region.  The window doubles while the
+ * faults follow each other sequentially, up to window_max_bytes, and drops
+ * back to batch_bytes on the first fault elsewhere. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/userfaultfd.h>
@@ -114,58 +124,54 @@ static int install_run(struct wr_engine *e, const struct wr_region *r, uint64_t 
     return 0;
 }
 
-/* A huge unit: assemble its bytes (from one or more entries) in the bounce
- * buffer, which is faulted in, then copy it. */
-static int install_mixed(struct wr_engine *e, const struct wr_region *r, uint64_t unit,
-                         bool prefetch, uint64_t *done)
+/* Memory [off, off+len) as the guest must see it, into dst. */
+static void assemble(const struct wr_engine *e, uint8_t *dst, uint64_t off, uint64_t len)
 {
-    uint64_t ps = e->cfg.page_size, pos = unit * ps, end = pos + ps;
-    int64_t first = wr_map_lookup(e->entries, e->nentries, pos);
-    if (first >= 0 && e->entries[first].source == WR_SOURCE_ZERO &&
-        e->entries[first].offset + e->entries[first].length >= end)
-        return install_run(e, r, unit, 1, NULL, prefetch, done); /* all zeros */
-    while (pos < end) {
-        int64_t i = wr_map_lookup(e->entries, e->nentries, pos);
-        if (i < 0)
-            return -EFAULT;
-        const struct wr_map_entry *en = &e->entries[i];
-        uint64_t piece = en->offset + en->length - pos;
-        if (piece > end - pos)
-            piece = end - pos;
-        uint8_t *to = e->bounce + (pos - unit * ps);
+    uint64_t end = off + len;
+    /* found: the entries cover memory (checked at create) */
+    uint64_t i = (uint64_t)wr_map_lookup(e->entries, e->nentries, off);
+    while (off < end) {
+        const struct wr_map_entry *en = &e->entries[i++];
+        uint64_t piece = en->offset + en->length - off;
+        if (piece > end - off)
+            piece = end - off;
         if (en->source == WR_SOURCE_ZERO)
-            memset(to, 0, piece);
+            memset(dst, 0, piece);
         else
-            memcpy(to, e->src_maps[en->source] + en->storage_offset + (pos - en->offset), piece);
-        pos += piece;
+            memcpy(dst, e->src_maps[en->source] + en->storage_offset + (off - en->offset), piece);
+        dst += piece;
+        off += piece;
     }
-    return install_run(e, r, unit, 1, e->bounce, prefetch, done);
 }
 
-/* Clip the window [wlo, whi) to the units of entry `en`.  False
- * for huge units, which are always assembled in the bounce buffer: hugetlb's
- * UFFDIO_COPY from a source that is not yet faulted in falls back to a
- * temporary huge page and fails with ENOMEM when the pool has none spare. */
-static bool entry_span(const struct wr_engine *e, const struct wr_map_entry *en,
-                       uint64_t *wlo, uint64_t *whi)
+static const uint8_t *entry_src(const struct wr_engine *e, uint64_t i, uint64_t unit)
 {
-    uint64_t ps = e->cfg.page_size;
-    if (ps > e->base_page)
-        return false;
-    uint64_t lo = en->offset / ps, hi = (en->offset + en->length) / ps;
-    if (*wlo < lo)
-        *wlo = lo;
-    if (*whi > hi)
-        *whi = hi;
-    return true;
-}
-
-static const uint8_t *entry_src(const struct wr_engine *e, const struct wr_map_entry *en,
-                                uint64_t unit)
-{
+    const struct wr_map_entry *en = &e->entries[i];
     if (en->source == WR_SOURCE_ZERO)
         return NULL;
     return e->src_maps[en->source] + en->storage_offset + (unit * e->cfg.page_size - en->offset);
+}
+
+/* Base pages only.  The run of ABSENT units from u (ABSENT itself) to its
+ * end, at most hi: one kind, zeros or bytes contiguous in one generation
+ * file, so one ioctl installs it.  *src: its bytes (NULL: zeros). */
+static uint64_t run_end(const struct wr_engine *e, uint64_t u, uint64_t hi, const uint8_t **src)
+{
+    uint64_t ps = e->cfg.page_size;
+    uint64_t i = (uint64_t)wr_map_lookup(e->entries, e->nentries, u * ps);
+    const uint8_t *s = entry_src(e, i, u);
+    uint64_t v = u + 1, eend = (e->entries[i].offset + e->entries[i].length) / ps;
+    while (v < hi && e->state[v] == ST_ABSENT) {
+        if (v == eend) {
+            const uint8_t *t = entry_src(e, ++i, v);
+            if (s ? t != s + (v - u) * ps : t != NULL)
+                break;
+            eend = (e->entries[i].offset + e->entries[i].length) / ps;
+        }
+        v++;
+    }
+    *src = s;
+    return v;
 }
 
 static void record_touch(struct wr_engine *e, uint64_t off, uint64_t len)
@@ -189,6 +195,100 @@ static void record_touch(struct wr_engine *e, uint64_t off, uint64_t len)
     pthread_mutex_unlock(&e->ws_lock);
 }
 
+/* How a span is installed (copy_mode AUTO).  Measured with bench/faultin.py
+ * (README, "UFFD engine"): an ioctl costs a few microseconds whatever its
+ * length, assembling a page in the bounce buffer well under one, so a span
+ * broken into many short runs (scattered Diff pages, interleaved zero and
+ * data pages) is far cheaper as one COPY of an assembled buffer.  A span of
+ * few long runs keeps one ioctl per run: no second copy of its bytes, and
+ * its zero runs stay ZEROPAGE (no memory allocated for them until written). */
+#define BOUNCE_MIN_RUNS 3
+#define BOUNCE_MAX_AVG_UNITS 16
+
+static bool use_bounce(const struct wr_engine *e, uint64_t a, uint64_t b)
+{
+    if (e->cfg.page_size > e->base_page || e->cfg.copy_mode == WR_COPY_BOUNCE)
+        return true; /* huge units are always assembled: see install_span */
+    if (e->cfg.copy_mode == WR_COPY_RUNS)
+        return false;
+    uint64_t runs = 0;
+    const uint8_t *src;
+    for (uint64_t u = a; u < b; u = run_end(e, u, b, &src))
+        runs++;
+    return runs >= BOUNCE_MIN_RUNS && (b - a) < runs * BOUNCE_MAX_AVG_UNITS;
+}
+
+/* Install the span [a, b) of ABSENT units of region r.  Huge units go
+ * through the bounce buffer always: hugetlb's UFFDIO_COPY from a source that
+ * is not yet faulted in falls back to a temporary huge page and fails with
+ * ENOMEM when the pool has none spare. */
+static int install_span(struct wr_engine *e, const struct wr_region *r, uint64_t a, uint64_t b,
+                        bool prefetch, bool record, uint64_t *done)
+{
+    uint64_t ps = e->cfg.page_size, chunk = e->bounce_len / ps, got;
+    bool bounce = use_bounce(e, a, b);
+    while (a < b) {
+        const uint8_t *src = e->bounce;
+        uint64_t end = a + chunk < b ? a + chunk : b;
+        if (bounce) {
+            assemble(e, e->bounce, a * ps, (end - a) * ps);
+            STAT_ADD(e, bounce_batches, 1);
+        } else {
+            end = run_end(e, a, b, &src);
+        }
+        int rc = install_run(e, r, a, end - a, src, prefetch, &got);
+        *done += got;
+        if (got && record)
+            record_touch(e, a * ps, (end - a) * ps);
+        if (rc < 0)
+            return rc;
+        a = end;
+    }
+    return 0;
+}
+
+/* Every ABSENT unit of [lo, hi), all inside region r. */
+static int install_range(struct wr_engine *e, const struct wr_region *r, uint64_t lo, uint64_t hi,
+                         bool prefetch, bool record, uint64_t *done)
+{
+    uint64_t u = lo;
+    while (u < hi) {
+        if (e->state[u] != ST_ABSENT) {
+            u++;
+            continue;
+        }
+        uint64_t v = u + 1;
+        while (v < hi && e->state[v] == ST_ABSENT)
+            v++;
+        int rc = install_span(e, r, u, v, prefetch, record, done);
+        if (rc < 0)
+            return rc;
+        u = v;
+    }
+    return 0;
+}
+
+/* The window for a fault on `unit`: grow it when the fault lands where the
+ * last window ended (a sequential stream), else back to the smallest. */
+static void fault_window(struct wr_engine *e, const struct wr_region *r, uint64_t unit,
+                         uint64_t *wlo, uint64_t *whi)
+{
+    uint64_t ps = e->cfg.page_size, rlo = r->offset / ps, rhi = (r->offset + r->size) / ps;
+    if (unit >= e->seq_lo && unit < e->seq_hi) {
+        if (e->win_units < e->max_units) {
+            e->win_units *= 2;
+            STAT_ADD(e, window_grows, 1);
+        }
+    } else {
+        e->win_units = e->min_units;
+    }
+    uint64_t base = unit - unit % e->min_units;
+    *wlo = base > rlo ? base : rlo;
+    *whi = base + e->win_units < rhi ? base + e->win_units : rhi;
+    e->seq_lo = *whi;
+    e->seq_hi = *whi + e->min_units;
+}
+
 int wr_serve_fault(struct wr_engine *e, uint64_t addr)
 {
     const struct wr_region *r = region_of_addr(e, addr);
@@ -196,43 +296,40 @@ int wr_serve_fault(struct wr_engine *e, uint64_t addr)
         return -EFAULT;
     uint64_t ps = e->cfg.page_size;
     uint64_t off = r->offset + ((addr - r->base) & ~(ps - 1));
-    uint64_t unit = off / ps;
-    uint8_t st = e->state[unit];
-    if (st == ST_PRESENT) {
+    uint64_t unit = off / ps, done = 0;
+    if (e->state[unit] == ST_PRESENT) {
         wake_unit(e, r, unit);
         return 0;
     }
-    /* The batch window: aligned to batch_bytes, inside the region. */
-    uint64_t bunits = e->cfg.batch_bytes / ps;
-    uint64_t wlo = unit - unit % bunits, whi = wlo + bunits;
-    uint64_t rlo = r->offset / ps, rhi = (r->offset + r->size) / ps;
-    wlo = wlo < rlo ? rlo : wlo;
-    whi = whi > rhi ? rhi : whi;
-    const struct wr_map_entry *en = NULL;
-    uint64_t done = 0;
-    if (st == ST_REMOVED) {
+    if (e->state[unit] == ST_REMOVED) { /* zeros, and only this unit: it was given back */
         STAT_ADD(e, removed_faults, 1);
-    } else {
-        int64_t i = wr_map_lookup(e->entries, e->nentries, off);
-        if (i < 0)
-            return -EFAULT;
-        en = &e->entries[i];
-        if (!entry_span(e, en, &wlo, &whi)) {
-            int rc = install_mixed(e, r, unit, false, &done);
-            if (done)
-                record_touch(e, off, ps);
-            return rc;
-        }
+        return install_run(e, r, unit, 1, NULL, false, &done);
     }
-    uint64_t lo = unit, hi = unit + 1;
-    while (lo > wlo && e->state[lo - 1] == st)
-        lo--;
-    while (hi < whi && e->state[hi] == st)
-        hi++;
-    int rc = install_run(e, r, lo, hi - lo, en ? entry_src(e, en, lo) : NULL, false, &done);
-    if (done && st == ST_ABSENT)
-        record_touch(e, lo * ps, done * ps);
-    if (rc == 0 && st == ST_ABSENT)
+    uint64_t wlo, whi;
+    fault_window(e, r, unit, &wlo, &whi);
+    /* first the faulting page's run, inside the smallest window */
+    uint64_t first = unit - unit % e->min_units + e->min_units, end = unit + 1;
+    first = first < whi ? first : whi;
+    if (ps == e->base_page) {
+        const uint8_t *src;
+        end = run_end(e, unit, first, &src);
+        int rc = install_run(e, r, unit, end - unit, src, false, &done);
+        if (done)
+            record_touch(e, off, (end - unit) * ps);
+        if (rc < 0)
+            return rc;
+    } else {
+        int rc = install_span(e, r, unit, end, false, true, &done);
+        if (rc < 0)
+            return rc;
+    }
+    /* then the rest of the window, after the fault and before it */
+    int rc = install_range(e, r, end, whi, false, true, &done);
+    if (rc == 0)
+        rc = install_range(e, r, wlo, unit, false, true, &done);
+    if (rc == -EAGAIN) /* a REMOVE is pending: the faulting page is in, leave the rest */
+        rc = 0;
+    if (rc == 0)
         rc = wr_prefetch_follow(e, off);
     return rc;
 }
@@ -242,29 +339,11 @@ int wr_install_absent(struct wr_engine *e, uint64_t off, uint64_t end, uint64_t 
     uint64_t ps = e->cfg.page_size, unit = off / ps, last = end / ps;
     *done_units = 0;
     while (unit < last) {
-        if (e->state[unit] != ST_ABSENT) {
-            unit++;
-            continue;
-        }
         const struct wr_region *r = wr_region_of_offset(e, unit * ps);
-        int64_t i = wr_map_lookup(e->entries, e->nentries, unit * ps);
-        if (r == NULL || i < 0)
+        if (r == NULL)
             return -EFAULT;
-        const struct wr_map_entry *en = &e->entries[i];
-        uint64_t rhi = (r->offset + r->size) / ps;
-        uint64_t lo = unit, hi = last < rhi ? last : rhi, done = 0;
-        int rc;
-        if (!entry_span(e, en, &lo, &hi)) {
-            rc = install_mixed(e, r, unit, true, &done);
-            hi = unit + 1;
-        } else {
-            uint64_t stop = hi;
-            hi = unit + 1;
-            while (hi < stop && e->state[hi] == ST_ABSENT)
-                hi++;
-            rc = install_run(e, r, unit, hi - unit, entry_src(e, en, unit), true, &done);
-        }
-        *done_units += done;
+        uint64_t rhi = (r->offset + r->size) / ps, hi = last < rhi ? last : rhi;
+        int rc = install_range(e, r, unit, hi, true, false, done_units);
         if (rc < 0)
             return rc;
         unit = hi;

@@ -58,6 +58,15 @@ def _pos_int(v: object) -> int:
     return i
 
 
+def _nonneg_int(v: object) -> int:
+    if isinstance(v, bool):
+        raise TypeError
+    i = int(v) if isinstance(v, str) else v
+    if not isinstance(i, int) or i < 0:
+        raise ValueError
+    return i
+
+
 def _bool(v: object) -> bool:
     if isinstance(v, bool):
         return v
@@ -82,6 +91,20 @@ def _network16(v: object) -> ipaddress.IPv4Network:
     return net
 
 
+def _jail_id(v: object) -> int:
+    # A jailed VMM must not run as root: that is what the jail is for.
+    n = _pos_int(v)
+    if n >= 1 << 32:
+        raise ValueError
+    return n
+
+
+def _cgroup_name(v: object) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) or v in (".", ".."):
+        raise ValueError
+    return v
+
+
 def _str(v: object) -> str:
     if not isinstance(v, str):
         raise TypeError
@@ -101,6 +124,46 @@ def _nft_name(v: object) -> str:
     return v
 
 
+@dataclasses.dataclass(frozen=True)
+class HttpAddress:
+    """Where the HTTP console listens: a TCP host and port, or a Unix socket path."""
+
+    host: str | None = None
+    port: int = 0
+    path: Path | None = None
+
+    @property
+    def loopback(self) -> bool:
+        return self.path is not None or ipaddress.ip_address(self.host or "").is_loopback
+
+
+def parse_http_listen(v: object) -> HttpAddress | None:
+    """``127.0.0.1:PORT``, ``[::1]:PORT`` or ``unix:/path``; empty means off."""
+    if not isinstance(v, str):
+        raise TypeError
+    if not v:
+        return None
+    if v.startswith("unix:"):
+        return HttpAddress(path=_path(v[len("unix:") :]))
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([0-9.]+)):([0-9]{1,5})", v)
+    if m is None:
+        raise ValueError
+    host = m.group(1) or m.group(2)
+    ip = ipaddress.ip_address(host)  # ValueError for a name: no lookups, no surprises
+    if (m.group(1) is not None) != (ip.version == 6):
+        raise ValueError
+    port = int(m.group(3))
+    if not 0 < port < 65536:
+        raise ValueError
+    return HttpAddress(host=str(ip), port=port)
+
+
+def _http_listen(v: object) -> str:
+    parse_http_listen(v)
+    assert isinstance(v, str)
+    return v
+
+
 def _setting(default: Any, parse: Callable[[object], Any], expected: str) -> Any:
     return dataclasses.field(default=default, metadata={"parse": parse, "expected": expected})
 
@@ -117,6 +180,8 @@ class Settings:
     socket_group: str = _setting("wrennd", _str, "a group name")
     max_generations: int = _setting(10, _pos_int, "a positive integer")
     uffd_batch_bytes: int = _setting(64 * 1024, _pos_int, "a positive integer (bytes)")
+    # 0: the sandbox's memory size (the map never exceeds what was resident at the pause)
+    prefetch_max_bytes: int = _setting(0, _nonneg_int, "0 or a positive integer (bytes)")
     storage_backend: str = _setting(
         "auto", _choice(*STORAGE_BACKENDS), f"one of {', '.join(STORAGE_BACKENDS)}"
     )
@@ -140,6 +205,12 @@ class Settings:
     # Seconds a guest call (exec without its own timeout, files, processes) may take
     # before it ends with guest_unavailable; an exec's own timeout extends it.
     guest_timeout: int = _setting(300, _pos_int, "a positive integer (seconds)")
+    # The jailed VMM's uid/gid; its chroots (None: state_dir/jail, the same filesystem
+    # so files are hard-linked in); its cgroup v2 parent.
+    jail_uid: int = _setting(64000, _jail_id, "a positive uid")
+    jail_gid: int = _setting(64000, _jail_id, "a positive gid")
+    jail_chroot_base: Path | None = _setting(None, _opt_path, "an absolute path or empty")
+    jail_cgroup: str = _setting("wrennd", _cgroup_name, "a cgroup name ([A-Za-z0-9_.-])")
     # JSON-RPC server limits (wrennd.rpc): per message, per connection, per daemon.
     rpc_max_message_bytes: int = _setting(4 << 20, _pos_int, "a positive integer (bytes)")
     rpc_max_inflight: int = _setting(64, _pos_int, "a positive integer (calls per connection)")
@@ -153,6 +224,13 @@ class Settings:
     # After a resume, install the rest of guest memory in the background and detach the
     # UFFD engine (the VM then outlives the daemon), or serve pages on demand only.
     uffd_fill: str = _setting("background", _choice("background", "lazy"), "background or lazy")
+    # The HTTP console (wrennd.web): off unless an address is given.  Only loopback
+    # addresses and Unix sockets unless http_allow_remote: the console controls every
+    # sandbox, and plain HTTP off the host exposes its token to the network.
+    http_listen: str = _setting(
+        "", _http_listen, "empty, 127.0.0.1:PORT, [::1]:PORT (any IP literal) or unix:/path"
+    )
+    http_allow_remote: bool = _setting(False, _bool, "true or false")
 
     # Derived paths (DESIGN.md §3).
     @property
@@ -178,6 +256,14 @@ class Settings:
     @property
     def socket_path(self) -> Path:
         return self.run_dir / "wrennd.sock"
+
+    @property
+    def http_address(self) -> HttpAddress | None:
+        return parse_http_listen(self.http_listen)
+
+    @property
+    def http_token_path(self) -> Path:
+        return self.run_dir / "http.token"
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -222,4 +308,14 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None) -> Sett
         key = name[len(ENV_PREFIX) :].lower()
         if key in FIELDS:
             values[key] = _parse(key, raw, f"${name}")
-    return Settings(**values)
+    settings = Settings(**values)
+    address = settings.http_address
+    if address is not None and not address.loopback and not settings.http_allow_remote:
+        raise ConfigError(
+            "http_listen",
+            settings.http_listen,
+            "a loopback address or unix:/path (set http_allow_remote = true to listen "
+            "beyond this host, behind TLS or a tunnel)",
+            "the settings",
+        )
+    return settings

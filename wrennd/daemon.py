@@ -36,6 +36,8 @@ from wrennd.rpc.server import Limits, RpcServer
 from wrennd.sandbox.service import SandboxService
 from wrennd.storage.errors import StorageError
 from wrennd.systemd import Notifier, watchdog_interval
+from wrennd.vm.kernel import describe as describe_kernel
+from wrennd.web.server import WebConsole
 
 logger = logging.getLogger("wrennd.daemon")
 # Exit status for a configuration error: the unit's RestartPreventExitStatus.
@@ -233,6 +235,8 @@ def wire(daemon: Daemon) -> None:
     daemon.stats.add("engines", lambda: views.engine_states(sandboxes))
     chosen = sandboxes.storage.backend.name
     daemon.info.add("storage", lambda: {"configured": settings.storage_backend, "backend": chosen})
+    kernel_facts = describe_kernel(settings.kernel_path)  # where make kernel got it; read once
+    daemon.info.add("kernel", lambda: kernel_facts)
     daemon.on_startup("sandbox recovery", sandboxes.start)
     daemon.keep_sandboxes = settings.on_stop == "keep"
 
@@ -250,6 +254,11 @@ def wire(daemon: Daemon) -> None:
         daemon.keep_sandboxes = True
         daemon.request_stop()
         return {"stopping": True, "sandboxes_kept": True}
+
+    if settings.http_address is not None:
+        console = WebConsole(settings, daemon.server, sandboxes, daemon.lag)
+        daemon.on_startup("http console", console.start)
+        daemon.on_shutdown("http console", lambda _: console.stop())
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -158,6 +158,59 @@ static void test_eexist_is_marked_and_skipped(int g0)
     CHECK_EQ(wr_vmm_unmap(addr, 32 * page), 0);
 }
 
+/* Single-page entries cycling through generation 0, generation 1 and zeros:
+ * every window crosses entries.  Each install strategy serves every byte, the
+ * window grows for the sequential scan, and the engine lists all memory as
+ * present, then the discarded page as removed. */
+static void test_window_across_entries(int g0, int g1, uint32_t mode)
+{
+    uint64_t addr = 0;
+    CHECK_EQ(wr_vmm_map(NPAGES * page, page, 0, &addr), 0);
+    int uffd = wr_uffd_create(NULL);
+    CHECK(uffd >= 0);
+    CHECK_EQ(wr_uffd_register(uffd, addr, NPAGES * page, NULL), 0);
+    struct wr_map_entry ents[NPAGES];
+    for (uint64_t i = 0; i < NPAGES; i++) {
+        uint32_t src = i % 3 == 2 ? WR_SOURCE_ZERO : (uint32_t)(i % 3);
+        ents[i] = (struct wr_map_entry){.offset = i * page, .length = page,
+                                        .storage_offset = src == WR_SOURCE_ZERO ? 0 : i * page,
+                                        .source = src};
+    }
+    int fds[2] = {g0, g1};
+    struct wr_engine_config cfg = {.memory_size = NPAGES * page, .page_size = page,
+                                   .batch_bytes = 4 * page, .window_max_bytes = 32 * page,
+                                   .copy_mode = mode};
+    struct wr_engine *e = NULL;
+    CHECK_EQ(wr_engine_create(&cfg, ents, NPAGES, fds, 2, &e), 0);
+    struct wr_region reg = {.base = addr, .size = NPAGES * page, .offset = 0};
+    CHECK_EQ(wr_engine_start(e, uffd, &reg, 1), 0);
+    const volatile uint8_t *mem = (const volatile uint8_t *)(uintptr_t)addr;
+    for (uint64_t i = 0; i < NPAGES; i++) {
+        uint8_t want = i % 3 == 2 ? 0 : (uint8_t)(i * 7 + 1 + i % 3);
+        CHECK_EQ(mem[i * page + page - 1], want);
+    }
+    CHECK_EQ(wr_vmm_discard(addr + 10 * page, page), 0);
+    CHECK_EQ(wr_engine_stop(e), 0);
+    struct wr_engine_stats s;
+    wr_engine_stats(e, &s);
+    CHECK_EQ(s.copy_pages + s.zero_pages, NPAGES);
+    CHECK_EQ(s.eexist, 0);
+    CHECK(s.window_grows > 0);
+    CHECK(s.faults < NPAGES / 8);
+    CHECK(mode == WR_COPY_RUNS ? s.bounce_batches == 0 : s.bounce_batches > 0);
+    struct wr_range r[4];
+    CHECK_EQ(wr_engine_ranges(e, WR_RANGES_PRESENT, r, 4), 2);
+    CHECK_EQ(r[0].offset, 0);
+    CHECK_EQ(r[0].length, 10 * page);
+    CHECK_EQ(r[1].offset, 11 * page);
+    CHECK_EQ(wr_engine_ranges(e, WR_RANGES_REMOVED, r, 4), 1);
+    CHECK_EQ(r[0].offset, 10 * page);
+    CHECK_EQ(r[0].length, page);
+    CHECK_EQ(wr_engine_ranges(e, 0, r, 4), -EINVAL);
+    wr_engine_destroy(e);
+    CHECK_EQ(wr_vmm_unmap(addr, NPAGES * page), 0);
+}
+
 /* The fault thread and the prefetch thread on one engine at once, sharing the
  * page-state map: two toucher threads fault on the lower half, upward, while
  * prefetch installs the whole memory upward in small batches, a reader thread
@@ -275,6 +328,8 @@ int main(void)
         close(probe);
         test_serve_in_process(g0, g1);
         test_eexist_is_marked_and_skipped(g0);
+        for (uint32_t mode = WR_COPY_AUTO; mode <= WR_COPY_BOUNCE; mode++)
+            test_window_across_entries(g0, g1, mode);
         test_fault_and_prefetch_threads_race();
     } else {
         printf("test_uffd_engine: userfaultfd unusable (%s): in-process serving skipped\n",

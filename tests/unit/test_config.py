@@ -15,12 +15,16 @@ def test_defaults_and_derived_paths() -> None:
     assert s.kernel_path == Path("/var/lib/wrennd/kernels/vmlinux")
     assert s.memfiles_dir == Path("/var/lib/wrennd/memfiles")
     assert s.max_generations == 10
+    assert s.prefetch_max_bytes == 0  # the sandbox's memory size
 
 
 def test_file_then_env_override(tmp_path: Path) -> None:
     f = tmp_path / "w.toml"
     f.write_text('state_dir = "/srv/w"\nmax_generations = 4\nlog_level = "debug"\n')
-    s = config.load(path=f, env={"WRENND_MAX_GENERATIONS": "7"})
+    s = config.load(
+        path=f, env={"WRENND_MAX_GENERATIONS": "7", "WRENND_PREFETCH_MAX_BYTES": "1048576"}
+    )
+    assert s.prefetch_max_bytes == 1 << 20
     assert s.state_dir == Path("/srv/w")
     assert s.images_dir == Path("/srv/w/images")
     assert s.max_generations == 7
@@ -44,6 +48,11 @@ def test_config_path_from_env(tmp_path: Path) -> None:
         ('host_network = "10.11.0.0/24"', "host_network", "/16 or larger"),
         ('storage_backend = "zfs"', "storage_backend", "one of auto"),
         ("use_jailer = 3", "use_jailer", "true or false"),
+        ("jail_uid = 0", "jail_uid", "a positive uid"),
+        ("jail_gid = 4294967296", "jail_gid", "a positive gid"),
+        ('jail_cgroup = "a/b"', "jail_cgroup", "a cgroup name"),
+        ('jail_chroot_base = "srv"', "jail_chroot_base", "absolute path"),
+        ("prefetch_max_bytes = -1", "prefetch_max_bytes", "0 or a positive integer"),
         ("no_such_key = 1", "no_such_key", "a known key"),
     ],
 )
@@ -77,3 +86,23 @@ def test_settings_are_immutable() -> None:
     s = config.load(path=None, env={})
     with pytest.raises(AttributeError):
         s.state_dir = Path("/x")  # type: ignore[misc]
+
+
+def test_jail_settings_follow_use_jailer(tmp_path: Path) -> None:
+    from wrennd.sandbox.environment import VmmChoice, jail_settings
+
+    sim = VmmChoice(Path("/opt/venv/bin/fcsim"), True, "no kvm")
+    s = config.load(env={"WRENND_STATE_DIR": str(tmp_path)})
+    assert jail_settings(s, sim) is None
+    s = config.load(env={"WRENND_STATE_DIR": str(tmp_path), "WRENND_USE_JAILER": "true"})
+    with pytest.raises(ValueError, match="jailer_bin"):
+        jail_settings(s, sim)
+    env = {"WRENND_USE_JAILER": "true", "WRENND_JAILER_BIN": "/opt/venv/bin/fcsim-jailer"}
+    s = config.load(env={"WRENND_STATE_DIR": str(tmp_path), **env, "WRENND_JAIL_UID": "7"})
+    jail = jail_settings(s, sim)
+    assert jail is not None and (jail.uid, jail.gid) == (7, 64000)
+    assert jail.exec_file == Path("/opt/venv/bin/fcsim-firecracker"), "named *firecracker*"
+    assert jail.chroot_base == tmp_path / "jail", "beside the state it hard-links from"
+    fc = VmmChoice(Path("/usr/local/bin/firecracker"), False, "kvm")
+    real = jail_settings(s, fc)
+    assert real is not None and real.exec_file == fc.binary

@@ -32,6 +32,8 @@ class HostContext:
     naming: Naming
     uplink: str
     netns: Path | None = None
+    # The uid that may attach to each TAP: a jailed (unprivileged) Firecracker's.
+    tap_owner: int | None = None
 
 
 @contextlib.contextmanager
@@ -97,7 +99,7 @@ class _Undo:
 
 def _build_namespace(nipr: Any, nnft: Nft, host: HostContext, addrs: SlotAddresses) -> None:
     links.mark_and_up(nipr, "lo", links.MARK_SANDBOX)
-    tap.create_persistent_tap(TAP_NAME)
+    tap.create_persistent_tap(TAP_NAME, host.tap_owner)
     index = links.mark_and_up(nipr, TAP_NAME)
     nipr.addr("add", index=index, address=str(GATEWAY_INTERFACE.ip), prefixlen=30)
     nnft.run(ruleset.sandbox_table(host.naming.table, addrs.host_address))

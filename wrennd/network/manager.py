@@ -77,12 +77,14 @@ class NetworkManager:
         *,
         host_netns: Path | None = None,
         uplink: str | None = None,
+        tap_owner: int | None = None,
     ) -> None:
         self.plan = plan or AddressPlan()
         self.naming = naming or Naming()
         self.naming.check_fits(self.plan.capacity)
         self._host_netns = host_netns
         self._uplink = uplink
+        self._tap_owner = tap_owner
         self._host: build.HostContext | None = None
         self._locks: dict[int, asyncio.Lock] = {}
 
@@ -101,7 +103,7 @@ class NetworkManager:
     async def start(self) -> None:
         """Find the uplink, make sure it forwards, install the host table."""
         uplink = await nsutil.run_async(self._prepare_host, netns=self._host_netns)
-        self._host = build.HostContext(self.naming, uplink, self._host_netns)
+        self._host = build.HostContext(self.naming, uplink, self._host_netns, self._tap_owner)
         log.info("network ready", extra=kv(uplink=uplink, table=self.naming.table))
 
     def _prepare_host(self) -> str:

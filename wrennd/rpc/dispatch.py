@@ -17,7 +17,8 @@ from typing import Any, Protocol
 from wrennd.log import kv
 from wrennd.rpc import protocol
 from wrennd.rpc.errors import InternalError, RpcError, ShuttingDown
-from wrennd.rpc.methods import CallContext, Method, MethodTable, PeerCred
+from wrennd.rpc.methods import CallContext, Kind, Method, MethodTable, PeerCred
+from wrennd.rpc.observe import CallRecord, Observer, StageClock, TimedContext
 from wrennd.rpc.protocol import Request, RequestError
 
 log = logging.getLogger("wrennd.rpc")
@@ -29,6 +30,7 @@ class Host(Protocol):
     methods: MethodTable
     counters: Counter[str]
     shutting_down: bool
+    observers: list[Observer]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,8 @@ def prepare(host: Host, item: object, peer: PeerCred) -> Call | bytes | None:
         if request.is_notification:
             return None
         counters["errors"] += 1
+        if request.method in host.methods:  # a known method refused its params
+            _observe(host, CallRecord(request.method, False, 0.0, e.code))
         return protocol.encode(protocol.error_response(request.id, e))
     if method.mutating:
         log.info(
@@ -74,6 +78,9 @@ def prepare(host: Host, item: object, peer: PeerCred) -> Call | bytes | None:
 async def answer(host: Host, call: Call, context: CallContext) -> bytes | None:
     """Run the call; its encoded response (None for a notification)."""
     method, request = call.method, call.request
+    clock = StageClock()
+    if method.kind is Kind.LIFECYCLE:
+        context = TimedContext(context, clock)
     try:
         result = await method.handler(context, call.params)
         response = protocol.result_response(request.id, result)
@@ -87,6 +94,9 @@ async def answer(host: Host, call: Call, context: CallContext) -> bytes | None:
     except Exception as e:
         log.exception("rpc handler failed", extra=kv(method=method.name, id=request.id))
         response = protocol.error_response(request.id, InternalError(exception=repr(e)[:200]))
+    seconds, stages = clock.finish()
+    code = response["error"]["code"] if "error" in response else None
+    _observe(host, CallRecord(method.name, method.kind is Kind.LIFECYCLE, seconds, code, stages))
     if request.is_notification:
         return None
     if "error" in response:
@@ -98,3 +108,11 @@ async def answer(host: Host, call: Call, context: CallContext) -> bytes | None:
         host.counters["errors"] += 1
         error = InternalError(reason="the result could not be encoded as JSON")
         return protocol.encode(protocol.error_response(request.id, error))
+
+
+def _observe(host: Host, record: CallRecord) -> None:
+    for observer in host.observers:
+        try:
+            observer(record)
+        except Exception:
+            log.exception("call observer failed", extra=kv(method=record.method))

@@ -44,9 +44,13 @@ def _config_facts(settings: Settings) -> dict[str, Any]:
         "storage_backend": settings.storage_backend,
         "max_generations": settings.max_generations,
         "uffd_batch_bytes": settings.uffd_batch_bytes,
+        "prefetch_max_bytes": settings.prefetch_max_bytes,
         "host_network": str(settings.host_network),
         "ttl_action": settings.ttl_action,
         "use_jailer": settings.use_jailer,
+        "jail_uid": settings.jail_uid,
+        "jail_gid": settings.jail_gid,
+        "jail_cgroup": settings.jail_cgroup,
         "log_level": settings.log_level,
     }
 

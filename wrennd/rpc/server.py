@@ -19,6 +19,7 @@ from wrennd.log import kv
 from wrennd.rpc.connection import Connection
 from wrennd.rpc.errors import ResourceExhausted, RpcError, ShuttingDown
 from wrennd.rpc.methods import MethodTable
+from wrennd.rpc.observe import Observer
 
 log = logging.getLogger("wrennd.rpc")
 BACKLOG = 4096
@@ -39,6 +40,8 @@ class RpcServer:
         self.connections: set[Connection] = set()
         self.shutting_down = False
         self.counters: Counter[str] = Counter()
+        self.observers: list[Observer] = []  # told of every finished call (metrics)
+        self._reads: set[asyncio.Task[Any]] = set()  # read calls of other transports (HTTP)
         self._lifecycle: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._closed_all = asyncio.Event()
@@ -79,6 +82,11 @@ class RpcServer:
         self._lifecycle.add(task)
         task.add_done_callback(self._lifecycle.discard)
 
+    def own_read(self, task: asyncio.Task[Any]) -> None:
+        """Read work of another transport: cancelled by ``stop_reads`` like the socket's."""
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
+
     # -- shutdown ------------------------------------------------------------
 
     def stop_accepting(self) -> None:
@@ -89,6 +97,9 @@ class RpcServer:
         """Refuse new requests, cancel read work and wait for its answers to go out."""
         self.shutting_down = True
         pending = [t for conn in list(self.connections) for t in conn.cancel_reads()]
+        for task in list(self._reads):
+            task.cancel()
+            pending.append(task)
         if pending:
             await asyncio.wait(pending, timeout=max(grace, 0.001))
 

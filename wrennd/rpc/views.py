@@ -51,8 +51,17 @@ def sandbox(service: SandboxService, sb: Sandbox) -> dict[str, Any]:
                 "fault_p50_ns": stats.latency_percentile_ns(0.5),
                 "fault_p99_ns": stats.latency_percentile_ns(0.99),
                 "fault_max_ns": stats.lat_max_ns,
+                "histogram": _buckets(stats.lat_hist),
             }
     return d
+
+
+def _buckets(hist: tuple[int, ...]) -> list[dict[str, int]]:
+    """The engine's log2 latency buckets from the first to the last one used."""
+    used = [i for i, n in enumerate(hist) if n]
+    if not used:
+        return []
+    return [{"le_ns": 2 ** (i + 1), "count": hist[i]} for i in range(used[0], used[-1] + 1)]
 
 
 def sandboxes(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,16 @@ from wrennd.network.errors import SlotsExhausted
 from wrennd.sandbox import diskpair, templates
 from wrennd.sandbox.environment import Deps, HostConfig, Progress
 from wrennd.sandbox.errors import GuestFailed, NoCapacity, VmmFailed
+from wrennd.sandbox.jail import Jail
 from wrennd.sandbox.live import Live, guest_client
 from wrennd.sandbox.record import SandboxRecord
 from wrennd.snapshot import delete_snapshot, open_snapshot
 from wrennd.storage import holders
 from wrennd.uffd.server import SnapshotMemory, UffdServer
 from wrennd.vm.api import MemBackend
-from wrennd.vm.errors import VmmError
+from wrennd.vm.errors import JailerError, VmmError
 from wrennd.vm.identity import start_time
+from wrennd.vm.kernel import initrd_path
 from wrennd.vm.launcher import FirecrackerArgs
 from wrennd.vm.vmm import Vmm
 
@@ -53,6 +56,28 @@ async def attach_network(live: Live, deps: Deps, rec: SandboxRecord) -> None:
     live.net = await (await deps.network_ready()).create(live.slot)
 
 
+async def make_jail(live: Live, cfg: HostConfig, rec: SandboxRecord) -> Jail | None:
+    """The sandbox's chroot and cgroup limits when VMMs run under the jailer."""
+    if cfg.jail is None:
+        return None
+    assert live.net is not None
+    try:
+        live.jail = await asyncio.to_thread(
+            Jail.make, cfg.jail, live.sandbox_id, live.net.netns_path, rec.vcpus, rec.memory_mib
+        )
+    except (JailerError, OSError) as e:
+        raise VmmFailed(f"making the jail of {live.sandbox_id}: {e}") from e
+    return live.jail
+
+
+async def _jailed(place: Callable[..., tuple[str, ...]], *files: Path | None) -> tuple[str, ...]:
+    """Place files in the jail (blocking); their jail paths."""
+    try:
+        return await asyncio.to_thread(place, *files)
+    except JailerError as e:
+        raise VmmFailed(str(e)) from e
+
+
 async def start_vmm(live: Live, deps: Deps, rec: SandboxRecord, drive: Path) -> Vmm:
     """A VMM for a drive nobody holds, recorded ahead: its API socket before the spawn,
     its pid and start time as soon as it exists."""
@@ -60,6 +85,12 @@ async def start_vmm(live: Live, deps: Deps, rec: SandboxRecord, drive: Path) -> 
     await asyncio.to_thread(holders.require_unheld, drive)
     files = deps.paths(rec.id).vmm_files
     args = FirecrackerArgs(deps.cfg.vmm.binary, live.sandbox_id.replace("-", "_"), files)
+    argv = args.argv()
+    netns: Path | None = live.net.netns_path
+    if live.jail is not None:
+        # The jailer joins the namespace itself (--netns), then drops to the jail user.
+        argv, netns = live.jail.argv(args), None
+        await asyncio.to_thread(live.jail.own_files, files)
     rec.vmm_api_socket, rec.vmm_pid, rec.vmm_start_time = str(files.api_socket), None, None
     await save(deps, rec)
 
@@ -68,9 +99,7 @@ async def start_vmm(live: Live, deps: Deps, rec: SandboxRecord, drive: Path) -> 
         await save(deps, rec)
 
     try:
-        live.vmm = await Vmm.start(
-            args.argv(), files, netns_path=live.net.netns_path, on_spawn=spawned
-        )
+        live.vmm = await Vmm.start(argv, files, netns_path=netns, on_spawn=spawned)
     except VmmError as e:
         raise VmmFailed(f"starting the VMM for {live.sandbox_id}: {e}") from e
     return live.vmm
@@ -85,6 +114,16 @@ async def boot(live: Live, deps: Deps, record: SandboxRecord, drive: Path) -> No
     assert live.net is not None
     cfg = deps.cfg
     tap = live.net.tap
+    # A kernel made from Debian's package boots through its own initrd (vm.kernel).
+    initrd = initrd_path(cfg.kernel)
+    kernel_arg, drive_arg = str(cfg.kernel), str(drive)
+    initrd_arg = None if initrd is None else str(initrd)
+    jail = await make_jail(live, cfg, record)
+    if jail is not None:
+        kernel_arg, initrd_jailed, drive_arg = await _jailed(
+            jail.boot_files, cfg.kernel, initrd, drive
+        )
+        initrd_arg = initrd_jailed or None
     record.uffd_served = False
     vmm = await start_vmm(live, deps, record, drive)
     c = vmm.client
@@ -93,8 +132,8 @@ async def boot(live: Live, deps: Deps, record: SandboxRecord, drive: Path) -> No
             lambda: c.put_machine_config(record.vcpus, record.memory_mib, track_dirty_pages=True)
         )
         args = boot_args(record, live.net.kernel_ip_arg)
-        await vmm.checked(lambda: c.put_boot_source(str(cfg.kernel), args))
-        await vmm.checked(lambda: c.put_drive(ROOT_DRIVE, str(drive), is_root_device=True))
+        await vmm.checked(lambda: c.put_boot_source(kernel_arg, args, initrd_arg))
+        await vmm.checked(lambda: c.put_drive(ROOT_DRIVE, drive_arg, is_root_device=True))
         await vmm.checked(lambda: c.put_network_interface(GUEST_IFACE, tap))
         await vmm.checked(c.start)
     except VmmError as e:
@@ -118,6 +157,12 @@ async def restore(
         snap.generation_paths,
         snap.prefetch,
     )
+    vmstate, uffd_socket, drive_arg = str(paths.vmstate), str(paths.uffd_socket), str(drive)
+    jail = await make_jail(live, cfg, rec)
+    if jail is not None:
+        vmstate, uffd_socket, drive_arg = await _jailed(
+            jail.restore_files, paths.vmstate, drive, paths.uffd_socket
+        )
     paths.run.mkdir(parents=True, exist_ok=True)
     live.uffd = UffdServer(
         paths.uffd_socket,
@@ -127,6 +172,8 @@ async def restore(
         fill=cfg.uffd_fill == "background",
     )
     await live.uffd.start()
+    if jail is not None:
+        jail.own(paths.uffd_socket)  # the jailed VMM connects as the jail user
     live.serving = asyncio.ensure_future(live.uffd.serve())
     rec.uffd_served = True  # saved with the VMM's socket, before it is spawned
     vmm = await start_vmm(live, deps, rec, drive)
@@ -135,8 +182,8 @@ async def restore(
         overrides = {GUEST_IFACE: live.net.tap}
     try:
         await vmm.load_snapshot(
-            str(paths.vmstate),
-            MemBackend("Uffd", str(paths.uffd_socket)),
+            vmstate,
+            MemBackend("Uffd", uffd_socket),
             track_dirty_pages=True,
             resume_vm=False,
             network_overrides=overrides,
@@ -146,7 +193,7 @@ async def restore(
         raise VmmFailed(f"loading the snapshot of {live.sandbox_id}: {e}") from e
     await _uffd_serving(live)
     try:
-        await vmm.checked(lambda: vmm.client.patch_drive(ROOT_DRIVE, str(drive)))
+        await vmm.checked(lambda: vmm.client.patch_drive(ROOT_DRIVE, drive_arg))
         await vmm.checked(vmm.client.resume)
     except VmmError as e:
         raise VmmFailed(f"resuming the loaded VM of {live.sandbox_id}: {e}") from e

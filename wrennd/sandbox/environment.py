@@ -22,6 +22,7 @@ from wrennd import config, features
 from wrennd.log import kv
 from wrennd.network.manager import NetworkManager
 from wrennd.network.slots import SlotAllocator
+from wrennd.sandbox.jail import JailSettings
 from wrennd.sandbox.record import RecordStore, check_sandbox_id
 from wrennd.storage.aio import AsyncStorage
 from wrennd.vm.launcher import VmmFiles
@@ -76,6 +77,7 @@ class HostConfig:
     kernel: Path
     max_generations: int = 10
     uffd_batch_bytes: int = 64 * 1024
+    prefetch_max_bytes: int = 0  # 0: the sandbox's memory size
     ttl_action: str = "pause"
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
     guest_timeout: float = DEFAULT_GUEST_TIMEOUT
@@ -84,6 +86,8 @@ class HostConfig:
     uffd_fill: str = "lazy"
     # The namespace where host-reachable sandbox addresses are routed (None: ours).
     host_netns: Path | None = None
+    # Every VMM under the jailer (use_jailer), else started directly.
+    jail: JailSettings | None = None
 
     @classmethod
     def from_settings(cls, settings: config.Settings, vmm: VmmChoice) -> HostConfig:
@@ -94,10 +98,12 @@ class HostConfig:
             kernel=settings.kernel_path,
             max_generations=settings.max_generations,
             uffd_batch_bytes=settings.uffd_batch_bytes,
+            prefetch_max_bytes=settings.prefetch_max_bytes,
             ttl_action=settings.ttl_action,
             guest_timeout=float(settings.guest_timeout),
             uffd_fill=settings.uffd_fill,
             host_netns=settings.host_netns,
+            jail=jail_settings(settings, vmm),
         )
 
     @property
@@ -116,15 +122,40 @@ class HostConfig:
         return self.images_dir / f"{name}.ext4"
 
 
+def jail_settings(settings: config.Settings, vmm: VmmChoice) -> JailSettings | None:
+    """The jail of every VMM, or None without use_jailer. fcsim is jailed as
+    ``fcsim-firecracker`` (the jailer runs only a file named *firecracker*)."""
+    if not settings.use_jailer:
+        return None
+    if settings.jailer_bin is None:
+        raise ValueError("use_jailer = true needs jailer_bin")
+    exec_file = vmm.binary.parent / "fcsim-firecracker" if vmm.simulated else vmm.binary
+    return JailSettings(
+        jailer_bin=settings.jailer_bin,
+        exec_file=exec_file,
+        uid=settings.jail_uid,
+        gid=settings.jail_gid,
+        chroot_base=settings.jail_chroot_base or settings.state_dir / "jail",
+        parent_cgroup=settings.jail_cgroup,
+    )
+
+
 @dataclass(frozen=True)
 class SandboxPaths:
     state: Path  # state_dir/sandboxes/<id>
     run: Path  # run_dir/sandboxes/<id>
+    jail_root: Path | None = None  # the VMM's chroot when it runs under the jailer
 
     @classmethod
-    def of(cls, state_dir: Path, run_dir: Path, sandbox_id: str) -> SandboxPaths:
+    def of(
+        cls, state_dir: Path, run_dir: Path, sandbox_id: str, jail: JailSettings | None = None
+    ) -> SandboxPaths:
         check_sandbox_id(sandbox_id)
-        return cls(state_dir / "sandboxes" / sandbox_id, run_dir / "sandboxes" / sandbox_id)
+        return cls(
+            state_dir / "sandboxes" / sandbox_id,
+            run_dir / "sandboxes" / sandbox_id,
+            None if jail is None else jail.root_of(sandbox_id),
+        )
 
     @property
     def snapshot_dir(self) -> Path:
@@ -147,10 +178,15 @@ class SandboxPaths:
 
     @property
     def vmm_files(self) -> VmmFiles:
+        if self.jail_root is not None:
+            return VmmFiles.under(self.jail_root / "run")
         return VmmFiles.under(self.run / "vmm")
 
     @property
     def uffd_socket(self) -> Path:
+        """The UFFD server's socket: inside the chroot for a jailed VMM."""
+        if self.jail_root is not None:
+            return self.jail_root / "run" / "uffd.sock"
         return self.run / "uffd.sock"
 
     @property
@@ -190,4 +226,4 @@ class Deps:
         return self.network
 
     def paths(self, sandbox_id: str) -> SandboxPaths:
-        return SandboxPaths.of(self.cfg.state_dir, self.cfg.run_dir, sandbox_id)
+        return SandboxPaths.of(self.cfg.state_dir, self.cfg.run_dir, sandbox_id, self.cfg.jail)

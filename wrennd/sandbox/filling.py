@@ -39,7 +39,8 @@ async def fill_and_detach(registry: Registry, sb: Sandbox, live: Live) -> None:
     async with sb.lock.shared():
         if sb.live is not live or live.serving is None or live.serving.done():
             return
-        server.detach()
+        server.detaching.request()
+        server.stop()
         result = await asyncio.shield(live.serving)
         if result.reason != "detached":
             return

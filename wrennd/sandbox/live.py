@@ -22,6 +22,7 @@ from wrennd.log import kv
 from wrennd.network import nsutil
 from wrennd.network.manager import NetworkManager, SandboxNetwork
 from wrennd.network.slots import SlotAllocator
+from wrennd.sandbox.jail import Jail
 from wrennd.storage.aio import AsyncStorage
 from wrennd.uffd.server import ServeResult, UffdServer
 from wrennd.vm.vmm import Vmm
@@ -65,6 +66,7 @@ class Live:
     guest_session: aiohttp.ClientSession | None = None  # ours to close (host_netns)
     uffd: UffdServer | None = None
     serving: asyncio.Future[ServeResult] | None = None
+    jail: Jail | None = None  # the VMM's chroot and cgroup under the jailer
     stopping: bool = False
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
     filler: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -113,6 +115,9 @@ class Live:
                 self.uffd.stop()
             await self.uffd.close()
             self.uffd = None
+        if self.jail is not None:
+            await asyncio.to_thread(self.jail.remove)
+            self.jail = None
         return result
 
     async def release(

@@ -3,7 +3,7 @@
 Order (DESIGN.md §4): agent prepare (sync + FIFREEZE), PATCH Paused, snapshot
 (Full the first time, Diff after a resume) to fresh paths, ingest into the
 generation store, publish the vmstate; only then stop the VMM, record the
-engine's first-touch order as the prefetch map, detach storage and free the
+next prefetch map (sandbox/prefetching.py), detach storage and free the
 network slot.  A failure before the memory is committed thaws and resumes
 the guest, so the sandbox keeps running and nothing is lost.
 """
@@ -19,9 +19,11 @@ from wrennd.durable import publish
 from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.log import kv
 from wrennd.sandbox import diskpair
+from wrennd.sandbox import jail as jailed
 from wrennd.sandbox.environment import Deps, Progress, SandboxPaths
 from wrennd.sandbox.errors import PauseUndone, VmmFailed
 from wrennd.sandbox.live import Live
+from wrennd.sandbox.prefetching import record_prefetch_map
 from wrennd.sandbox.record import SandboxRecord
 from wrennd.sandbox.registry import Registry, Sandbox
 from wrennd.snapshot import (
@@ -31,7 +33,6 @@ from wrennd.snapshot import (
     collapse_in_background,
     ingest_diff,
     ingest_full,
-    write_prefetch_map,
 )
 from wrennd.storage.errors import StorageError
 from wrennd.vm.errors import VmmError
@@ -70,11 +71,14 @@ async def _snapshot(
     await progress("pause_vm", 1, 4)
     await vmm.checked(vmm.client.pause)
     await progress("snapshot", 2, 4)
-    await vmm.checked(
-        lambda: vmm.client.create_snapshot(
-            str(paths.pending_vmstate), str(paths.pending_memfile), kind
-        )
-    )
+    jail = live.jail
+    targets = (str(paths.pending_vmstate), str(paths.pending_memfile))
+    if jail is not None:
+        targets = (jailed.PENDING_VMSTATE, jailed.PENDING_MEMFILE)
+    await vmm.checked(lambda: vmm.client.create_snapshot(*targets, kind))
+    if jail is not None:  # written in the chroot (its filesystem): linked out, not copied
+        await asyncio.to_thread(jail.take_out, jailed.PENDING_VMSTATE, paths.pending_vmstate)
+        await asyncio.to_thread(jail.take_out, jailed.PENDING_MEMFILE, paths.pending_memfile)
     # From here the VMM's dirty bitmap is reset: until a header holds these
     # pages, the next snapshot must be Full.
     rec.need_full = True
@@ -115,7 +119,7 @@ async def pause(deps: Deps, rec: SandboxRecord, live: Live, progress: Progress) 
             await live.require_guest().thaw()
         raise PauseUndone(f"pause of {rec.id}: the guest could not be frozen: {e}") from e
     try:
-        header, _ = await _snapshot(deps, rec, live, progress)
+        header, kind = await _snapshot(deps, rec, live, progress)
     except (VmmError, SnapshotError, OSError) as e:
         await asyncio.to_thread(_clear_pending, paths)
         failed = await undo_freeze(live)
@@ -125,10 +129,11 @@ async def pause(deps: Deps, rec: SandboxRecord, live: Live, progress: Progress) 
             ) from e
         raise PauseUndone(f"pause of {rec.id} failed, the sandbox keeps running: {e}") from e
     result = await live.release(deps.storage, deps.network, deps.slots)
-    if result is not None and result.working_set:
+    if result is not None:
         await asyncio.to_thread(
-            write_prefetch_map, paths.snapshot_dir, result.working_set, header.memory_size
-        )
+            record_prefetch_map, paths.snapshot_dir, result, header, kind,
+            deps.cfg.prefetch_max_bytes,
+        )  # fmt: skip
     try:
         # The VMM is gone and the layer detached: this is the disk of this snapshot.
         await diskpair.keep(deps, rec, header.generation)

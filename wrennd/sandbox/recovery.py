@@ -21,7 +21,7 @@ from pathlib import Path
 from wrennd.durable import publish
 from wrennd.log import kv
 from wrennd.network.slots import SlotAllocator
-from wrennd.sandbox import adoption, diskpair, teardown, templates
+from wrennd.sandbox import adoption, diskpair, jail, teardown, templates
 from wrennd.sandbox.environment import Deps, SandboxPaths
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import SandboxRecord, SandboxState
@@ -144,6 +144,11 @@ async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
     records, bad = await asyncio.to_thread(deps.records.load_all)
     for err in bad:
         log.error("unreadable sandbox record left alone", extra=kv(error=err))
+    if deps.cfg.jail is not None:
+        # First: a jailed VMM is found by its jail (its command line has jail paths).
+        jails = await asyncio.to_thread(jail.cleanup_stale, deps.cfg.jail)
+        if jails:
+            log.warning("stale jails removed", extra=kv(sandboxes=",".join(jails)))
     kept: list[SandboxRecord] = []
     adopted: dict[str, Live] = {}
     # Records whose disk goes back to their snapshot's (a reason) or is kept with it (None).

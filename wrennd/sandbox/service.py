@@ -74,6 +74,7 @@ class SandboxService:
             AddressPlan(settings.host_network, settings.veth_network),
             Naming(prefix=settings.network_prefix, table=settings.nft_table),
             host_netns=settings.host_netns,
+            tap_owner=None if cfg.jail is None else cfg.jail.uid,
         )
         return cls(cfg, storage, network)
 

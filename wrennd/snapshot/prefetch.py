@@ -10,11 +10,17 @@ File ``<snapshot_dir>/memory.prefetch`` (little-endian)::
     ...  4      CRC32C of every byte before it
 
 A missing file is an empty map; a corrupt one is refused.
+
+`learn_prefetch_map` is the rule that writes the next map at a pause (README,
+"UFFD engine"): what this resume touched first, in first-touch order, then
+what the previous map held that is still in memory, least recently touched
+last, so a size cap drops the oldest-untouched ranges first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from construct import Array, Const, Int32ul, Int64ul, Struct, Terminated, this
@@ -99,3 +105,104 @@ def read_prefetch_map(snapshot_dir: Path, memory_size: int | None = None) -> lis
     ranges = decode_prefetch_map(data, str(path))
     _check_ranges(ranges, memory_size, str(path))
     return ranges
+
+
+class _Taken:
+    """Sorted, disjoint byte ranges already placed in the map being built."""
+
+    def __init__(self, ranges: Iterable[Range] = ()) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        for off, n in sorted(ranges):
+            self.add(off, off + n)
+
+    def add(self, lo: int, hi: int) -> None:
+        i = bisect.bisect_left(self.ends, lo)  # first range that ends at or after lo
+        j = bisect.bisect_right(self.starts, hi)  # ranges from i to j touch [lo, hi)
+        if i < j:
+            lo, hi = min(lo, self.starts[i]), max(hi, self.ends[j - 1])
+        self.starts[i:j], self.ends[i:j] = [lo], [hi]
+
+    def outside(self, lo: int, hi: int) -> list[Range]:
+        """The pieces of [lo, hi) not covered, in offset order."""
+        out = []
+        i = bisect.bisect_right(self.ends, lo)
+        while lo < hi and i < len(self.starts) and self.starts[i] < hi:
+            if self.starts[i] > lo:
+                out.append((lo, self.starts[i] - lo))
+            lo = max(lo, self.ends[i])
+            i += 1
+        if lo < hi:
+            out.append((lo, hi - lo))
+        return out
+
+    def inside(self, lo: int, hi: int) -> list[Range]:
+        """The pieces of [lo, hi) covered, in offset order."""
+        out, pos = [], lo
+        for gap, n in self.outside(lo, hi):
+            if gap > pos:
+                out.append((pos, gap - pos))
+            pos = gap + n
+        if pos < hi:
+            out.append((pos, hi - pos))
+        return out
+
+
+def _place(pieces: Iterable[Range], taken: _Taken, blocked: _Taken, out: list[Range]) -> None:
+    """Append each piece's parts that are neither placed yet nor blocked."""
+    for off, n in pieces:
+        for lo, m in blocked.outside(off, off + n):
+            for part in taken.outside(lo, lo + m):
+                out.append(part)
+                taken.add(part[0], part[0] + part[1])
+
+
+def _coalesced_capped(ranges: list[Range], cap: int) -> list[Range]:
+    out: list[Range] = []
+    total = 0
+    for off, n in ranges:
+        n = min(n, cap - total)
+        if n <= 0:
+            break
+        if out and out[-1][0] + out[-1][1] == off:
+            out[-1] = (out[-1][0], out[-1][1] + n)
+        else:
+            out.append((off, n))
+        total += n
+    return out
+
+
+def learn_prefetch_map(
+    previous: Sequence[Range],
+    faults: Sequence[Range],
+    present: Sequence[Range],
+    removed: Sequence[Range],
+    dirty: Sequence[Range],
+    cap_bytes: int,
+) -> list[Range]:
+    """The prefetch map to store at a pause.  Pure: byte ranges in, byte ranges out.
+
+    previous: the map this resume was given, in its order; faults: what demand
+    faults installed, in first-touch order; present: memory installed and not
+    given back at the pause; removed: memory given back by UFFD_EVENT_REMOVE
+    (and not faulted in again); dirty: what this pause's Diff says was written.
+
+    The map is the union, each byte once, never a removed one: first what this
+    resume touched (its faults in first-touch order, then the dirtied parts of
+    the previous map in that map's order, then other dirtied memory by offset),
+    then the previous map's ranges that were installed but not seen touched, in
+    their old order.  Repeated, this orders untouched ranges by how long ago
+    they were last touched, so cutting the map to `cap_bytes` from the end
+    drops the oldest-untouched first.  A prefetched page that was only read
+    leaves no trace (no access bits): it stays, aging, until the cap drops it.
+    """
+    out: list[Range] = []
+    taken, blocked = _Taken(), _Taken(removed)
+    dirty_set, present_set = _Taken(dirty), _Taken(present)
+    _place(faults, taken, blocked, out)
+    _place([p for off, n in previous for p in dirty_set.inside(off, off + n)], taken, blocked, out)
+    _place(sorted(dirty), taken, blocked, out)
+    _place(
+        [p for off, n in previous for p in present_set.inside(off, off + n)], taken, blocked, out
+    )
+    return _coalesced_capped(out, cap_bytes)

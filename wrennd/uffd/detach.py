@@ -70,18 +70,19 @@ class Detacher:
             self._uffd = os.dup(uffd)
 
     def request(self) -> None:
+        """Ask for a detach: the server's stop() then ends serving and unregisters."""
         if self._uffd < 0:
             raise RuntimeError("detach needs a server started with fill=True and a peer")
         self.requested = True
 
-    def finish(self, regions: Sequence[Region]) -> bool:
+    def finish(self, regions: Sequence[Region], reason: str) -> str:
         """With the engine joined: unregister if asked (a fault arriving meanwhile waits,
-        and is woken to be an ordinary kernel fault); True if detached."""
-        if self.requested and self._uffd >= 0:
+        and is woken to be an ordinary kernel fault); the reason serving ended."""
+        if self.requested and reason == "stopped" and self._uffd >= 0:
             unregister(self._uffd, regions)
-            self.done = True
+            self.done, reason = True, "detached"
         self.close()
-        return self.done
+        return reason
 
     def close(self) -> None:
         if self._uffd >= 0:

@@ -22,6 +22,9 @@ SOURCE_ZERO = lib.WR_SOURCE_ZERO
 BASE_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 DEFAULT_BATCH_BYTES = 64 * 1024
 DEFAULT_PREFETCH_BATCH_BYTES = 1024 * 1024
+# A sequential stream's window doubles up to this (README, "UFFD engine").
+DEFAULT_WINDOW_MAX_BYTES = 1024 * 1024
+COPY_MODES = {"auto": lib.WR_COPY_AUTO, "runs": lib.WR_COPY_RUNS, "bounce": lib.WR_COPY_BOUNCE}
 LATENCY_BUCKETS = lib.WR_LAT_BUCKETS
 
 
@@ -67,6 +70,8 @@ class EngineStats:
     removed_pages: int
     removed_faults: int
     wakes: int
+    bounce_batches: int
+    window_grows: int
     lat_count: int
     lat_sum_ns: int
     lat_max_ns: int
@@ -186,11 +191,19 @@ class Engine:
         prefetch_batch_bytes: int = DEFAULT_PREFETCH_BATCH_BYTES,
         prefetch: Iterable[tuple[int, int]] = (),
         entry_count: int | None = None,
+        window_max_bytes: int = DEFAULT_WINDOW_MAX_BYTES,
+        copy_mode: str = "auto",
     ) -> None:
         """`entries` is a sequence of entries or a cffi ``struct wr_map_entry[]``
-        (as wrennd.snapshot's OpenSnapshot.entries, with its entry_count)."""
-        if batch_bytes <= 0 or prefetch_batch_bytes <= 0:
-            raise EngineConfigError("batch sizes must be positive")
+        (as wrennd.snapshot's OpenSnapshot.entries, with its entry_count).
+        `batch_bytes` is the smallest fault window, `window_max_bytes` the
+        largest (at or below batch_bytes: the window never grows); `copy_mode`
+        forces one install strategy ("runs", "bounce"), for measurements."""
+        if batch_bytes <= 0 or prefetch_batch_bytes <= 0 or window_max_bytes <= 0:
+            raise EngineConfigError("batch and window sizes must be positive")
+        if copy_mode not in COPY_MODES:
+            raise EngineConfigError(f"copy mode {copy_mode!r} is not one of {sorted(COPY_MODES)}")
+        tuning = (batch_bytes, prefetch_batch_bytes, window_max_bytes, COPY_MODES[copy_mode])
         fds: list[int] = []
         try:
             for p in sources:
@@ -198,9 +211,7 @@ class Engine:
             sizes = [os.fstat(fd).st_size for fd in fds]
             count = len(entries) if entry_count is None else entry_count
             check_snapshot(memory_size, page_size, entries, sizes, count)
-            self._ptr = self._create(
-                memory_size, page_size, batch_bytes, prefetch_batch_bytes, entries, count, fds
-            )
+            self._ptr = self._create(memory_size, page_size, tuning, entries, count, fds)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -220,8 +231,7 @@ class Engine:
     def _create(
         memory_size: int,
         page_size: int,
-        batch_bytes: int,
-        prefetch_batch_bytes: int,
+        tuning: tuple[int, int, int, int],
         entries: Sequence[MapEntryLike],
         count: int,
         fds: Sequence[int],
@@ -229,8 +239,7 @@ class Engine:
         cfg = ffi.new("struct wr_engine_config *")
         cfg.memory_size = memory_size
         cfg.page_size = page_size
-        cfg.batch_bytes = batch_bytes
-        cfg.prefetch_batch_bytes = prefetch_batch_bytes
+        cfg.batch_bytes, cfg.prefetch_batch_bytes, cfg.window_max_bytes, cfg.copy_mode = tuning
         if isinstance(entries, ffi.CData):
             ents = entries  # already the C layout: the engine copies it
         else:
@@ -291,6 +300,25 @@ class Engine:
             if total <= n:
                 return [(buf[i].offset, buf[i].length) for i in range(total)]
             n = total
+
+    def _state_ranges(self, which: int) -> list[tuple[int, int]]:
+        ptr = self._live()
+        n = 0
+        while True:
+            buf = ffi.new("struct wr_range[]", max(1, n))
+            total = lib.wr_engine_ranges(ptr, which, buf, n)
+            self._check(total, "listing the engine's page states")
+            if total <= n:
+                return [(buf[i].offset, buf[i].length) for i in range(total)]
+            n = total
+
+    def present(self) -> list[tuple[int, int]]:
+        """Memory installed and not given back since, as sorted ranges."""
+        return self._state_ranges(lib.WR_RANGES_PRESENT)
+
+    def removed(self) -> list[tuple[int, int]]:
+        """Memory given back by UFFD_EVENT_REMOVE and not faulted in again, sorted."""
+        return self._state_ranges(lib.WR_RANGES_REMOVED)
 
     def stop(self) -> None:
         """Stop and join the engine's threads (blocks until they exit; quick)."""

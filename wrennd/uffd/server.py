@@ -39,6 +39,7 @@ from wrennd.uffd.engine import (
     BASE_PAGE_SIZE,
     DEFAULT_BATCH_BYTES,
     DEFAULT_PREFETCH_BATCH_BYTES,
+    DEFAULT_WINDOW_MAX_BYTES,
     Engine,
     EngineConfigError,
     EngineStats,
@@ -75,8 +76,12 @@ class ServeResult:
 
     reason: str  # "peer-closed", "engine-stopped" or "stopped"
     stats: EngineStats
+    # what the next prefetch map is learnt from (wrennd.snapshot.prefetch.learn_prefetch_map)
     working_set: list[tuple[int, int]] = field(default_factory=list)
     stop_error: str = ""
+    prefetch_map: list[tuple[int, int]] = field(default_factory=list)  # the map this resume had
+    present: list[tuple[int, int]] = field(default_factory=list)  # installed, not given back
+    removed: list[tuple[int, int]] = field(default_factory=list)  # given back by REMOVE
 
 
 class UffdServer:
@@ -91,6 +96,8 @@ class UffdServer:
         prefetch: bool = True,
         prefetch_batch_bytes: int = DEFAULT_PREFETCH_BATCH_BYTES,
         handshake_timeout: float = 30.0,
+        window_max_bytes: int = DEFAULT_WINDOW_MAX_BYTES,
+        copy_mode: str = "auto",
         fill: bool = False,
     ) -> None:
         self.socket_path = socket_path
@@ -98,6 +105,8 @@ class UffdServer:
         self.batch_bytes = batch_bytes
         self.prefetch = prefetch
         self.prefetch_batch_bytes = prefetch_batch_bytes
+        self.window_max_bytes = window_max_bytes
+        self.copy_mode = copy_mode
         self.handshake_timeout = handshake_timeout
         self.ready = asyncio.Event()
         self.regions: list[Region] = []
@@ -136,6 +145,8 @@ class UffdServer:
             batch_bytes=self.batch_bytes,
             prefetch_batch_bytes=self.prefetch_batch_bytes,
             prefetch=[*(m.prefetch if self.prefetch else ()), *self.detaching.ranges],
+            window_max_bytes=self.window_max_bytes,
+            copy_mode=self.copy_mode,
         )
 
     def _check_files(self) -> None:
@@ -274,8 +285,7 @@ class UffdServer:
         engine = self._engine
         assert engine is not None
         await asyncio.get_running_loop().run_in_executor(None, engine.stop)
-        if reason == "stopped" and self.detaching.finish(self.regions):
-            reason = "detached"
+        reason = self.detaching.finish(self.regions, reason)
         stats = engine.stats()
         self._final = stats
         result = ServeResult(
@@ -283,6 +293,9 @@ class UffdServer:
             stats=stats,
             working_set=engine.working_set(),
             stop_error=os.strerror(-stats.stop_error) if stats.stop_error else "",
+            prefetch_map=list(self.memory.prefetch),
+            present=engine.present(),
+            removed=engine.removed(),
         )
         log.info(
             "uffd served",
@@ -296,11 +309,6 @@ class UffdServer:
         )
         self._close_engine()
         return result
-
-    def detach(self) -> None:
-        """After the fill: end serving, unregister guest memory (serve() says "detached")."""
-        self.detaching.request()
-        self._stop.set()
 
     def stop(self) -> None:
         """Ask serve() to end: it joins the engine and returns, or, with no peer

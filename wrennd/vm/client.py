@@ -122,8 +122,10 @@ class FirecrackerClient:
     async def put_metrics(self, metrics_path: str) -> None:
         await self.call(self.requests.metrics(metrics_path))
 
-    async def put_boot_source(self, kernel: str, boot_args: str | None = None) -> None:
-        await self.call(self.requests.boot_source(kernel, boot_args))
+    async def put_boot_source(
+        self, kernel: str, boot_args: str | None = None, initrd: str | None = None
+    ) -> None:
+        await self.call(self.requests.boot_source(kernel, boot_args, initrd))
 
     async def put_drive(
         self,

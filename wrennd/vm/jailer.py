@@ -1,25 +1,26 @@
 """The Firecracker jailer: its command line and the chroot it expects.
 
 The jailer (shipped with Firecracker) creates
-``<chroot_base>/<exec file name>/<id>/root``, moves itself into the cgroups,
-network namespace and a new PID namespace given on its command line, drops to
-``uid``/``gid``, chroots there and execs Firecracker with the arguments after
-``--``. Every path Firecracker sees is then relative to that root: the kernel,
-the rootfs, the API socket, the log. So the daemon places the kernel and the
-rootfs in the chroot by hard link (no copy; the chroot base must be on the same
-filesystem as the state directory) and gives Firecracker jail paths.
-
-With ``--new-pid-ns`` the jailer forks Firecracker into the new namespace and
-exits after writing its pid to ``<root>/<exec file name>.pid``; the daemon
-then watches that pid (it is a PR_SET_CHILD_SUBREAPER of it) rather than the
-jailer's.
+``<chroot_base>/<exec file name>/<id>/root``, moves itself into the cgroups and
+network namespace given on its command line (and, with ``--new-pid-ns``, a new
+PID namespace), drops to ``uid``/``gid``, chroots there and execs Firecracker
+with the arguments after ``--``. Every path Firecracker sees is then relative
+to that root: the kernel, the rootfs, the API socket, the log. So the daemon
+places files in the chroot by hard link (no copy; the chroot base should be on
+the state directory's filesystem), else by bind mount, and gives Firecracker
+jail paths. Neither the jailer nor Firecracker removes a jail: ``remove_jail``
+does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import os
 import re
+import shutil
+import stat
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -27,8 +28,20 @@ from pathlib import Path, PurePosixPath
 from wrennd.vm.errors import JailerError
 
 _ID_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
-_CGROUP_KEY_RE = re.compile(r"[a-z0-9_]+\.[a-z0-9_.]+")
+_CGROUP_KEY_RE = re.compile(r"[a-z0-9_]+\.[A-Za-z0-9_.]+")
 RESOURCE_LIMITS = ("fsize", "no-file")
+MS_BIND = 0x1000
+MNT_DETACH = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,7 @@ class JailerSpec:
     chroot_base: Path = Path("/srv/jailer")
     netns: Path | None = None
     new_pid_ns: bool = True
+    daemonize: bool = False
     cgroups: Mapping[str, str] = field(default_factory=dict)
     parent_cgroup: str | None = None
     resource_limits: Mapping[str, int] = field(default_factory=dict)
@@ -70,8 +84,17 @@ class JailerSpec:
                 )
 
     @property
+    def jail_dir(self) -> Path:
+        """``<chroot base>/<exec file name>/<id>``: everything of this jail, the root inside."""
+        return self.chroot_base / self.exec_file.name / self.vm_id
+
+    @property
     def chroot_dir(self) -> Path:
-        return self.chroot_base / self.exec_file.name / self.vm_id / "root"
+        return self.jail_dir / "root"
+
+    def cgroup_dir(self, root: Path) -> Path:
+        """The cgroup the jailer makes (v2): ``<root>/<parent cgroup>/<id>``."""
+        return root / (self.parent_cgroup or self.exec_file.name) / self.vm_id
 
     @property
     def pid_file(self) -> Path:
@@ -108,6 +131,8 @@ class JailerSpec:
             args += ["--resource-limit", f"{key}={limit}"]
         if self.netns is not None:
             args += ["--netns", str(self.netns)]
+        if self.daemonize:
+            args.append("--daemonize")
         if self.new_pid_ns:
             args.append("--new-pid-ns")
         return [*args, "--", *firecracker_args]
@@ -126,13 +151,14 @@ class JailerSpec:
 def place_files(
     spec: JailerSpec, files: Mapping[str, Path], writable: Collection[str] = ()
 ) -> dict[str, PurePosixPath]:
-    """Hard-link each host file to its jail path (the key).
+    """Put each host file at its jail path (the key): a hard link, else a bind mount.
 
-    Files named in ``writable`` (jail paths) are given to the jail user; the
-    others keep their owner, since a chown reaches every link of the inode
-    (a shared kernel must stay root's). Returns the jail paths to hand to
-    Firecracker. Refuses to copy: a link across filesystems fails with a
-    clear error rather than duplicating a rootfs.
+    A regular file on another filesystem than the chroot cannot be linked; it is
+    bind-mounted onto an empty file instead (``remove_jail`` unmounts it). A
+    device node (a device-mapper drive) gets a node of the same device in the
+    jail. Files named in ``writable`` (jail paths) are given to the jail user;
+    the others keep their owner, since a chown reaches every link of the inode
+    (a shared kernel must stay root's). Returns the jail paths for Firecracker.
     """
     unknown = set(writable) - set(files)
     if unknown:
@@ -143,21 +169,64 @@ def place_files(
         target = spec.host_path(jail_path)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(host, target)
-        except FileExistsError:
-            if not host.samefile(target):
-                raise JailerError(f"{target} exists and is not a link to {host}") from None
+            _place(host, target)
         except OSError as e:
-            if e.errno == errno.EXDEV:
-                raise JailerError(
-                    f"cannot hard-link {host} into {spec.chroot_dir}: different filesystems;"
-                    " put the chroot base on the state directory's filesystem"
-                ) from e
-            raise JailerError(f"hard-link {host} -> {target}: {e.strerror}") from e
+            raise JailerError(f"placing {host} at {target}: {e.strerror or e}") from e
         if jail in writable:
             os.chown(target, spec.uid, spec.gid)
         placed[jail] = jail_path
     return placed
+
+
+def _place(host: Path, target: Path) -> None:
+    st = host.stat()
+    if stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            if target.stat().st_rdev == st.st_rdev:
+                return
+            target.unlink()
+        os.mknod(target, stat.S_IMODE(st.st_mode) | stat.S_IFMT(st.st_mode), st.st_rdev)
+        return
+    try:
+        os.link(host, target)
+        return
+    except FileExistsError:
+        if host.samefile(target):
+            return
+        raise JailerError(f"{target} exists and is not {host}") from None
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+    # Another filesystem: bind the file onto an empty one (no copy of a rootfs).
+    target.touch(mode=0o600, exist_ok=False)
+    rc = _libc.mount(os.fsencode(host), os.fsencode(target), None, MS_BIND, None)
+    if rc != 0:
+        err = ctypes.get_errno()
+        target.unlink()
+        raise OSError(err, f"bind mount: {os.strerror(err)}")
+
+
+def mounts_under(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Path]:
+    """Mount points at or below ``path``, deepest first (the order to unmount)."""
+    found = []
+    for line in mountinfo.read_text().splitlines():
+        point = Path(line.split()[4].replace("\\040", " "))
+        if point == path or path in point.parents:
+            found.append(point)
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_jail(jail_dir: Path) -> bool:
+    """Unmount what was bound into a jail and remove its directory. False: absent."""
+    if not jail_dir.exists():
+        return False
+    for point in mounts_under(jail_dir.resolve()):
+        if _libc.umount2(os.fsencode(point), MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err not in (errno.EINVAL, errno.ENOENT):
+                raise JailerError(f"umount {point}: {os.strerror(err)}")
+    shutil.rmtree(jail_dir)
+    return True
 
 
 def jail_socket_dir(spec: JailerSpec) -> Path:

@@ -16,6 +16,7 @@ from aiohttp import web
 from wrennd_sim.fcsim import FIRECRACKER_VERSION
 from wrennd_sim.fcsim.control import ControlServer
 from wrennd_sim.fcsim.guest import GuestRunner
+from wrennd_sim.fcsim.guesthelper import RemoteGuest
 from wrennd_sim.fcsim.machine import Machine
 from wrennd_sim.fcsim.server import ApiServer
 from wrennd_sim.fcsim.spec import api_spec
@@ -43,6 +44,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--http-api-max-payload-size", type=int, default=51200)
     p.add_argument("--mmds-size-limit", type=int)
     p.add_argument("--version", action="store_true")
+    # What the jailer adds when it execs Firecracker (accepted, unused).
+    p.add_argument("--start-time-us", type=int)
+    p.add_argument("--start-time-cpu-us", type=int)
+    p.add_argument(
+        "--guest-helper-fd",
+        type=int,
+        help="fcsim only: run the guest through fcsim-jailer's root guest helper on this fd",
+    )
     p.add_argument(
         "--control-sock",
         type=Path,
@@ -66,7 +75,11 @@ async def serve(args: argparse.Namespace) -> int:
         if not stop.done():
             stop.set_result(code)
 
-    guest = GuestRunner(args.api_sock.parent, log, on_exit=lambda rc: finish(0))
+    guest: GuestRunner | RemoteGuest
+    if args.guest_helper_fd is not None:  # jailed: the guest needs root, fcsim has none
+        guest = RemoteGuest(args.guest_helper_fd, log, on_exit=lambda rc: finish(0))
+    else:
+        guest = GuestRunner(args.api_sock.parent, log, on_exit=lambda rc: finish(0))
     machine = Machine(args.id, log, guest)
     if args.metrics_path is not None:
         machine.put_metrics({"metrics_path": str(args.metrics_path)})

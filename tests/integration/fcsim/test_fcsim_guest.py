@@ -95,8 +95,10 @@ def loop_devices_of(image: Path) -> str:
     ).stdout
 
 
-def leftover_cgroups() -> list[Path]:
-    return list(Path("/sys/fs/cgroup").rglob("fcsim-guest-*"))
+def leftover_cgroups(sim: SimHandle) -> list[Path]:
+    """This fcsim's guest cgroup (``fcsim-guest-<pid>``), if it is still there: other
+    fcsims on the machine (other tests, other checkouts) have their own."""
+    return list(Path("/sys/fs/cgroup").rglob(f"fcsim-guest-{sim.proc.pid}"))
 
 
 async def boot_guest(sim: SimHandle, image: Path, kernel: Path) -> None:
@@ -135,7 +137,7 @@ async def test_guest_boots_answers_freezes_and_shuts_down(sandbox: str, tmp_path
         await sim.close()
     assert f"{sandbox}-g" not in nsutil.list_named()
     assert not loop_devices_of(image), "the loop device must detach with the guest"
-    assert not leftover_cgroups()
+    assert not leftover_cgroups(sim)
 
 
 async def test_stopping_fcsim_stops_its_guest(sandbox: str, tmp_path: Path) -> None:
@@ -166,7 +168,7 @@ async def test_missing_tap_fails_the_boot_and_leaves_nothing(sandbox: str, tmp_p
             await c.start()
         assert (await c.describe_instance())["state"] == "Not started"
         assert not loop_devices_of(image)
-        assert not leftover_cgroups()
+        assert not leftover_cgroups(sim)
         assert f"{sandbox}-g" not in nsutil.list_named()
     finally:
         await sim.close()

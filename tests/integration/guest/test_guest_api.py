@@ -94,7 +94,8 @@ async def test_wait_healthy_deadline() -> None:
 async def test_idempotent_calls_retry_until_the_agent_is_up(
     start_agent: Callable[..., object], unused_tcp_port: int
 ) -> None:
-    async with GuestClient(f"http://127.0.0.1:{unused_tcp_port}", retries=6) as c:
+    # 9 retries back off for 25 s in all: room for the agent's start on a loaded host.
+    async with GuestClient(f"http://127.0.0.1:{unused_tcp_port}", retries=9) as c:
         with pytest.raises(AgentUnavailable):  # a command is never retried: fails at once
             await c.run(CommandSpec(argv=["true"]))
 

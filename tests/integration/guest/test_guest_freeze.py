@@ -42,8 +42,22 @@ def ext4_mount(tmp_path: Path) -> Iterator[Path]:
                     ["losetup", "-j", str(image)], capture_output=True, text=True, check=True
                 ).stdout
             ),
-            what=f"the loop device of {image} detached",
+            what=lambda: f"the loop device of {image} detached; {_holders(mnt)}",
         )
+
+
+def _holders(mnt: Path) -> str:
+    """Processes whose mount namespace still has ``mnt`` mounted: a namespace made
+    while it was mounted (by anything on the machine) copies the mount and pins
+    the loop device until that namespace ends."""
+    pids = []
+    for info in Path("/proc").glob("[0-9]*/mountinfo"):
+        try:
+            if f" {mnt} " in info.read_text():
+                pids.append(info.parent.name)
+        except OSError:
+            continue
+    return f"still mounted in the namespaces of pids {pids}" if pids else "no mount holds it"
 
 
 async def _writer(path: Path) -> asyncio.subprocess.Process:

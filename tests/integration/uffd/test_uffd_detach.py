@@ -45,7 +45,8 @@ async def test_fill_detach_then_remove_reads_zeros_without_the_server(
             await kit.until(lambda: not server.stats().prefetch_running)  # type: ignore[union-attr]
             stats = server.stats()
             assert stats is not None and stats.prefetch_error == 0
-            server.detach()
+            server.detaching.request()
+            server.stop()
             result = await serving
             assert result.reason == "detached" and server.detaching.done
             await server.close()  # the "daemon" is gone: nothing serves the peer now

@@ -34,7 +34,8 @@ async def test_every_byte_across_generations_and_regions(
 ) -> None:
     leaks = kit.LeakCheck(tmp_path)
     snap = snapshot_factory(8 * MiB, generations=3)
-    server = await started(tmp_path, snap, batch_bytes=batch_bytes)
+    # batch = one page: one page per fault (the window does not grow either)
+    server = await started(tmp_path, snap, batch_bytes=batch_bytes, window_max_bytes=batch_bytes)
     # three regions (separate mappings, so with gaps in the address space)
     regions = [3 * MiB, 1 * MiB, 4 * MiB]
     ops = [{"op": "read", "offset": 0, "length": 8 * MiB, "out": "all"}]
@@ -180,7 +181,7 @@ async def test_prefetch_and_working_set(
 ) -> None:
     snap = snapshot_factory(8 * MiB)
     order = [40, 41, 900, 3, 1500]  # first-touch order of a small working set
-    server = await started(tmp_path, snap, batch_bytes=P)
+    server = await started(tmp_path, snap, batch_bytes=P, window_max_bytes=P)
     ops = [{"op": "touch", "region": 0, "pages": order}]
     first, _ = await kit.serve_child(server, tmp_path, [8 * MiB], ops)
     await server.close()
@@ -188,7 +189,7 @@ async def test_prefetch_and_working_set(
 
     # the next resume prefetches that record: the same touches fault no more
     memory = dataclasses.replace(snap.memory, prefetch=first.working_set)
-    server = UffdServer(tmp_path / "uffd2.sock", memory, batch_bytes=P)
+    server = UffdServer(tmp_path / "uffd2.sock", memory, batch_bytes=P, window_max_bytes=P)
     await server.start()
     ops = [{"op": "wait"}, {"op": "touch", "region": 0, "pages": order}]
     ops.append({"op": "read", "offset": 0, "length": 8 * MiB, "out": "all"})

@@ -30,8 +30,8 @@ def stats(hist: dict[int, int]) -> EngineStats:
     zeros = dict.fromkeys(
         ["faults", "copy_pages", "copy_bytes", "zero_pages", "zero_bytes", "batches",
          "prefetch_pages", "prefetch_batches", "prefetch_yields", "eexist", "eagain", "removes",
-         "removed_pages", "removed_faults", "wakes", "lat_sum_ns", "lat_max_ns", "stop_error",
-         "prefetch_error"], 0,
+         "removed_pages", "removed_faults", "wakes", "bounce_batches", "window_grows", "lat_sum_ns",
+         "lat_max_ns", "stop_error", "prefetch_error"], 0,
     )  # fmt: skip
     return EngineStats(
         lat_count=sum(h), lat_hist=tuple(h), running=False, prefetch_running=False, **zeros

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from wrennd.vm.errors import JailerError
-from wrennd.vm.jailer import JailerSpec, jail_socket_dir, place_files
+from wrennd.vm.jailer import JailerSpec, jail_socket_dir, mounts_under, place_files, remove_jail
 
 
 def spec(tmp_path: Path, **kw: object) -> JailerSpec:
@@ -117,7 +117,7 @@ def test_place_files_hardlinks_and_owns_only_writable(tmp_path: Path) -> None:
     place_files(s, {"/vmlinux": kernel})
     other = tmp_path / "other"
     other.write_bytes(b"x")
-    with pytest.raises(JailerError, match="not a link"):
+    with pytest.raises(JailerError, match="exists and is not"):
         place_files(s, {"/vmlinux": other})
     run = jail_socket_dir(s)
     assert run == s.chroot_dir / "run"
@@ -130,17 +130,33 @@ def test_place_files_refuses_unknown_writable(tmp_path: Path) -> None:
 
 
 @pytest.mark.root
-def test_place_files_across_filesystems_is_refused(tmp_path: Path) -> None:
+def test_place_files_across_filesystems_binds_and_remove_unmounts(tmp_path: Path) -> None:
     other_fs = tmp_path / "tmpfs"
     other_fs.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "fct-jailer", other_fs], check=True)
+    s = spec(tmp_path)
     try:
         src = other_fs / "vmlinux"
-        src.write_bytes(b"x")
-        with pytest.raises(JailerError, match="different filesystems"):
-            place_files(spec(tmp_path), {"/vmlinux": src})
+        src.write_bytes(b"kernel on another filesystem")
+        place_files(s, {"/vmlinux": src})
+        jailed = s.chroot_dir / "vmlinux"
+        assert jailed.read_bytes() == b"kernel on another filesystem"
+        assert mounts_under(s.jail_dir) == [jailed], "bind-mounted, not copied"
+        assert remove_jail(s.jail_dir) and not s.jail_dir.exists()
+        assert mounts_under(s.jail_dir) == []
+        assert src.read_bytes() == b"kernel on another filesystem", "the source is untouched"
     finally:
+        remove_jail(s.jail_dir)
         subprocess.run(["umount", other_fs], check=True)
+
+
+@pytest.mark.root
+def test_place_files_gives_a_device_node_its_own_node(tmp_path: Path) -> None:
+    s = spec(tmp_path)
+    place_files(s, {"/rootfs": Path("/dev/null")}, writable={"/rootfs"})
+    node = (s.chroot_dir / "rootfs").stat()
+    assert node.st_rdev == os.stat("/dev/null").st_rdev and node.st_uid == 1234
+    place_files(s, {"/rootfs": Path("/dev/null")})  # again: the node is there already
 
 
 def test_firecracker_flags_inside_the_jail_use_jail_paths(tmp_path: Path) -> None:
