@@ -138,7 +138,12 @@ async def one_round(d: Daemon, rng: random.Random, known: set[str]) -> dict[str,
     after = {s["id"]: s for s in (await c.call("sandbox.list"))["sandboxes"]}
     # A create the kill interrupted never answered: recovery removes it (not a loss).
     undone = [i for i, s in at_kill.items() if s["state"] == "creating" and i not in after]
-    counts = {"kept": 0, "rolled_back": 0, "lost": 0, "total": len(at_kill) - len(undone)}
+    counts: dict[str, Any] = {
+        "kept": 0,
+        "rolled_back": 0,
+        "lost": 0,
+        "total": len(at_kill) - len(undone),
+    }
     counts["creates_undone"] = len(undone)
     for sid, s in at_kill.items():
         now = after.get(sid)
@@ -146,6 +151,8 @@ async def one_round(d: Daemon, rng: random.Random, known: set[str]) -> dict[str,
             continue
         if now is None or now["state"] == "error":
             counts["lost"] += 1
+            why = "gone" if now is None else str(now["error"])[:160]
+            counts.setdefault("lost_why", []).append(f"{sid} (was {s['state']}): {why}")
         elif now.get("recovered_from"):
             counts["rolled_back"] += 1
         elif s["state"] == "running" and now["state"] == "running":
