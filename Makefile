@@ -18,9 +18,18 @@ TSAN_FLAGS := $(C_FLAGS) -fsanitize=thread
 TSAN_DIR := build/tsan
 TSAN_TESTS := $(patsubst native/tests/%.c,$(TSAN_DIR)/%,$(wildcard native/tests/test_*.c))
 
-.PHONY: install debs test lint typecheck sanitize pytest bench clean install-systemd
+.PHONY: install completion debs test lint typecheck sanitize pytest bench clean install-systemd
 
-install: debs $(STAMP) $(NATIVE_STAMP)
+install: debs $(STAMP) $(NATIVE_STAMP) completion
+
+# wrennctl's bash completion, generated from its argument parser (argcomplete):
+# into the venv, and system-wide when /etc/bash_completion.d is writable (root).
+COMPLETION := $(VENV)/share/bash-completion/completions/wrennctl
+completion: $(COMPLETION)
+$(COMPLETION): $(STAMP)
+	@mkdir -p $(dir $@)
+	$(VENV)/bin/register-python-argcomplete wrennctl > $@
+	@if [ -w /etc/bash_completion.d ]; then cp $@ /etc/bash_completion.d/wrennctl; fi
 
 debs:
 	@deps/install-debian-packages

@@ -44,8 +44,11 @@ def wrennctl(sock: Path, *args: str, stdin: bytes | None = None) -> str:
     print("$ wrennctl " + shlex.join(args), flush=True)
     done = subprocess.run(cmd, input=stdin, capture_output=True, check=False)
     out = done.stdout.decode(errors="replace")
-    sys.stdout.write(out)
+    # Progress (stderr) belongs before the result it led to.
     sys.stderr.write(done.stderr.decode(errors="replace"))
+    sys.stderr.flush()
+    sys.stdout.write(out)
+    sys.stdout.flush()
     if done.returncode not in (0,):
         raise SystemExit(f"wrennctl {args[0]} {args[1]} failed with {done.returncode}")
     return out

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """wrennctl: the command-line client of wrennd.
 
 Subcommands mirror the daemon's methods (``wrennctl host info`` calls
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -19,10 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import argcomplete
+
 from wrennd import config
 from wrennd.cli.commands import COMMANDS, Command
 from wrennd.cli.exits import Exit, exit_for_code
-from wrennd.cli.render import Render, render_kv
+from wrennd.cli.guest_commands import GUEST_COMMANDS
+from wrennd.cli.render import Render, render_kv, write_bytes
 from wrennd.rpc.client import Client, ClientError, DaemonNotRunning, PermissionDenied, RemoteError
 
 
@@ -37,9 +42,9 @@ class Progress:
 
     def __call__(self, method: str, params: dict[str, Any]) -> None:
         if method == "stream":
+            # Output is base64 (byte-exact): written to the matching stream as raw bytes.
             target = self.err if params.get("stream") == "stderr" else self.out
-            target.write(str(params.get("data", "")))
-            target.flush()
+            write_bytes(target, base64.b64decode(str(params.get("data", ""))))
         elif method == "progress":
             self._draw(params)
 
@@ -63,24 +68,55 @@ class Progress:
             self.err.flush()
 
 
+_GROUP_HELP = {
+    "host": "the daemon and its host",
+    "sandbox": "create, run, pause, resume, destroy sandboxes",
+    "template": "named snapshots to clone sandboxes from",
+    "image": "base images",
+    "files": "files inside a sandbox",
+}
+EPILOG = """exit status: 0 ok; 1 failure; 2 usage; 3 daemon not running; 4 permission
+denied on the socket; 5 connection lost; 6 bad request; 7 internal error;
+8 shutting down; 10 sandbox not found; 11 wrong state; 12 template in use;
+13 resource exhausted; 14 VMM failure; 15 guest failure; 16 not found;
+17 image in use; 18 storage failure; 19 snapshot corrupt; 130 interrupted.
+`sandbox exec` and `sandbox shell` exit with the remote command's status."""
+
+
+def _json_flag(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument("--json", action="store_true", default=default, help="print the raw JSON result")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wrennctl", description="Talk to the wrennd daemon.")
+    parser = argparse.ArgumentParser(
+        prog="wrennctl",
+        description="Talk to the wrennd daemon.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--socket", type=Path, help="API socket (default: run_dir/wrennd.sock)")
-    parser.add_argument("--json", action="store_true", help="print the raw JSON result")
+    _json_flag(parser, False)
     sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
-    for command in COMMANDS:
-        group, name = command.words
-        if group not in groups:
-            groups[group] = sub.add_parser(group, help=f"{group}.* methods").add_subparsers(
-                dest="name", required=True, metavar="SUBCOMMAND"
-            )
-        p = groups[group].add_parser(name, help=command.help)
+    for command in COMMANDS + GUEST_COMMANDS:
+        if len(command.words) == 1:
+            p = sub.add_parser(command.words[0], help=command.help)
+        else:
+            group, name = command.words
+            if group not in groups:
+                help_ = _GROUP_HELP.get(group, f"{group}.* methods")
+                groups[group] = sub.add_parser(group, help=help_).add_subparsers(
+                    dest="name", required=True, metavar="SUBCOMMAND"
+                )
+            p = groups[group].add_parser(name, help=command.help)
         command.arguments(p)
+        # Also after the subcommand; SUPPRESS keeps a --json given before it.
+        _json_flag(p, argparse.SUPPRESS)
         p.set_defaults(command=command)
     call = sub.add_parser("call", help="call any method with JSON params")
     call.add_argument("method")
     call.add_argument("params", nargs="?", help="JSON object or array")
+    _json_flag(call, argparse.SUPPRESS)
     call.set_defaults(command=None)
     return parser
 
@@ -100,16 +136,22 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         params = json.loads(args.params) if args.params else None
         render: Render = render_kv
     else:
-        method, params, render = command.method, command.params(args), command.render
+        params = command.params(args) if command.run is None else None
+        method, render = command.method, command.render
     client = await Client.connect(_socket_path(args))
     progress = Progress(err, out)
     try:
-        result = await client.call(method, params, on_notification=progress)
+        if command is not None and command.run is not None:
+            result = await command.run(args, client, out, err)
+        else:
+            result = await client.call(method, params, on_notification=progress)
     finally:
         progress.finish()
         await client.close()
     if args.json or (command is None and not isinstance(result, dict | list)):
         out.write(json.dumps(result, indent=2) + "\n")
+    elif getattr(args, "quiet", False) and isinstance(result, dict):
+        out.write(f"{result['id']}\n")
     else:
         render(result, out)
     if command is not None and command.exit_status is not None:
@@ -118,7 +160,9 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     out, err = sys.stdout, sys.stderr
     try:
         return asyncio.run(_run(args, out, err))
@@ -149,3 +193,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_for_code(e.code)
     except KeyboardInterrupt:
         return Exit.INTERRUPTED
+    except OSError as e:  # a local file of cp
+        err.write(f"wrennctl: {e}\n")
+        return Exit.FAILURE

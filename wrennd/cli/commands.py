@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import base64
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from wrennd.cli.exits import Exit
 from wrennd.cli.render import (
@@ -36,6 +36,8 @@ class Command:
     arguments: Callable[[argparse.ArgumentParser], None] = lambda _: None
     # The exit status taken from the result (exec: the remote command's exit code).
     exit_status: Callable[[Any], int] | None = None
+    # Commands made of several calls (cp, shell) run here instead of one ``method`` call.
+    run: Callable[[argparse.Namespace, Any, TextIO, TextIO], Awaitable[Any]] | None = None
 
 
 def _stats_args(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +79,11 @@ def _create_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, help="seconds until the timeout action (ttl_action)")
     p.add_argument("--env", action="append", metavar="KEY=VALUE")
     p.add_argument("--meta", action="append", metavar="KEY=VALUE")
+    _quiet_arg(p)
+
+
+def _quiet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the new sandbox's id")
 
 
 def _create_params(a: argparse.Namespace) -> dict[str, Any]:
@@ -88,8 +95,11 @@ def _create_params(a: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-def _id_arg(p: argparse.ArgumentParser) -> None:
+def id_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("id", help="sandbox id (sb-...)")
+
+
+_id_arg = id_arg
 
 
 def _path_args(p: argparse.ArgumentParser) -> None:
@@ -224,6 +234,7 @@ def _clone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("template", help="template name")
     p.add_argument("--timeout", type=float, help="seconds until the timeout action")
     p.add_argument("--meta", action="append", metavar="KEY=VALUE")
+    _quiet_arg(p)
 
 
 def _clone_params(a: argparse.Namespace) -> dict[str, Any]:

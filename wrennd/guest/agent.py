@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from wrennd.guest import agent_fs as fs
+from wrennd.guest import agent_session
 from wrennd.guest import protocol as p
 from wrennd.guest.agent_proc import Defaults, Job, ProcessTable, abandon, spawn
 
@@ -163,6 +164,11 @@ async def exec_(request: web.Request) -> web.StreamResponse:
     await _until_disconnect(request, job.run(emit))
     await resp.write_eof()
     return resp
+
+
+async def exec_session(request: web.Request) -> web.StreamResponse:
+    agent = _agent(request)
+    return await agent_session.session(request, agent.defaults, agent.root)
 
 
 async def process_start(request: web.Request) -> web.Response:
@@ -350,6 +356,7 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_post("/init", init)
     app.router.add_post("/exec", exec_)
+    app.router.add_get("/exec/session", exec_session)
     app.router.add_post("/processes", process_start)
     app.router.add_get("/processes", process_list)
     app.router.add_get("/processes/{id}", process_info)

@@ -40,7 +40,7 @@ class Defaults:
     user: str | None = None
 
 
-def _spawn_args(spec: p.CommandSpec, defaults: Defaults, root: Root) -> dict[str, Any]:
+def spawn_args(spec: p.CommandSpec, defaults: Defaults, root: Root) -> dict[str, Any]:
     user = spec.user or defaults.user
     try:
         pw = pwd.getpwnam(user) if user else pwd.getpwuid(os.getuid())
@@ -75,7 +75,7 @@ def _spawn_args(spec: p.CommandSpec, defaults: Defaults, root: Root) -> dict[str
 
 async def spawn(spec: p.CommandSpec, defaults: Defaults, root: Root) -> asyncio.subprocess.Process:
     argv = spec.command()
-    args = _spawn_args(spec, defaults, root)
+    args = spawn_args(spec, defaults, root)
     stdin = asyncio.subprocess.PIPE if spec.stdin else asyncio.subprocess.DEVNULL
     try:
         return await asyncio.create_subprocess_exec(

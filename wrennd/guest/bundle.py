@@ -16,7 +16,14 @@ import shutil
 import sys
 from pathlib import Path
 
-GUEST_MODULES = ("__init__.py", "protocol.py", "agent_fs.py", "agent_proc.py", "agent.py")
+GUEST_MODULES = (
+    "__init__.py",
+    "protocol.py",
+    "agent_fs.py",
+    "agent_proc.py",
+    "agent_session.py",
+    "agent.py",
+)
 SOURCE = Path(__file__).resolve().parent
 
 

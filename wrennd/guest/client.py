@@ -20,6 +20,7 @@ import aiohttp
 
 from wrennd.guest import protocol as p
 from wrennd.guest.protocol import CommandSpec, Event, Exited, FileInfo, Output, ProcessInfo
+from wrennd.guest.session import GuestSession
 
 STREAM_CHUNK = 256 * 1024
 
@@ -178,13 +179,21 @@ class GuestClient:
     ) -> None:
         await self.close()
 
-    async def _call(self, method: str, path: str, *, idempotent: bool, **kw: Any) -> Any:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        http_timeout: aiohttp.ClientTimeout | None = None,
+        **kw: Any,
+    ) -> Any:
         """One JSON request; connection failures of idempotent calls are retried."""
         attempts = self.retries + 1 if idempotent else 1
         for attempt in range(attempts):
             try:
                 async with self._session.request(
-                    method, self.base_url + path, timeout=self.timeout, **kw
+                    method, self.base_url + path, timeout=http_timeout or self.timeout, **kw
                 ) as resp:
                     await _raise_for(resp)
                     return await resp.json()
@@ -257,6 +266,17 @@ class GuestClient:
         stdout, stderr = b"".join(out["stdout"]), b"".join(out["stderr"])
         return ExecResult(pid, stdout, stderr, exit_.code, exit_.signal, exit_.timed_out)
 
+    async def session(
+        self, spec: CommandSpec, *, pty: bool = False, rows: int = 24, cols: int = 80
+    ) -> GuestSession:
+        """An interactive command: stdin streamed in, optionally on a terminal."""
+        url = self.base_url + "/exec/session"
+        try:
+            opening = GuestSession.open(self._session, url, spec, pty=pty, rows=rows, cols=cols)
+            return await asyncio.wait_for(opening, self.timeout.total)
+        except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+            raise AgentUnavailable(f"GET /exec/session: {exc!r}") from exc
+
     async def start(self, spec: CommandSpec) -> ProcessInfo:
         obj = await self._call("POST", "/processes", idempotent=False, json=spec.to_json())
         return ProcessInfo.from_json(obj)
@@ -310,7 +330,11 @@ class GuestClient:
         for key, num in (("uid", uid), ("gid", gid)):
             if num is not None:
                 params[key] = str(num)
-        obj = await self._call("PUT", "/files", idempotent=False, params=params, data=data)
+        # A streamed body takes as long as its source: no total deadline, only on connecting.
+        timeout = self.timeout if isinstance(data, bytes) else self.stream_timeout
+        obj = await self._call(
+            "PUT", "/files", idempotent=False, http_timeout=timeout, params=params, data=data
+        )
         return FileInfo.from_json(obj)
 
     async def stat(self, path: str) -> FileInfo:

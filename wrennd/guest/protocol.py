@@ -355,8 +355,31 @@ def float_field(obj: JSON, key: str) -> float | None:
     return _nonneg(obj, key)
 
 
+def int_field(obj: JSON, key: str, default: int, low: int, high: int) -> int:
+    value = int(_get(obj, key, int, default))
+    if not low <= value <= high:
+        raise ProtocolError(f"field {key!r}: {value} is not in {low}..{high}")
+    return value
+
+
+def get_str(obj: JSON, key: str) -> str:
+    value = _get(obj, key, str)
+    if value is None:
+        raise ProtocolError(f"field {key!r} is required")
+    return str(value)
+
+
+# The fields of a CommandSpec on the wire (a session's first message carries more).
+SPEC_FIELDS = ("argv", "shell", "env", "cwd", "user", "stdin", "timeout")
+
+
 def error_body(code: str, message: str, **extra: Any) -> JSON:
     return {"error": {"code": code, "message": message, **extra}}
+
+
+def error_line(code: str, message: str, **extra: Any) -> str:
+    """An error as a session (WebSocket) message."""
+    return json.dumps({"type": "error", **error_body(code, message, **extra)["error"]})
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,9 @@ class MethodTable:
         """Decorator form of ``add``."""
 
         def decorate(handler: Handler) -> Handler:
-            self.add(Method(name, handler, params, kind, mutating, positional, rest, doc))
+            # Without ``doc`` the handler's docstring describes the method (host.methods, docs).
+            text = doc or " ".join((handler.__doc__ or "").split())
+            self.add(Method(name, handler, params, kind, mutating, positional, rest, text))
             return handler
 
         return decorate

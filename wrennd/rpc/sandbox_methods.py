@@ -11,110 +11,72 @@ wrennd.rpc.errors; the shapes of results are wrennd.rpc.views'.
 from __future__ import annotations
 
 import base64
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from wrennd.rpc import errors as rpc
-from wrennd.rpc import views
+from wrennd.rpc import exec_methods, transfer_methods, views
+from wrennd.rpc.exec_methods import ENCODING, EXEC, b64, encode, spec
 from wrennd.rpc.methods import CallContext, Kind, MethodTable
-from wrennd.sandbox import (
-    CommandSpec,
-    Exited,
-    LifecycleError,
-    Output,
-    Progress,
-    ProtocolError,
-    SandboxService,
-    SandboxState,
-    Started,
-    b64decode,
-)
+from wrennd.rpc.schemas import ID, NAME, PATH, STR_MAP, obj, translated
+from wrennd.sandbox import Output, Progress, SandboxService, SandboxState
 
-_ID = {"type": "string", "pattern": "^sb-[0-9a-f]{12}$"}
-_STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-_PATH = {"type": "string", "minLength": 1, "maxLength": 4096}
-# How long a files or process call may take (seconds; default: the host's guest_timeout).
-_TIMEOUT = {"type": "number", "exclusiveMinimum": 0}
+# sandbox.files.read answers in one message: larger files go through sandbox.files.download.
+READ_MAX_BYTES = 2 << 20
 
-
-def _obj(required: list[str], **props: Any) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": props,
-        "required": required,
-        "additionalProperties": False,
-    }
-
-
-_NAME = {"type": "string", "minLength": 1, "maxLength": 64}
 CREATE = {
-    **_obj(
+    **obj(
         [],
-        image=_NAME,
-        template=_NAME,
+        image=NAME,
+        template=NAME,
         vcpus={"type": "integer", "minimum": 1, "maximum": 32},
         memory_mib={"type": "integer", "minimum": 16, "maximum": 1 << 20},
         timeout_s={"type": ["number", "null"], "exclusiveMinimum": 0},
-        env=_STR_MAP,
-        metadata=_STR_MAP,
+        env=STR_MAP,
+        metadata=STR_MAP,
     ),
     "oneOf": [{"required": ["image"]}, {"required": ["template"]}],
 }
-IMAGE_REGISTER = _obj(["name", "path"], name=_NAME, path=_PATH)
-PROCESS = _obj(
-    ["id", "process"], id=_ID, process={"type": "string", "minLength": 1}, timeout=_TIMEOUT
-)
-SIGNAL = _obj(
+IMAGE_REGISTER = obj(["name", "path"], name=NAME, path=PATH)
+PROCESS = obj(["id", "process"], id=ID, process={"type": "string", "minLength": 1})
+OUTPUT = obj(
     ["id", "process"],
-    id=_ID,
+    id=ID,
+    process={"type": "string", "minLength": 1},
+    follow={"type": "boolean", "description": "keep streaming until the process exits"},
+    since={"type": "integer", "minimum": 0, "description": "first output seq to send"},
+    encoding=ENCODING,
+)
+SIGNAL = obj(
+    ["id", "process"],
+    id=ID,
     process={"type": "string", "minLength": 1},
     signal={"type": ["integer", "string"]},
     group={"type": "boolean"},
-    timeout=_TIMEOUT,
 )
-TEMPLATE_CREATE = _obj(["name", "sandbox_id"], name=_NAME, sandbox_id=_ID)
-BY_NAME = _obj(["name"], name=_NAME)
-BY_ID = _obj(["id"], id=_ID)
-PROCESS_LIST = _obj(["id"], id=_ID, timeout=_TIMEOUT)
-LIST = _obj([], state={"enum": [s.value for s in SandboxState]}, metadata=_STR_MAP)
-SET_TIMEOUT = _obj(["id", "timeout_s"], id=_ID, timeout_s={"type": ["number", "null"]})
-EXEC = {
-    **_obj(
-        ["id"],
-        id=_ID,
-        argv={"type": "array", "items": {"type": "string"}, "minItems": 1},
-        shell={"type": "string"},
-        env=_STR_MAP,
-        cwd=_PATH,
-        user={"type": "string"},
-        stdin={"type": "string", "description": "base64"},
-        timeout={"type": "number", "exclusiveMinimum": 0},
-        stream={"type": "boolean"},
-    ),
-    "oneOf": [{"required": ["argv"]}, {"required": ["shell"]}],
+TEMPLATE_CREATE = obj(["name", "sandbox_id"], name=NAME, sandbox_id=ID)
+BY_NAME = obj(["name"], name=NAME)
+BY_ID = obj(["id"], id=ID)
+LIST = obj([], state={"enum": [s.value for s in SandboxState]}, metadata=STR_MAP)
+SET_TIMEOUT = obj(["id", "timeout_s"], id=ID, timeout_s={"type": ["number", "null"]})
+FILE = obj(["id", "path"], id=ID, path=PATH)
+_START_FIELDS = ("id", "argv", "shell", "env", "cwd", "user", "stdin", "timeout")
+PROCESS_START = {
+    **obj(["id"], **{k: v for k, v in EXEC["properties"].items() if k in _START_FIELDS}),
+    "oneOf": EXEC["oneOf"],
 }
-FILE = _obj(["id", "path"], id=_ID, path=_PATH, timeout=_TIMEOUT)
-WRITE = _obj(
+WRITE = obj(
     ["id", "path", "data"],
-    id=_ID,
-    path=_PATH,
+    id=ID,
+    path=PATH,
     data={"type": "string", "description": "base64"},
     mode={"type": "integer", "minimum": 0, "maximum": 0o7777},
-    timeout=_TIMEOUT,
 )
-MKDIR = _obj(["id", "path"], id=_ID, path=_PATH, parents={"type": "boolean"}, timeout=_TIMEOUT)
-REMOVE = _obj(["id", "path"], id=_ID, path=_PATH, recursive={"type": "boolean"}, timeout=_TIMEOUT)
-
-
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    """Sandbox-layer errors as the API's typed errors, through the one code table."""
-    try:
-        yield
-    except LifecycleError as e:
-        raise rpc.from_code(e.code, str(e), e.data) from e
+MKDIR = obj(["id", "path"], id=ID, path=PATH, parents={"type": "boolean"})
+REMOVE = obj(["id", "path"], id=ID, path=PATH, recursive={"type": "boolean"})
+_translated = translated
+_b64 = b64
+_spec = spec
 
 
 def _progress(ctx: CallContext) -> Progress:
@@ -124,53 +86,6 @@ def _progress(ctx: CallContext) -> Progress:
     return report
 
 
-def _b64(text: str, field: str) -> bytes:
-    try:
-        return b64decode(text, field)
-    except ProtocolError as e:
-        raise rpc.InvalidParams(str(e), errors=[{"path": f"/{field}", "message": str(e)}]) from e
-
-
-# The command fields of sandbox.exec and sandbox.process.start are CommandSpec's wire shape:
-# one decoder (the guest protocol's) reads them on both sides of the agent.
-_SPEC_FIELDS = ("argv", "shell", "env", "cwd", "user", "stdin", "timeout")
-
-
-def _spec(params: dict[str, Any]) -> CommandSpec:
-    try:
-        return CommandSpec.from_json({k: params[k] for k in _SPEC_FIELDS if k in params})
-    except ProtocolError as e:
-        raise rpc.InvalidParams(str(e), errors=[{"path": "", "message": str(e)}]) from e
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", "replace")
-
-
-async def _exec_streamed(
-    service: SandboxService, ctx: CallContext, sid: str, spec: CommandSpec
-) -> dict[str, Any]:
-    pid, exited = 0, None
-    async with service.guest(sid, service.command_deadline(spec)) as guest:
-        events = guest.exec(spec)
-        try:
-            async for event in events:
-                if isinstance(event, Output):
-                    await ctx.notify("stream", {"stream": event.stream, "data": _text(event.data)})
-                elif isinstance(event, Started):
-                    pid = event.pid
-                elif isinstance(event, Exited):
-                    exited = event
-        finally:
-            # Leaving early drops the connection: the agent kills the command.
-            close = getattr(events, "aclose", None)
-            if close is not None:
-                await close()
-    if exited is None:
-        raise rpc.GuestFailure("the command's output ended without its exit status")
-    return {"pid": pid, "code": exited.code, "signal": exited.signal, "timed_out": exited.timed_out}
-
-
 def register(methods: MethodTable, service: SandboxService) -> None:
     _register_lifecycle(methods, service)
     _register_templates(methods, service)
@@ -178,6 +93,8 @@ def register(methods: MethodTable, service: SandboxService) -> None:
     _register_processes(methods, service)
     _register_queries(methods, service)
     _register_files(methods, service)
+    exec_methods.register(methods, service)
+    transfer_methods.register(methods, service)
 
 
 def _register_lifecycle(methods: MethodTable, service: SandboxService) -> None:
@@ -186,6 +103,7 @@ def _register_lifecycle(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("sandbox.create", params=CREATE, kind=life, mutating=True)
     async def create(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Boot a sandbox from an image, or clone one from a template (progress: stages)."""
         with _translated():
             sb = await lifecycle.create(
                 p.get("image"),
@@ -201,22 +119,26 @@ def _register_lifecycle(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("sandbox.pause", params=BY_ID, kind=life, mutating=True)
     async def pause(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Snapshot a running sandbox to disk and stop its VM (progress: stages)."""
         with _translated():
             return views.sandbox(service, await lifecycle.pause(p["id"], _progress(ctx)))
 
     @methods.register("sandbox.resume", params=BY_ID, kind=life, mutating=True)
     async def resume(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Start a paused sandbox from its snapshot, memory paged in lazily (progress)."""
         with _translated():
             return views.sandbox(service, await lifecycle.resume(p["id"], _progress(ctx)))
 
     @methods.register("sandbox.destroy", params=BY_ID, kind=life, mutating=True)
     async def destroy(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Stop a sandbox and remove everything it has."""
         with _translated():
             await lifecycle.destroy(p["id"])
         return {"id": p["id"], "destroyed": True}
 
     @methods.register("sandbox.set_timeout", params=SET_TIMEOUT, mutating=True)
     async def set_timeout(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Set (seconds from now) or clear (null) the sandbox's timeout."""
         with _translated():
             return views.sandbox(service, await lifecycle.set_timeout(p["id"], p["timeout_s"]))
 
@@ -224,74 +146,78 @@ def _register_lifecycle(methods: MethodTable, service: SandboxService) -> None:
 def _register_queries(methods: MethodTable, service: SandboxService) -> None:
     @methods.register("sandbox.get", params=BY_ID)
     async def get(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """One sandbox, with its host resource usage."""
         with _translated():
             sb = service.registry.get(p["id"])
             return {**views.sandbox(service, sb), "usage": await service.usage(sb)}
 
     @methods.register("sandbox.list", params=LIST)
     async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Every sandbox (optionally in one state, or with matching metadata), oldest first."""
         return {"sandboxes": views.sandboxes(service, p.get("state"), p.get("metadata"))}
-
-    @methods.register("sandbox.exec", params=EXEC, mutating=True)
-    async def exec_(ctx: CallContext, p: dict[str, Any]) -> Any:
-        spec = _spec(p)
-        with _translated():
-            if p.get("stream"):
-                return await _exec_streamed(service, ctx, p["id"], spec)
-            async with service.guest(p["id"], service.command_deadline(spec)) as guest:
-                r = await guest.run(spec)
-        return {
-            "pid": r.pid,
-            "code": r.code,
-            "signal": r.signal,
-            "timed_out": r.timed_out,
-            "stdout": _text(r.stdout),
-            "stderr": _text(r.stderr),
-        }
 
 
 def _register_files(methods: MethodTable, service: SandboxService) -> None:
     @methods.register("sandbox.files.read", params=FILE)
     async def read(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """A small file's bytes in one answer (base64; over 2 MiB: use sandbox.files.download)."""
         with _translated():
-            async with service.guest(p["id"], p.get("timeout")) as guest:
-                data = await guest.read_bytes(p["path"])
+            async with service.guest(p["id"]) as guest:
+                data = await _read_small(guest, p["path"])
         return {"path": p["path"], "size": len(data), "data": base64.b64encode(data).decode()}
 
     @methods.register("sandbox.files.write", params=WRITE, mutating=True)
     async def write(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Replace a small file with base64 data in one call (any size: sandbox.files.upload)."""
         data = _b64(p["data"], "data")
         with _translated():
-            async with service.guest(p["id"], p.get("timeout")) as guest:
+            async with service.guest(p["id"]) as guest:
                 info = await guest.write_file(p["path"], data, mode=p.get("mode"))
         return info.to_json()
 
     @methods.register("sandbox.files.stat", params=FILE)
     async def stat(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """A guest path's lstat."""
         with _translated():
-            async with service.guest(p["id"], p.get("timeout")) as guest:
+            async with service.guest(p["id"]) as guest:
                 return (await guest.stat(p["path"])).to_json()
 
     @methods.register("sandbox.files.list", params=FILE)
     async def list_dir(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """A guest directory's entries, sorted by name."""
         with _translated():
-            async with service.guest(p["id"], p.get("timeout")) as guest:
+            async with service.guest(p["id"]) as guest:
                 entries = await guest.list_dir(p["path"])
         return {"entries": [e.to_json() for e in entries]}
 
     @methods.register("sandbox.files.mkdir", params=MKDIR, mutating=True)
     async def mkdir(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Make a guest directory (with parents by default); created is false if it existed."""
         with _translated():
-            async with service.guest(p["id"], p.get("timeout")) as guest:
+            async with service.guest(p["id"]) as guest:
                 created = await guest.mkdir(p["path"], parents=p.get("parents", True))
         return {"created": created}
 
     @methods.register("sandbox.files.remove", params=REMOVE, mutating=True)
     async def remove(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Remove a guest file, or a directory tree with recursive."""
         with _translated():
-            async with service.guest(p["id"], p.get("timeout")) as guest:
+            async with service.guest(p["id"]) as guest:
                 await guest.remove(p["path"], recursive=p.get("recursive", False))
         return {"removed": True}
+
+
+async def _read_small(guest: Any, path: str) -> bytes:
+    parts, size = [], 0
+    async for chunk in guest.read_file(path):
+        size += len(chunk)
+        if size > READ_MAX_BYTES:
+            raise rpc.InvalidParams(
+                f"{path} is over {READ_MAX_BYTES} bytes: use sandbox.files.download",
+                errors=[{"path": "/path", "message": "file too large for one message"}],
+            )
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _register_templates(methods: MethodTable, service: SandboxService) -> None:
@@ -299,24 +225,28 @@ def _register_templates(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("template.create", params=TEMPLATE_CREATE, kind=Kind.LIFECYCLE, mutating=True)
     async def create(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Freeze a running or paused sandbox into a named template (progress: stages)."""
         with _translated():
             meta = await catalog.create(p["sandbox_id"], p["name"], _progress(ctx))
         return views.template(meta, [])
 
     @methods.register("template.get", params=BY_NAME)
     async def get(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """One template and the sandboxes cloned from it."""
         with _translated():
             meta = await catalog.get(p["name"])
         return views.template(meta, catalog.users(meta.name))
 
     @methods.register("template.list")
     async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Every template."""
         with _translated():
             metas = await catalog.all()
         return {"templates": [views.template(m, catalog.users(m.name)) for m in metas]}
 
     @methods.register("template.delete", params=BY_NAME, kind=Kind.LIFECYCLE, mutating=True)
     async def delete(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Delete a template no sandbox uses."""
         with _translated():
             await catalog.delete(p["name"])
         return {"name": p["name"], "deleted": True}
@@ -327,18 +257,21 @@ def _register_images(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("image.register", params=IMAGE_REGISTER, kind=Kind.LIFECYCLE, mutating=True)
     async def register_(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Register an ext4 file of this host as a base image."""
         with _translated():
             made = await catalog.register(p["name"], Path(p["path"]))
         return views.image(made, [])
 
     @methods.register("image.list")
     async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Every registered image and the sandboxes made from it."""
         with _translated():
             found = await catalog.all()
         return {"images": [views.image(i, catalog.users(i.name)) for i in found]}
 
     @methods.register("image.delete", params=BY_NAME, kind=Kind.LIFECYCLE, mutating=True)
     async def delete(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Delete an image no sandbox uses."""
         with _translated():
             await catalog.delete(p["name"])
         return {"name": p["name"], "deleted": True}
@@ -347,44 +280,52 @@ def _register_images(methods: MethodTable, service: SandboxService) -> None:
 def _register_processes(methods: MethodTable, service: SandboxService) -> None:
     """Background processes in the guest: they outlive the call that started them."""
 
-    @methods.register("sandbox.process.start", params=EXEC, mutating=True)
+    @methods.register("sandbox.process.start", params=PROCESS_START, mutating=True)
     async def start(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Start a background process in the guest; it outlives this call."""
         spec = _spec(p)
         with _translated():
             async with service.guest(p["id"]) as guest:
                 return (await guest.start(spec)).to_json()
 
-    @methods.register("sandbox.process.list", params=PROCESS_LIST)
+    @methods.register("sandbox.process.list", params=BY_ID)
     async def list_(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """The sandbox's background processes."""
         with _translated():
-            async with service.guest(p["id"], p.get("timeout")) as guest:
+            async with service.guest(p["id"]) as guest:
                 return {"processes": [x.to_json() for x in await guest.processes()]}
 
     @methods.register("sandbox.process.get", params=PROCESS)
     async def get(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """One background process."""
         with _translated():
-            async with service.guest(p["id"], p.get("timeout")) as guest:
+            async with service.guest(p["id"]) as guest:
                 return (await guest.process(p["process"])).to_json()
 
     @methods.register("sandbox.process.signal", params=SIGNAL, mutating=True)
     async def signal(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Send a signal to a background process (its process group by default)."""
         with _translated():
-            async with service.guest(p["id"], p.get("timeout")) as guest:
+            async with service.guest(p["id"]) as guest:
                 await guest.signal(p["process"], p.get("signal", 15), p.get("group", True))
         return {"signalled": True}
 
-    @methods.register("sandbox.process.output", params=PROCESS)
+    @methods.register("sandbox.process.output", params=OUTPUT)
     async def output(ctx: CallContext, p: dict[str, Any]) -> Any:
-        """The retained output so far (stream notifications), then the process's state."""
+        """Retained output (stream notifications; ``follow``: then live output until the
+        process exits), then the process's state."""
+        encoding = p.get("encoding", "base64")
         with _translated():
-            async with service.guest(p["id"], p.get("timeout")) as guest:
-                events = guest.attach(p["process"], follow=False)
+            async with service.guest(p["id"]) as guest:
+                events = guest.attach(
+                    p["process"], since=p.get("since", 0), follow=p.get("follow", False)
+                )
                 try:
                     async for event in events:
                         if isinstance(event, Output):
-                            await ctx.notify(
-                                "stream", {"stream": event.stream, "data": _text(event.data)}
-                            )
+                            data = encode(event.data, encoding)
+                            note = {"stream": event.stream, "data": data, "seq": event.seq}
+                            await ctx.notify("stream", note)
                 finally:
                     close = getattr(events, "aclose", None)
                     if close is not None:

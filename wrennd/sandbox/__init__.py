@@ -6,6 +6,7 @@ a command.  Lower packages stay behind it.
 """
 
 from wrennd.guest.protocol import CommandSpec, Exited, Output, ProtocolError, Started, b64decode
+from wrennd.guest.session import GuestSession
 from wrennd.sandbox.environment import Progress
 from wrennd.sandbox.errors import LifecycleError
 from wrennd.sandbox.images import ImageInfo
@@ -17,6 +18,7 @@ from wrennd.sandbox.templates import TemplateMeta
 __all__ = [
     "CommandSpec",
     "Exited",
+    "GuestSession",
     "ImageInfo",
     "LifecycleError",
     "Output",

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from wrennd.guest.client import AgentUnavailable, GuestError
+from wrennd.guest.session import SessionError
 from wrennd.storage.errors import BaseImageInUse, NoSpace, StorageError
 from wrennd.storage.holders import DriveInUse
 
@@ -184,6 +185,7 @@ _LIFTS: tuple[tuple[type[Exception], Callable[[Any], LifecycleError]], ...] = (
     (StorageError, lambda e: StorageFailed(str(e))),
     (GuestError, lambda e: GuestFailed(e.message, code=e.code, status=e.status)),
     (AgentUnavailable, lambda e: GuestUnavailable(str(e), reason="unreachable")),
+    (SessionError, lambda e: GuestFailed(e.message, code=e.code)),
 )
 
 

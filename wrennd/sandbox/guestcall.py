@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Callable
 
 from wrennd.guest.client import GuestClient
@@ -39,7 +40,7 @@ async def guest_call(
     """The guest of a running sandbox for the length of the block, within ``within``
     seconds (waiting for a lifecycle call to finish counts)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
+    deadline = None if math.isinf(within) else loop.time() + within
     sb = registry.get(sandbox_id)
     reason = "deadline"
     watcher: asyncio.Task[None] | None = None

@@ -10,6 +10,7 @@ left before the deadline.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -31,7 +32,9 @@ MARKERS = Path(os.environ["TEST_MARKER_DIR"])
 
 async def relay(ctx: CallContext, name: str, pipe: asyncio.StreamReader) -> None:
     while chunk := await pipe.read(4096):
-        await ctx.notify("stream", {"stream": name, "data": chunk.decode(errors="replace")})
+        # As sandbox.exec streams: the bytes, base64.
+        data = base64.b64encode(chunk).decode()
+        await ctx.notify("stream", {"stream": name, "data": data})
 
 
 def record(remaining: float) -> None:

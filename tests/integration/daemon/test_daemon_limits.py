@@ -138,7 +138,9 @@ async def test_a_large_message_in_many_small_writes_is_accepted(
     for off in range(0, len(line), 4096):
         writer.write(line[off : off + 4096])
         await writer.drain()
-    assert (await read_answer(reader))["result"] == 400_000
+    # Schema-checking 400,000 items takes a second here and over 10 s on a loaded
+    # machine; what is tested is that the message is accepted, not how fast.
+    assert (await read_answer(reader, within=120))["result"] == 400_000
     writer.close()
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,60 +21,10 @@ from typing import Any
 
 import pytest
 
-from wrennd.rpc.client import Client, ClientError, DaemonNotRunning, RemoteError
+from tests.integration.sandbox.running_daemon import Daemon
+from wrennd.rpc.client import Client, ClientError, RemoteError
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
-
-
-class Daemon:
-    def __init__(self, place: Any) -> None:
-        self.place = place
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = place.run_dir / "wrennd.log"
-        self.socket = place.run_dir / "wrennd.sock"
-
-    def start(self, **extra: str) -> None:
-        p = self.place
-        env = {
-            **os.environ,
-            "WRENND_STATE_DIR": str(p.state_dir),
-            "WRENND_RUN_DIR": str(p.run_dir),
-            "WRENND_SOCKET_GROUP": "wrennd-test-no-such-group",
-            "WRENND_FIRECRACKER_BIN": "/nonexistent/firecracker",
-            "WRENND_KERNEL": str(p.kernel),
-            "WRENND_STORAGE_BACKEND": "reflink",
-            "WRENND_NETWORK_PREFIX": p.prefix,
-            "WRENND_NFT_TABLE": p.table,
-            "WRENND_HOST_NETNS": str(p.bed.host_path),
-            "WRENND_MAX_GENERATIONS": "4",
-            "WRENND_SHUTDOWN_TIMEOUT": "60",
-            **extra,
-        }
-        env.pop("NOTIFY_SOCKET", None)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "wrennd.daemon"], env=env, stderr=out, stdout=out
-            )
-
-    async def client(self) -> Client:
-        deadline = time.monotonic() + 30
-        while True:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
-            try:
-                c = await Client.connect(self.socket)
-                await c.call("host.info")
-                return c
-            except DaemonNotRunning:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
-
-    def stop(self, sig: signal.Signals) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        rc = self.proc.wait(90)
-        self.proc = None
-        return rc
 
 
 @pytest.fixture
@@ -105,11 +53,20 @@ async def test_api_end_to_end(client: Client, place: Any) -> None:
     created = await client.call("sandbox.create", {"image": "base", "memory_mib": 64})
     sid = created["id"]
     got = await client.call("sandbox.exec", {"id": sid, "shell": "echo hi; exit 3"})
-    assert (got["stdout"], got["code"]) == ("hi\n", 3)
+    assert (base64.b64decode(got["stdout"]), got["code"]) == (b"hi\n", 3)
+    raw = await client.call("sandbox.exec", {"id": sid, "argv": ["printf", "\\000\\377"]})
+    assert base64.b64decode(raw["stdout"]) == b"\x00\xff" and raw["encoding"] == "base64"
+    text = await client.call("sandbox.exec", {"id": sid, "shell": "echo hi", "encoding": "text"})
+    assert text["stdout"] == "hi\n"
     chunks: list[dict[str, Any]] = []
     streamed = await client.call(
         "sandbox.exec",
-        {"id": sid, "argv": ["sh", "-c", "echo one; echo two >&2"], "stream": True},
+        {
+            "id": sid,
+            "argv": ["sh", "-c", "echo one; echo two >&2"],
+            "stream": True,
+            "encoding": "text",
+        },
         on_notification=lambda m, p: chunks.append(p),
     )
     assert streamed["code"] == 0
@@ -554,18 +511,18 @@ async def test_background_processes(client: Client) -> None:
     proc = started["id"]
     listed = (await client.call("sandbox.process.list", {"id": sid}))["processes"]
     assert [p["id"] for p in listed if p["running"]] == [proc]
-    chunks: list[str] = []
+    chunks: list[bytes] = []
     for _ in range(50):
         chunks.clear()
         await client.call(
             "sandbox.process.output",
             {"id": sid, "process": proc},
-            on_notification=lambda m, p: chunks.append(p["data"]),
+            on_notification=lambda m, p: chunks.append(base64.b64decode(p["data"])),
         )
-        if "".join(chunks):
+        if b"".join(chunks):
             break
         await asyncio.sleep(0.1)
-    assert "".join(chunks) == "started\n"
+    assert b"".join(chunks) == b"started\n"  # output is bytes, base64 on the wire
     await client.call("sandbox.process.signal", {"id": sid, "process": proc, "signal": 15})
     for _ in range(50):
         got = await client.call("sandbox.process.get", {"id": sid, "process": proc})

@@ -336,7 +336,7 @@ async function exec(ev) {
   out.textContent = "";
   $("#exec-status").textContent = "running…";
   try {
-    const r = await rpc.call("sandbox.exec", { id: state.selected, shell: $("#exec-cmd").value, stream: true },
+    const r = await rpc.call("sandbox.exec", { id: state.selected, shell: $("#exec-cmd").value, stream: true, encoding: "text" },
       (kind, p) => { if (kind === "stream") out.append(el("span", { class: p.stream }, p.data)); });
     $("#exec-status").textContent = r.signal ? `killed by signal ${r.signal}` : `exit code ${r.code}`;
     $("#exec-status").dataset.code = String(r.code);

@@ -1,0 +1,68 @@
+"""A real wrennd process on a test's place (state dir, run dir, test-bed network, fcsim)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from wrennd.rpc.client import Client, DaemonNotRunning
+
+
+class Daemon:
+    def __init__(self, place: Any) -> None:
+        self.place = place
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = place.run_dir / "wrennd.log"
+        self.socket = place.run_dir / "wrennd.sock"
+
+    def start(self, **extra: str) -> None:
+        p = self.place
+        env = {
+            **os.environ,
+            "WRENND_STATE_DIR": str(p.state_dir),
+            "WRENND_RUN_DIR": str(p.run_dir),
+            "WRENND_SOCKET_GROUP": "wrennd-test-no-such-group",
+            "WRENND_FIRECRACKER_BIN": "/nonexistent/firecracker",
+            "WRENND_KERNEL": str(p.kernel),
+            "WRENND_STORAGE_BACKEND": "reflink",
+            "WRENND_NETWORK_PREFIX": p.prefix,
+            "WRENND_NFT_TABLE": p.table,
+            "WRENND_HOST_NETNS": str(p.bed.host_path),
+            "WRENND_MAX_GENERATIONS": "4",
+            "WRENND_SHUTDOWN_TIMEOUT": "60",
+            **extra,
+        }
+        env.pop("NOTIFY_SOCKET", None)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "wrennd.daemon"], env=env, stderr=out, stdout=out
+            )
+
+    async def client(self) -> Client:
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+            try:
+                c = await Client.connect(self.socket)
+                await c.call("host.info")
+                return c
+            except DaemonNotRunning:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    def stop(self, sig: signal.Signals) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(90)
+        self.proc = None
+        return rc
+
+    def env(self) -> dict[str, str]:
+        """What a client process needs to find this daemon (wrennctl, the SDK, examples)."""
+        return {**os.environ, "WRENND_SOCKET": str(self.socket)}
