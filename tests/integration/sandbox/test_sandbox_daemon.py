@@ -158,7 +158,8 @@ async def _last_count(c: Client, sid: str, process: str) -> int:
             out.append(p["data"])
 
     await c.call("sandbox.process.output", {"id": sid, "process": process}, on_stream)
-    return int("".join(out).split()[-1])
+    text = b"".join(base64.b64decode(chunk) for chunk in out).decode()
+    return int(text.split()[-1])
 
 
 async def test_kill9_keeps_running_sandboxes(daemon: Daemon, place: Any) -> None:
@@ -187,7 +188,7 @@ async def test_kill9_keeps_running_sandboxes(daemon: Daemon, place: Any) -> None
         proc = await c.call("sandbox.process.get", {"id": sid, "process": procs[sid]["id"]})
         assert proc["pid"] == procs[sid]["pid"] and proc["running"], proc
         assert await _last_count(c, sid, procs[sid]["id"]) > before[sid]  # counted on
-        ran = await c.call("sandbox.exec", {"id": sid, "shell": "echo ok"})
+        ran = await c.call("sandbox.exec", {"id": sid, "shell": "echo ok", "encoding": "text"})
         assert ran["stdout"] == "ok\n"
         await c.call("sandbox.files.write", {"id": sid, "path": "/root/f", "data": b64(b"F")})
     # Pause and resume work on an adopted sandbox; destroy releases everything.
@@ -241,7 +242,7 @@ async def test_keep_alive_restart(daemon: Daemon, place: Any) -> None:
     c = await daemon.client()
     got = await c.call("sandbox.get", {"id": booted})
     assert got["state"] == "running" and got["vmm"]["pid"] == pid, got
-    assert (await c.call("sandbox.exec", {"id": booted, "shell": "echo kept"}))[
+    assert (await c.call("sandbox.exec", {"id": booted, "shell": "echo kept", "encoding": "text"}))[
         "stdout"
     ] == "kept\n"
     await c.close()
@@ -329,7 +330,9 @@ async def test_kill9_keeps_a_resumed_sandbox_whose_engine_detached(
     assert got["recovered_from"] is None
     read = await c.call("sandbox.files.read", {"id": sid, "path": "/root/k"})
     assert base64.b64decode(read["data"]) == b"K"
-    assert (await c.call("sandbox.exec", {"id": sid, "shell": "echo on"}))["stdout"] == "on\n"
+    assert (await c.call("sandbox.exec", {"id": sid, "shell": "echo on", "encoding": "text"}))[
+        "stdout"
+    ] == "on\n"
     await c.call("sandbox.pause", {"id": sid})
     await c.call("sandbox.resume", {"id": sid})
     await c.call("sandbox.destroy", {"id": sid})
