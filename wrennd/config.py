@@ -201,6 +201,10 @@ class Settings:
     nft_table: str = _setting("wrennd", _nft_name, "an nftables table name")
     host_netns: Path | None = _setting(None, _opt_path, "an absolute path or empty")
     ttl_action: str = _setting("pause", _choice(*TTL_ACTIONS), "pause or destroy")
+    # Guest memory the running sandboxes may declare together, in percent of the host's
+    # RAM; a create or resume beyond it is refused as resource_exhausted (memory is
+    # touched lazily, so more than 100 is a deliberate overcommit).
+    memory_overcommit_percent: int = _setting(100, _pos_int, "a positive integer (percent)")
     use_jailer: bool = _setting(False, _bool, "true or false")
     # Seconds a guest call (exec without its own timeout, files, processes) may take
     # before it ends with guest_unavailable; an exec's own timeout extends it.

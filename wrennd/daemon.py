@@ -26,7 +26,7 @@ from typing import Any
 
 import uvloop
 
-from wrennd import __version__, config, features, log
+from wrennd import __version__, config, features, log, permissions
 from wrennd.listener import Listener, ListenerError, open_listener
 from wrennd.log import kv
 from wrennd.metrics import LoopLag, Sections
@@ -264,6 +264,11 @@ def wire(daemon: Daemon) -> None:
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="wrennd", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="TOML settings file")
+    parser.add_argument(
+        "--fix-permissions",
+        action="store_true",
+        help="take group and other access away from everything in state_dir",
+    )
     parser.add_argument("--version", action="version", version=f"wrennd {__version__}")
     return parser.parse_args(argv)
 
@@ -278,6 +283,8 @@ def main(argv: Sequence[str] | None = None, extend: Callable[[Daemon], None] | N
         return EXIT_CONFIG
     log.setup(settings.log_level)
     raise_fd_limit()
+    # Everything the daemon and its VMMs create is private, whatever umask started us.
+    permissions.private_umask()
     notifier = Notifier.from_env()
     try:
         listener = open_listener(settings.socket_path, settings.socket_group)
@@ -287,6 +294,8 @@ def main(argv: Sequence[str] | None = None, extend: Callable[[Daemon], None] | N
     daemon = Daemon(settings, listener, notifier, args.config)
     # Blocking probes (VMM --version, storage backend) run here, before the loop and READY=1.
     try:
+        permissions.make_state_dir(settings.state_dir)
+        permissions.check(settings.state_dir, fix=args.fix_permissions)
         wire(daemon)
     except (OSError, ValueError, StorageError) as e:
         logger.error("cannot start", extra=kv(error=e))

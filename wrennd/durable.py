@@ -103,7 +103,7 @@ class Staged:
 
 
 @contextlib.contextmanager
-def staged(path: Path, mode: int = 0o644) -> Iterator[Staged]:
+def staged(path: Path, mode: int = 0o600) -> Iterator[Staged]:
     """A temporary file beside ``path`` (mode ``mode`` whatever the umask); removed on exit
     unless published.  It holds an flock while open: a crash releases it, and only
     then may ``remove_stale_temps`` take the file."""
@@ -122,14 +122,14 @@ def staged(path: Path, mode: int = 0o644) -> Iterator[Staged]:
 
 
 @contextlib.contextmanager
-def replacing(path: Path, mode: int = 0o644) -> Iterator[int]:
+def replacing(path: Path, mode: int = 0o600) -> Iterator[int]:
     """The fd of a new file that replaces ``path`` atomically on normal exit."""
     with staged(path, mode) as st:
         yield st.fd
         st.publish()
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data``, atomically and durably."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"atomic_write takes bytes, not {type(data).__name__}")
@@ -137,7 +137,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         write_all(fd, bytes(data))
 
 
-def atomic_write_json(path: Path, obj: Any, mode: int = 0o644) -> None:
+def atomic_write_json(path: Path, obj: Any, mode: int = 0o600) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), mode)
 
 

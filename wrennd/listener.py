@@ -77,7 +77,10 @@ def _group_id(name: str) -> int | None:
 def create(path: Path, group: str) -> Listener:
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise ListenerError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes")
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Clients in the socket's group must reach it; the daemon's umask (077) would not let them.
+        path.parent.chmod(0o755)
     if path.is_socket() and _in_use(path):
         raise ListenerError(f"another process is already serving on {path}")
     if path.exists() and not path.is_socket():

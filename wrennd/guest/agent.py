@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -32,6 +33,9 @@ from wrennd.guest.agent_proc import Defaults, Job, ProcessTable, abandon, spawn
 FILE_CHUNK = 256 * 1024
 MAX_JSON_BODY = 16 << 20  # exec stdin travels inside the JSON body
 DEFAULT_THAW_AFTER = 60.0  # seconds a frozen filesystem waits for the host's thaw
+# Seconds sync + FIFREEZE may take before prepare answers that it could not (below the
+# host client's 30 s request timeout, so the host hears why).
+DEFAULT_PREPARE_DEADLINE = 20.0
 CLOCK_TOLERANCE_NS = 50_000_000  # smaller drifts are not worth stepping the clock
 T = TypeVar("T")
 
@@ -297,9 +301,20 @@ async def file_remove(request: web.Request) -> web.Response:
 
 
 async def snapshot_prepare(request: web.Request) -> web.Response:
+    """Sync and freeze within ``deadline`` seconds, or answer that it could not: a guest
+    whose writers keep sync busy must not hold the host's pause beyond its own deadline."""
     agent = _agent(request)
-    thaw_after = p.float_field(await _body(request), "thaw_after") or DEFAULT_THAW_AFTER
-    await agent.blocking(agent.freezer.freeze, thaw_after)
+    body = await _body(request)
+    thaw_after = p.float_field(body, "thaw_after") or DEFAULT_THAW_AFTER
+    deadline = p.float_field(body, "deadline") or DEFAULT_PREPARE_DEADLINE
+    abandoned = threading.Event()
+    work = asyncio.ensure_future(agent.blocking(agent.freezer.freeze, thaw_after, abandoned))
+    done, _ = await asyncio.wait([work], timeout=deadline)
+    if not done:
+        abandoned.set()
+        work.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+        raise fs.AgentError(p.CONFLICT, f"sync and freeze did not finish within {deadline} s")
+    work.result()
     return _json({"frozen": True, "thaw_after": thaw_after})
 
 

@@ -249,10 +249,17 @@ class Freezer:
         self._lock = threading.Lock()  # the auto-thaw timer runs in its own thread
         self._timer: threading.Timer | None = None
 
-    def freeze(self, thaw_after: float) -> None:
-        """Sync and freeze; answers only once frozen. Thaws by itself after ``thaw_after`` s."""
+    def freeze(self, thaw_after: float, abandoned: threading.Event | None = None) -> None:
+        """Sync and freeze; answers only once frozen. Thaws by itself after ``thaw_after`` s.
+
+        ``abandoned`` set means the caller stopped waiting (its deadline passed): a freeze
+        that completes after that is undone at once, since nobody will snapshot or thaw.
+        """
         with self._lock:
             self._freeze()
+            if abandoned is not None and abandoned.is_set():
+                self._thaw()
+                raise AgentError(p.CONFLICT, "frozen after the caller's deadline: thawed again")
             # A thread, not the event loop: if anything on the loop ever blocks on
             # the frozen filesystem, the timer still thaws it.
             self._timer = threading.Timer(thaw_after, self.thaw)

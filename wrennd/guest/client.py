@@ -360,9 +360,12 @@ class GuestClient:
 
     # snapshots and metrics
 
-    async def prepare_snapshot(self, thaw_after: float | None = None) -> None:
-        """Sync and freeze the guest's root filesystem; returns once it is frozen."""
-        body = {"thaw_after": thaw_after}
+    async def prepare_snapshot(
+        self, thaw_after: float | None = None, deadline: float | None = None
+    ) -> None:
+        """Sync and freeze the guest's root filesystem; returns once it is frozen, or
+        Conflict when that did not happen within ``deadline`` s (the agent's default)."""
+        body = {"thaw_after": thaw_after, "deadline": deadline}
         await self._call("POST", "/snapshot/prepare", idempotent=False, json=body)
 
     async def thaw(self) -> bool:

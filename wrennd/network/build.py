@@ -217,4 +217,7 @@ def remove(host: HostContext, addrs: SlotAddresses) -> None:
             remove_elements(hnft, naming.table, naming.host_veth(addrs.slot), addrs.host_address)
             _delete_marked_veth(hipr, naming.host_veth(addrs.slot))
         remove_namespace(naming.netns(addrs.slot), links.MARK_SANDBOX, hfd)
+        # A simulated guest's namespace outlives a VMM that was killed (fcsim removes
+        # it when it exits cleanly): left behind, it would make the slot unusable.
+        remove_namespace(naming.guest_netns(addrs.slot), links.MARK_GUEST, hfd)
     log.debug("network removed", extra=kv(slot=addrs.slot))

@@ -138,7 +138,35 @@ class Method:
                 f"Invalid params for {self.name}",
                 errors=[_describe(e) for e in errors[:MAX_REPORTED_ERRORS]],
             )
+        bad = _unencodable(params, "")
+        if bad is not None:
+            raise InvalidParams(
+                f"Invalid params for {self.name}",
+                errors=[{"path": bad, "message": "text with a lone UTF-16 surrogate"}],
+            )
         return params
+
+
+def _unencodable(value: Any, path: str) -> str | None:
+    """The path of the first string that has no UTF-8 form (a lone surrogate, which JSON's
+    escapes allow); every layer below encodes text as UTF-8.  Depth is bounded by the
+    validation above (a too deep value was refused there)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "/"
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            found = _unencodable(k, path) or _unencodable(v, f"{path}/{k}")
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _unencodable(v, f"{path}/{i}")
+            if found is not None:
+                return found
+    return None
 
 
 def _describe(error: jsonschema.ValidationError) -> dict[str, str]:

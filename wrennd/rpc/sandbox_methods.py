@@ -18,7 +18,7 @@ from wrennd.rpc import errors as rpc
 from wrennd.rpc import exec_methods, transfer_methods, views
 from wrennd.rpc.exec_methods import ENCODING, EXEC, b64, encode, spec
 from wrennd.rpc.methods import CallContext, Kind, MethodTable
-from wrennd.rpc.schemas import ID, NAME, PATH, STR_MAP, obj, translated
+from wrennd.rpc.schemas import ID, NAME, PATH, STR_MAP, TIMEOUT, obj, translated
 from wrennd.sandbox import Output, Progress, SandboxService, SandboxState
 
 # sandbox.files.read answers in one message: larger files go through sandbox.files.download.
@@ -31,7 +31,7 @@ CREATE = {
         template=NAME,
         vcpus={"type": "integer", "minimum": 1, "maximum": 32},
         memory_mib={"type": "integer", "minimum": 16, "maximum": 1 << 20},
-        timeout_s={"type": ["number", "null"], "exclusiveMinimum": 0},
+        timeout_s=TIMEOUT,
         env=STR_MAP,
         metadata=STR_MAP,
     ),
@@ -58,7 +58,7 @@ TEMPLATE_CREATE = obj(["name", "sandbox_id"], name=NAME, sandbox_id=ID)
 BY_NAME = obj(["name"], name=NAME)
 BY_ID = obj(["id"], id=ID)
 LIST = obj([], state={"enum": [s.value for s in SandboxState]}, metadata=STR_MAP)
-SET_TIMEOUT = obj(["id", "timeout_s"], id=ID, timeout_s={"type": ["number", "null"]})
+SET_TIMEOUT = obj(["id", "timeout_s"], id=ID, timeout_s=TIMEOUT)
 FILE = obj(["id", "path"], id=ID, path=PATH)
 _START_FIELDS = ("id", "argv", "shell", "env", "cwd", "user", "stdin", "timeout")
 PROCESS_START = {

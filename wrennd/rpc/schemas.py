@@ -11,7 +11,10 @@ from wrennd.sandbox import LifecycleError
 
 ID = {"type": "string", "pattern": "^sb-[0-9a-f]{12}$"}
 STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-PATH = {"type": "string", "minLength": 1, "maxLength": 4096}
+# A file system path: the kernel ends a path at NUL, so one inside it cannot be meant.
+PATH = {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^[^\\x00]*$"}
+# Seconds until a sandbox's timeout action; ten years is as good as never.
+TIMEOUT = {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 10 * 365 * 86400}
 NAME = {"type": "string", "minLength": 1, "maxLength": 64}
 
 

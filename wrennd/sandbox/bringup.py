@@ -217,14 +217,22 @@ async def connect_guest(live: Live, cfg: HostConfig, env: dict[str, str], *, clo
 async def _uffd_serving(live: Live) -> None:
     """Wait until the UFFD server serves the loaded VMM, or say why it does not."""
     assert live.uffd is not None and live.serving is not None
+    vmm = live.require_vmm()
     ready = asyncio.ensure_future(live.uffd.ready.wait())
-    waiters: set[asyncio.Future[Any]] = {ready, live.serving}
+    # A VMM that exits is not waited for until the deadline: it will never connect.
+    exited = asyncio.ensure_future(vmm.proc.wait())
+    waiters: set[asyncio.Future[Any]] = {ready, live.serving, exited}
     try:
         await asyncio.wait(waiters, timeout=UFFD_READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
     finally:
         ready.cancel()
+        exited.cancel()
     if live.uffd.ready.is_set():
         return
+    if not vmm.proc.running:
+        raise VmmFailed(
+            f"{live.sandbox_id}: {vmm.proc.exited_error('the VMM exited during the resume')}"
+        )
     serving = live.serving
     if serving.done() and not serving.cancelled() and serving.exception() is not None:
         raise VmmFailed(f"{live.sandbox_id}: UFFD handshake failed: {serving.exception()}")

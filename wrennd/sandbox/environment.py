@@ -84,6 +84,7 @@ class HostConfig:
     # The daemon's default is Settings.uffd_fill ("background"); a HostConfig built by
     # hand (tests and benchmarks that measure demand faults) serves lazily unless told.
     uffd_fill: str = "lazy"
+    memory_overcommit_percent: int = 100
     # The namespace where host-reachable sandbox addresses are routed (None: ours).
     host_netns: Path | None = None
     # Every VMM under the jailer (use_jailer), else started directly.
@@ -102,6 +103,7 @@ class HostConfig:
             ttl_action=settings.ttl_action,
             guest_timeout=float(settings.guest_timeout),
             uffd_fill=settings.uffd_fill,
+            memory_overcommit_percent=settings.memory_overcommit_percent,
             host_netns=settings.host_netns,
             jail=jail_settings(settings, vmm),
         )

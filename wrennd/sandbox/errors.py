@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.guest.session import SessionError
+from wrennd.snapshot.errors import ChainChangedError, IngestError, SnapshotError
 from wrennd.storage.errors import BaseImageInUse, NoSpace, StorageError
 from wrennd.storage.holders import DriveInUse
 
@@ -151,6 +152,16 @@ class PauseUndone(VmmFailed):
         super().__init__(message, state="running")
 
 
+class PauseUndoneNoSpace(PauseUndone):
+    """The pause ran out of disk; the guest keeps running (the API's resource_exhausted)."""
+
+    code = "resource_exhausted"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.data["resource"] = "disk"
+
+
 class GuestFailed(LifecycleError):
     """The guest agent did not come up, refused a request or could not be reached."""
 
@@ -183,10 +194,18 @@ _LIFTS: tuple[tuple[type[Exception], Callable[[Any], LifecycleError]], ...] = (
     (BaseImageInUse, lambda e: ImageInUse(e.path.stem, e.sandbox_ids)),
     (DriveInUse, lambda e: StorageFailed(str(e), drive=str(e.drive), holders=e.holders)),
     (StorageError, lambda e: StorageFailed(str(e))),
+    # Damaged persisted data, not a daemon bug: its own code, naming the file.
+    (SnapshotError, lambda e: _snapshot_error(e)),
     (GuestError, lambda e: GuestFailed(e.message, code=e.code, status=e.status)),
     (AgentUnavailable, lambda e: GuestUnavailable(str(e), reason="unreachable")),
     (SessionError, lambda e: GuestFailed(e.message, code=e.code)),
 )
+
+
+def _snapshot_error(e: SnapshotError) -> LifecycleError:
+    if isinstance(e, IngestError | ChainChangedError):
+        return VmmFailed(str(e))  # what the VMM wrote, or a race: not damage at rest
+    return SnapshotCorrupt(str(e), file=e.file)
 
 
 def lift(error: Exception) -> LifecycleError | None:

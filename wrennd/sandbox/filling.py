@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.2
 
 
+def start(registry: Registry, sb: Sandbox, live: Live) -> None:
+    """Fill and detach in the background when the engine serves this VM's memory."""
+    if live.uffd is not None and live.filler is None:
+        live.filler = asyncio.ensure_future(fill_and_detach(registry, sb, live))
+
+
 async def fill_and_detach(registry: Registry, sb: Sandbox, live: Live) -> None:
     server = live.uffd
     if server is None or not server.detaching.fill:

@@ -44,56 +44,81 @@ def check_name(name: str) -> str:
     return name
 
 
-def validate(path: Path) -> int:
-    """The image's size if ``path`` is a regular ext4 image file; BadImage saying why not."""
+def open_image(path: Path) -> int:
+    """An fd of ``path`` if it is a regular ext4 image file; BadImage saying why not.
+
+    Never blocks: a FIFO or a device opens with O_NONBLOCK and is refused by
+    fstat before anything reads it.  The message never reveals facts (size,
+    contents) of a file the caller may not be allowed to read: the daemon
+    opens it with its own rights.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as e:
         raise BadImage(f"{path}: {e.strerror}") from e
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise BadImage(f"{path}: not a regular file")
-        if st.st_size == 0 or st.st_size % SECTOR:
-            raise BadImage(f"{path}: size {st.st_size} is not a positive multiple of {SECTOR}")
-        raw = os.pread(fd, 2, _MAGIC_OFFSET)
+        sized = st.st_size > 0 and st.st_size % SECTOR == 0
+        try:
+            raw = os.pread(fd, 2, _MAGIC_OFFSET) if sized else b""
+        except OSError:
+            raw = b""  # unreadable (a proc file, a failing disk): not an image either way
         if len(raw) != 2 or struct.unpack("<H", raw)[0] != EXT4_MAGIC:
-            raise BadImage(f"{path}: no ext2/3/4 superblock (magic 0xEF53 at byte 1080)")
-        return st.st_size
+            raise BadImage(
+                f"{path}: not an ext2/3/4 image (a superblock with magic 0xEF53 at byte 1080"
+                f" and a size that is a positive multiple of {SECTOR} bytes)"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def validate(path: Path) -> int:
+    """The image's size if ``path`` is a regular ext4 image file; BadImage saying why not."""
+    fd = open_image(path)
+    try:
+        return os.fstat(fd).st_size
     finally:
         os.close(fd)
 
 
 def register(images_dir: Path, name: str, source: Path) -> ImageInfo:
     check_name(name)
-    validate(source)
-    images_dir.mkdir(parents=True, exist_ok=True)
-    final = images_dir / f"{name}.ext4"
-    if final.exists():
-        raise ImageExists(name)
-    tmp = durable.temp_name(final)
+    # One open: what is validated is what is copied, even if the path changes meanwhile.
+    src = open_image(source)
     try:
-        src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        images_dir.mkdir(parents=True, exist_ok=True)
+        final = images_dir / f"{name}.ext4"
+        if final.exists():
+            raise ImageExists(name)
+        tmp = durable.temp_name(final)
         try:
-            dst = fileops.create_exclusive(tmp, 0o444)
+            _copy_into(src, tmp)
+            validate(tmp)  # what was copied, not only what was offered
             try:
-                try:
-                    fileops.reflink(src, dst)
-                except OSError:
-                    fileops.copy_sparse(src, dst)
-                os.fsync(dst)
-            finally:
-                os.close(dst)
+                durable.publish_no_replace(tmp, final)
+            except FileExistsError as e:
+                raise ImageExists(name) from e
         finally:
-            os.close(src)
-        validate(tmp)  # what was copied, not only what was offered
-        try:
-            durable.publish_no_replace(tmp, final)
-        except FileExistsError as e:
-            raise ImageExists(name) from e
+            fileops.unlink_quiet(tmp)
     finally:
-        fileops.unlink_quiet(tmp)
+        os.close(src)
     return info(images_dir, name)
+
+
+def _copy_into(src: int, tmp: Path) -> None:
+    dst = fileops.create_exclusive(tmp, 0o400)
+    try:
+        try:
+            fileops.reflink(src, dst)
+        except OSError:
+            fileops.copy_sparse(src, dst)
+        os.fsync(dst)
+    finally:
+        os.close(dst)
 
 
 def path_of(images_dir: Path, name: str) -> Path:

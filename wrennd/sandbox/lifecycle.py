@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from wrennd.log import kv
 from wrennd.sandbox import (
+    admission,
     bringup,
     diskpair,
     filling,
@@ -27,7 +28,7 @@ from wrennd.sandbox import (
     templates,
 )
 from wrennd.sandbox.environment import Deps, Progress, no_progress
-from wrennd.sandbox.errors import PauseUndone, WrongState, lifted
+from wrennd.sandbox.errors import PauseUndone, Refused, WrongState, lifted
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.reaper import Reaper
 from wrennd.sandbox.record import SandboxRecord, SandboxState, new_sandbox_id
@@ -73,11 +74,8 @@ class Lifecycle:
     ) -> dict[str, str]:
         """Pause every running sandbox (or those ``only`` picks); sandbox id -> outcome."""
         gate = asyncio.Semaphore(concurrency)
-        running = [
-            sb.id
-            for sb in self.registry
-            if sb.record.state == S.RUNNING and (only is None or only(sb))
-        ]
+        picked = [sb for sb in self.registry if only is None or only(sb)]
+        running = [sb.id for sb in picked if sb.record.state == S.RUNNING]
 
         async def one(sandbox_id: str) -> str:
             async with gate:
@@ -108,6 +106,7 @@ class Lifecycle:
         """A sandbox from an image (booted) or from a template (a clone of its snapshot)."""
         if (image is None) == (template is None):
             raise ValueError("create takes exactly one of image and template")
+        _check_timeout(timeout_s)
         if template is not None:
             meta = await asyncio.to_thread(templates.load, self.deps, template)
             templates.check_clone(meta, vcpus, memory_mib)
@@ -115,6 +114,7 @@ class Lifecycle:
         else:
             assert image is not None
             path = images.path_of(self.deps.cfg.images_dir, image)
+        _admit(self.deps, self.registry, memory_mib or 128)
         now = self.clock()
         sb = Sandbox(
             SandboxRecord(
@@ -151,6 +151,7 @@ class Lifecycle:
     async def destroy(self, sandbox_id: str) -> None:
         sb = self.registry.get(sandbox_id)
         async with sb.lock.exclusive(PREEMPT_AFTER):
+            self.registry.still(sb)
             await self.registry.move(sb, S.STOPPING, "destroy")
             self.reaper.set(sandbox_id, None)
             if sb.collapse is not None:
@@ -169,6 +170,7 @@ class Lifecycle:
     async def pause(self, sandbox_id: str, progress: Progress = no_progress) -> Sandbox:
         sb = self.registry.get(sandbox_id)
         async with sb.lock.exclusive(PREEMPT_AFTER):
+            self.registry.still(sb)
             if sb.live is None:
                 raise WrongState(sandbox_id, sb.record.state, "pause")
             await self.registry.move(sb, S.PAUSING, "pause")
@@ -205,6 +207,9 @@ class Lifecycle:
         demand (benchmarks compare the two)."""
         sb = self.registry.get(sandbox_id)
         async with sb.lock:
+            self.registry.still(sb)
+            if sb.record.state in (S.PAUSED, S.ERROR):
+                _admit(self.deps, self.registry, sb.record.memory_mib)
             await self.registry.move(sb, S.RESUMING, "resume")
             if sb.collapse is not None:
                 # The engine maps the chain's files: let a collapse finish first.
@@ -216,7 +221,7 @@ class Lifecycle:
             except BaseException as e:
                 back = S.PAUSED if rec.generation is not None else S.ERROR
                 error = f"resume failed: {e}"
-                if back == S.PAUSED and rec.vmm_pid is not None:  # the VM may have run
+                if back == S.PAUSED and rec.vmm_pid is not None:  # the VM may have run: disk too
                     await asyncio.shield(diskpair.roll_back_quietly(self.deps, rec, error))
                 await asyncio.shield(self._rest(sb, back, error))
                 raise
@@ -227,9 +232,13 @@ class Lifecycle:
 
     @lifted
     async def set_timeout(self, sandbox_id: str, timeout_s: float | None) -> Sandbox:
+        _check_timeout(timeout_s)
         sb = self.registry.get(sandbox_id)
         async with sb.lock.shared():  # the record only: guest calls may go on
+            self.registry.still(sb)
             rec = sb.record
+            if rec.state == S.DAMAGED:
+                raise WrongState(sandbox_id, rec.state, "set a timeout")
             rec.timeout_s = timeout_s
             rec.expires_at = None if timeout_s is None else self.clock() + timeout_s
             await self.registry.save(sb)
@@ -248,10 +257,7 @@ class Lifecycle:
         self.reaper.set(sb.id, sb.record.expires_at)
         if sb.live is not None:
             self._watch(sb, sb.live)
-            if sb.live.uffd is not None and sb.live.filler is None:
-                sb.live.filler = asyncio.ensure_future(
-                    filling.fill_and_detach(self.registry, sb, sb.live)
-                )
+            filling.start(self.registry, sb, sb.live)
 
     async def _expired(self, sandbox_id: str) -> None:
         sb = self.registry.find(sandbox_id)
@@ -281,3 +287,13 @@ class Lifecycle:
                 await self._rest(sb, S.ERROR, reason)
 
         live.watcher = asyncio.ensure_future(watch())
+
+
+def _check_timeout(timeout_s: float | None) -> None:
+    if timeout_s is not None and not timeout_s > 0:
+        raise Refused(f"timeout_s must be positive (or null for none), not {timeout_s}")
+
+
+def _admit(deps: Deps, registry: Registry, memory_mib: int) -> None:
+    records = [sb.record for sb in registry]
+    admission.admit(memory_mib, records, deps.cfg.memory_overcommit_percent)

@@ -104,6 +104,12 @@ class Live:
             await self.vmm.close(grace=VMM_STOP_GRACE)
             self.vmm = None
         result = None
+        if self.serving is not None and self.uffd is not None and not self.uffd.ready.is_set():
+            # The VMM is gone and never handed its memory over: nobody will connect now.
+            self.serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.serving
+            self.serving = None
         if self.serving is not None:
             try:
                 result = await asyncio.wait_for(asyncio.shield(self.serving), 10)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 from typing import Literal
 
@@ -21,7 +22,7 @@ from wrennd.log import kv
 from wrennd.sandbox import diskpair
 from wrennd.sandbox import jail as jailed
 from wrennd.sandbox.environment import Deps, Progress, SandboxPaths
-from wrennd.sandbox.errors import PauseUndone, VmmFailed
+from wrennd.sandbox.errors import PauseUndone, PauseUndoneNoSpace, VmmFailed
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.prefetching import record_prefetch_map
 from wrennd.sandbox.record import SandboxRecord
@@ -95,6 +96,17 @@ async def _snapshot(
     return header, kind
 
 
+def _no_space(error: BaseException) -> bool:
+    """The disk (or a quota) was full: here, or in the VMM, whose text is all we get."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    text = str(error)
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
 async def undo_freeze(live: Live) -> str | None:
     """Resume the VM and thaw the guest; the reason it could not, or None."""
     vmm = live.require_vmm()
@@ -127,7 +139,8 @@ async def pause(deps: Deps, rec: SandboxRecord, live: Live, progress: Progress) 
             raise VmmFailed(
                 f"pause of {rec.id} failed ({e}) and the VM could not be resumed: {failed}"
             ) from e
-        raise PauseUndone(f"pause of {rec.id} failed, the sandbox keeps running: {e}") from e
+        undone = PauseUndoneNoSpace if _no_space(e) else PauseUndone
+        raise undone(f"pause of {rec.id} failed, the sandbox keeps running: {e}") from e
     result = await live.release(deps.storage, deps.network, deps.slots)
     if result is not None:
         await asyncio.to_thread(

@@ -31,6 +31,7 @@ class Reaper:
         self._heap: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
         self._running: set[asyncio.Task[None]] = set()
 
     def set(self, sandbox_id: str, deadline: float | None) -> None:
@@ -50,11 +51,17 @@ class Reaper:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="reaper")
 
     async def stop(self) -> None:
-        """Stop scheduling; actions already started run to completion."""
+        """Stop scheduling; actions already started run to completion.
+
+        The loop also sees ``_stopped``: a cancel can be lost when it lands just as
+        the loop's wait completes.  Waiting with ``asyncio.wait`` (not a suppressed
+        ``await``) lets a cancel of the caller itself through.
+        """
+        self._stopped = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait([self._task])
             self._task = None
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
@@ -70,7 +77,7 @@ class Reaper:
         return due
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopped:
             self._wake.clear()
             for sid in self._pop_due(self._clock()):
                 task = asyncio.get_running_loop().create_task(self._expire(sid))
@@ -78,7 +85,8 @@ class Reaper:
                 task.add_done_callback(self._running.discard)
             delay = self._heap[0][0] - self._clock() if self._heap else None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     async def _expire(self, sandbox_id: str) -> None:
         log.info("sandbox timeout reached", extra=kv(sandbox=sandbox_id))

@@ -35,6 +35,8 @@ class SandboxState(enum.StrEnum):
     RESUMING = "resuming"
     STOPPING = "stopping"
     ERROR = "error"
+    # Its record could not be read: shown with the reason, and only destroy is allowed.
+    DAMAGED = "damaged"
 
     @property
     def in_progress(self) -> bool:
@@ -59,6 +61,7 @@ TRANSITIONS: dict[SandboxState, frozenset[SandboxState]] = {
     S.STOPPING: frozenset({S.ERROR}),  # success removes the record
     # From error: destroy, or recover from the last snapshot.
     S.ERROR: frozenset({S.STOPPING, S.RESUMING}),
+    S.DAMAGED: frozenset({S.STOPPING}),
 }
 
 
@@ -75,6 +78,10 @@ _ID_RE = re.compile(r"^sb-[0-9a-f]{12}$")
 
 class RecordError(ValueError):
     """A state.json is missing, unreadable or malformed."""
+
+    def __init__(self, message: str, sandbox_id: str | None = None) -> None:
+        super().__init__(message)
+        self.sandbox_id = sandbox_id
 
 
 def new_sandbox_id() -> str:
@@ -122,6 +129,11 @@ class SandboxRecord:
     recovered_from: dict[str, Any] | None = None
     created_at: float = dataclasses.field(default_factory=time.time)
     updated_at: float = dataclasses.field(default_factory=time.time)
+
+    @classmethod
+    def damaged(cls, sandbox_id: str, reason: str) -> SandboxRecord:
+        """What is known of a sandbox whose record cannot be read: its id and why."""
+        return cls(id=sandbox_id, state=SandboxState.DAMAGED, vcpus=0, memory_mib=0, error=reason)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -187,6 +199,7 @@ class RecordStore:
             try:
                 records.append(self.load(entry.name))
             except RecordError as e:
+                e.sandbox_id = entry.name
                 errors.append(e)
         return records, errors
 

@@ -139,17 +139,42 @@ async def _pair_disks(deps: Deps, disks: list[tuple[SandboxRecord, str | None]])
             log.error("snapshot disk not paired", extra=kv(sandbox=rec.id, error=e))
 
 
+async def _reap_simulated_guests(fcsim: Path) -> None:
+    """A killed fcsim leaves its guest (a cgroup of processes holding the layer mounted);
+    fcsim knows its own, so it is asked to remove them."""
+    proc = await asyncio.create_subprocess_exec(
+        str(fcsim),
+        "--reap-orphans",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        log.error("fcsim --reap-orphans did not finish in 30 s")
+        return
+    if proc.returncode != 0 or out.strip():
+        log.info(
+            "simulated guests reaped", extra=kv(rc=proc.returncode, output=out.decode().strip())
+        )
+
+
 async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
     """Every record brought to rest, and the live resources of those adopted."""
     records, bad = await asyncio.to_thread(deps.records.load_all)
-    for err in bad:
-        log.error("unreadable sandbox record left alone", extra=kv(error=err))
     if deps.cfg.jail is not None:
         # First: a jailed VMM is found by its jail (its command line has jail paths).
         jails = await asyncio.to_thread(jail.cleanup_stale, deps.cfg.jail)
         if jails:
             log.warning("stale jails removed", extra=kv(sandboxes=",".join(jails)))
     kept: list[SandboxRecord] = []
+    for err in bad:
+        # Kept visible (state damaged) so that destroy can remove what it owned.
+        log.error("unreadable sandbox record: shown as damaged", extra=kv(error=err))
+        if err.sandbox_id is not None:
+            kept.append(SandboxRecord.damaged(err.sandbox_id, str(err)))
     adopted: dict[str, Live] = {}
     # Records whose disk goes back to their snapshot's (a reason) or is kept with it (None).
     disks: list[tuple[SandboxRecord, str | None]] = []
@@ -182,14 +207,15 @@ async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
         await asyncio.to_thread(deps.records.save, rec)
         log.info("sandbox recovered", extra=kv(sandbox=rec.id, was=before, now=rec.state))
         kept.append(rec)
+    # Always, records or not: a VMM killed after its record was removed (or a record
+    # that cannot be read) can leave namespaces behind that would poison their slot.
     slots = [live.slot for live in adopted.values() if live.slot is not None]
     deps.slots = SlotAllocator(deps.slots.capacity, slots)
-    if records:
-        # Only a host that ran sandboxes can hold stale ones (a record is saved
-        # before anything is made for a sandbox).
-        await (await deps.network_ready()).cleanup_stale(slots)
+    await (await deps.network_ready()).cleanup_stale(slots)
     await deps.storage.cleanup_stale(list(adopted))
     await _pair_disks(deps, disks)
+    if deps.cfg.vmm.simulated:
+        await _reap_simulated_guests(deps.cfg.vmm.binary)
     removed = await asyncio.to_thread(templates.cleanup_temporaries, deps)
     if removed:
         log.info("half-built templates removed", extra=kv(templates=",".join(removed)))

@@ -60,6 +60,12 @@ class Registry:
             raise WrongState(sandbox_id, sb.record.state, operation)
         return sb, sb.live
 
+    def still(self, sb: Sandbox) -> None:
+        """SandboxNotFound if ``sb`` left the registry while its caller waited for the lock
+        (a create that failed, a destroy that finished)."""
+        if self._by_id.get(sb.id) is not sb:
+            raise SandboxNotFound(sb.id)
+
     def add(self, sb: Sandbox) -> None:
         self._by_id[sb.id] = sb
 

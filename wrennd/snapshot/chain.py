@@ -124,7 +124,7 @@ def _write_collapsed(
         (build_id,) if has_data else (),
         mapping,
     )
-    with staged(store_path(store, build_id), 0o444) as new:
+    with staged(store_path(store, build_id), 0o400) as new:
         if has_data:
             write_flat(new.fd, snap, fds)
         with locked(store):  # published and linked at once: no collection in between

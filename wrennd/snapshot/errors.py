@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 class SnapshotError(Exception):
-    """Base of every snapshot error."""
+    """Base of every snapshot error; its message starts with the file it concerns."""
+
+    @property
+    def file(self) -> str | None:
+        """The file named at the start of the message, if it names one."""
+        head = str(self).split(": ", 1)[0]
+        return head if head.startswith("/") else None
 
 
 class HeaderError(SnapshotError):

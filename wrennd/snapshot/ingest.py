@@ -75,7 +75,7 @@ def scan_memfile(
 
 def _copy_sparse(fd: int, mapping: Mapping, source: int, dest: Path) -> None:
     """Copy the blocks mapped to `source` into a fresh sparse file (tmp, fsync, rename)."""
-    with durable.replacing(dest, 0o444) as out:
+    with durable.replacing(dest, 0o400) as out:
         os.ftruncate(out, os.fstat(fd).st_size)
         only = Mapping.from_entries(e for e in mapping if e.source == source)
         fds = ffi.new("int[]", [fd if s == source else -1 for s in range(source + 1)])
@@ -105,7 +105,7 @@ def adopt_memfile(
         )
         _copy_sparse(fd, mapping, source, dest)
         memfile.unlink()
-    dest.chmod(0o444)
+    dest.chmod(0o400)
     return dest
 
 

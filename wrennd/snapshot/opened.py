@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import uuid
@@ -9,11 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wrennd.snapshot.errors import GenerationError
+from wrennd.log import kv
+from wrennd.snapshot.errors import GenerationError, HeaderError
 from wrennd.snapshot.header import Header
 from wrennd.snapshot.layout import link_path, store_path
 from wrennd.snapshot.prefetch import Range, read_prefetch_map
 from wrennd.snapshot.store import read_header
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -130,5 +134,10 @@ def open_snapshot(snapshot_dir: Path | str, store: Path | str | None = None) -> 
     sdir = Path(snapshot_dir)
     header = read_header(sdir)
     paths = resolve_generations(sdir, None if store is None else Path(store), header)
-    prefetch = read_prefetch_map(sdir, header.memory_size)
+    try:
+        prefetch = read_prefetch_map(sdir, header.memory_size)
+    except HeaderError as e:
+        # Only a speed hint: without it every page is served on demand.
+        log.warning("prefetch map ignored", extra=kv(error=e))
+        prefetch = []
     return OpenSnapshot(sdir, header, tuple(paths), tuple(prefetch))

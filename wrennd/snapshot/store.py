@@ -50,7 +50,7 @@ LOCK_NAME = ".lock"
 def locked(store: Path) -> Iterator[None]:
     """Hold the store's exclusive lock (blocking; call off the event loop)."""
     store.mkdir(parents=True, exist_ok=True)
-    fd = os.open(store / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(store / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

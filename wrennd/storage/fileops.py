@@ -120,7 +120,7 @@ def copy_device_sparse(src_fd: int, dst_fd: int, size: int) -> None:
         offset += n
 
 
-def create_exclusive(path: Path, mode: int = 0o644) -> int:
+def create_exclusive(path: Path, mode: int = 0o600) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
 
 

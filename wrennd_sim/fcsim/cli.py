@@ -15,7 +15,7 @@ from aiohttp import web
 
 from wrennd_sim.fcsim import FIRECRACKER_VERSION
 from wrennd_sim.fcsim.control import ControlServer
-from wrennd_sim.fcsim.guest import GuestRunner
+from wrennd_sim.fcsim.guest import GuestRunner, reap_orphans
 from wrennd_sim.fcsim.guesthelper import RemoteGuest
 from wrennd_sim.fcsim.machine import Machine
 from wrennd_sim.fcsim.server import ApiServer
@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--guest-helper-fd",
         type=int,
         help="fcsim only: run the guest through fcsim-jailer's root guest helper on this fd",
+    )
+    p.add_argument(
+        "--reap-orphans",
+        action="store_true",
+        help="fcsim only: remove the guests (cgroups, processes) of killed fcsim processes, exit",
     )
     p.add_argument(
         "--control-sock",
@@ -113,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.version:
         print(f"Firecracker v{FIRECRACKER_VERSION} (fcsim)")
+        return
+    if args.reap_orphans:
+        reap_orphans(VmmLog(args.id, args.level, args.show_level))
         return
     try:
         sig = uvloop.run(serve(args))

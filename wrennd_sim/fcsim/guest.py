@@ -20,6 +20,7 @@ import fcntl
 import ipaddress
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,7 +149,9 @@ class GuestRunner:
         return self.standin.guest_netns_path
 
     def _make_cgroup(self) -> Path:
-        cg = _cgroup2_root() / _own_cgroup().lstrip("/") / f"fcsim-guest-{os.getpid()}"
+        parent = _cgroup2_root() / _own_cgroup().lstrip("/")
+        _reap_orphans(parent, self.log)
+        cg = parent / f"fcsim-guest-{os.getpid()}"
         cg.mkdir()
         return cg
 
@@ -208,13 +211,17 @@ class GuestRunner:
     async def _set_frozen(self, frozen: bool) -> None:
         if self.cgroup is None:
             return
-        (self.cgroup / "cgroup.freeze").write_text("1" if frozen else "0")
-        want = f"frozen {int(frozen)}"
+        cg = self.cgroup
+        (cg / "cgroup.freeze").write_text("1" if frozen else "0")
         for _ in range(500):
-            if want in (self.cgroup / "cgroup.events").read_text().splitlines():
+            if _reached(cg, frozen):
                 return
             await asyncio.sleep(0.01)
-        raise OSError(f"guest cgroup {self.cgroup} did not reach '{want}' in 5 s")
+        if frozen:
+            # Never leave a half-frozen guest behind: the agent may be among the frozen.
+            (cg / "cgroup.freeze").write_text("0")
+        want = "stopped" if frozen else "running"
+        raise OSError(f"the guest (cgroup {cg}) was not {want} within 5 s: {_busy(cg)}")
 
     def ctrl_alt_del(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -261,6 +268,80 @@ class GuestRunner:
                 break
             (cg / "cgroup.kill").write_text("1")
             await asyncio.sleep(0.01)
+
+
+# Where a task waits once the cgroup freezer (or a stop signal) caught it.
+_TRAPPED = frozenset({"get_signal", "do_freezer_trap", "do_signal_stop"})
+
+
+def _unstopped(cg: Path) -> list[str]:
+    """The guest's threads that may still run user code.
+
+    A thread in uninterruptible sleep (D) counts as stopped: it cannot be frozen
+    until its system call returns, but the freeze traps it before it runs another
+    instruction of its own.  A writer blocked on the guest's FIFREEZEd root waits
+    there until the resume thaws it; Firecracker stops a vCPU whatever its guest
+    tasks are doing, and this is fcsim's equivalent.
+    """
+    out = []
+    for tid in (cg / "cgroup.threads").read_text().split():
+        try:
+            stat = Path(f"/proc/{tid}/stat").read_text()
+            state = stat[stat.rindex(")") + 2]
+            wchan = Path(f"/proc/{tid}/wchan").read_text().strip()
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        if state in "DZX" or (state in "St" and wchan in _TRAPPED):
+            continue
+        out.append(f"{tid} ({state} {wchan or '?'})")
+    return out
+
+
+def _reached(cg: Path, frozen: bool) -> bool:
+    lines = (cg / "cgroup.events").read_text().splitlines()
+    if f"frozen {int(frozen)}" in lines:
+        return True
+    return frozen and not _unstopped(cg)
+
+
+def _busy(cg: Path) -> str:
+    with contextlib.suppress(OSError):
+        return "still running: " + ", ".join(_unstopped(cg)[:8])
+    return "its tasks could not be read"
+
+
+def reap_orphans(log: VmmLog) -> None:
+    """``fcsim --reap-orphans``: what a daemon runs at start-up, since it does not know
+    fcsim's cgroups (it drives fcsim as it would Firecracker)."""
+    _reap_orphans(_cgroup2_root() / _own_cgroup().lstrip("/"), log)
+
+
+def _reap_orphans(parent: Path, log: VmmLog) -> None:
+    """Kill and remove the guest cgroups of fcsim processes that are gone (SIGKILLed:
+    their guests kept running, holding their layer mounted)."""
+    for cg in parent.glob("fcsim-guest-*"):
+        pid = cg.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        try:
+            with contextlib.suppress(OSError):
+                (cg / "cgroup.freeze").write_text("0")
+            for _ in range(200):
+                if not (cg / "cgroup.procs").read_text().strip():
+                    break
+                (cg / "cgroup.kill").write_text("1")
+                time.sleep(0.01)
+            for _ in range(200):
+                try:
+                    _remove_dir(cg)
+                    break
+                except OSError as e:
+                    if e.errno != errno.EBUSY:
+                        raise
+                    time.sleep(0.01)
+            log.info(f"removed the guest cgroup {cg} of a killed fcsim")
+        except OSError as e:
+            log.warning(f"cannot remove the guest cgroup {cg} of a killed fcsim: {e}")
 
 
 async def _remove_cgroup(cg: Path, limit: float = 2.0) -> None:

@@ -22,6 +22,7 @@ import fcntl
 import os
 import signal
 import socket
+import stat
 import struct
 import sys
 
@@ -100,6 +101,41 @@ def mount_rootfs(dev: str, target: str, read_only: bool) -> None:
     _check(rc, f"mount {dev} (ext4) on {target}")
 
 
+# The device nodes a guest's /dev starts with: (name, char major, minor).
+GUEST_DEVICES = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+]
+MS_NOSUID = 2
+
+
+def guest_dev(root: str) -> None:
+    """The guest's own /dev: a tmpfs with the basic device nodes.
+
+    A real guest's devtmpfs belongs to its own kernel; this guest shares the
+    host's, so a devtmpfs it mounted would be the host's /dev, where a guest
+    that writes /dev/zero would replace the host's device node.  The image's
+    init leaves an already mounted /dev alone."""
+    target = os.path.join(root, "dev")
+    os.makedirs(target, exist_ok=True)
+    _check(_libc.mount(b"tmpfs", target.encode(), b"tmpfs", MS_NOSUID, b"mode=0755"), "mount /dev")
+    for name, major, minor in GUEST_DEVICES:
+        os.mknod(os.path.join(target, name), 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(os.path.join(target, name), 0o666)  # mknod's mode passes through the umask
+    for name, to in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ):
+        os.symlink(to, os.path.join(target, name))
+
+
 def prepare(args: argparse.Namespace) -> None:
     """Everything up to the fork; raises BootError with what failed."""
     if args.cgroup_procs:
@@ -119,6 +155,7 @@ def prepare(args: argparse.Namespace) -> None:
         mount_rootfs(dev, args.mountpoint, args.read_only)
     finally:
         os.close(fd)  # the mount holds the device now; autoclear detaches it after umount
+    guest_dev(args.mountpoint)
     socket.sethostname(args.hostname)
 
 

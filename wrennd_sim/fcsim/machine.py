@@ -321,7 +321,10 @@ class Machine:
         self._post_boot()
         if body["state"] == "Paused":
             if self.state is VmState.RUNNING and self.guest is not None and self.guest_booted:
-                await self.guest.freeze()
+                try:
+                    await self.guest.freeze()
+                except OSError as e:  # the guest keeps running: an answer, not a crash
+                    raise ApiFault(f"Cannot pause the microVM: {e}") from e
             self.state = VmState.PAUSED
             self.log.info("microVM paused")
         else:

@@ -118,3 +118,23 @@ async def test_init_and_the_timer_thaw_too(
             await _kill(writer)
         assert not (await c.health()).frozen
         assert await c.thaw() is False
+
+
+async def test_prepare_that_misses_its_deadline_leaves_nothing_frozen(
+    start_agent: Callable[..., object], ext4_mount: Path
+) -> None:
+    agent = start_agent(root=ext4_mount)
+    async with GuestClient(agent.url) as c:  # type: ignore[attr-defined]
+        # No sync finishes in a nanosecond: the answer comes at the deadline, and the
+        # freeze that completes afterwards is undone by the agent itself.
+        with pytest.raises(Conflict, match="did not finish within"):
+            await c.prepare_snapshot(thaw_after=30, deadline=1e-9)
+        for _ in range(100):
+            if not (await c.health()).frozen:
+                break
+            await asyncio.sleep(0.05)
+        assert not (await c.health()).frozen
+        writer = await _writer(ext4_mount / "after")
+        assert await _finishes(writer, 10.0), "the filesystem stayed frozen"
+        await c.prepare_snapshot(thaw_after=30)
+        assert await c.thaw()

@@ -20,7 +20,7 @@ class Daemon:
         self.log = place.run_dir / "wrennd.log"
         self.socket = place.run_dir / "wrennd.sock"
 
-    def start(self, **extra: str) -> None:
+    def start(self, *args: str, umask: int | None = None, **extra: str) -> None:
         p = self.place
         env = {
             **os.environ,
@@ -38,10 +38,15 @@ class Daemon:
             **extra,
         }
         env.pop("NOTIFY_SOCKET", None)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "wrennd.daemon"], env=env, stderr=out, stdout=out
-            )
+        old = None if umask is None else os.umask(umask)
+        try:
+            with self.log.open("ab") as out:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "wrennd.daemon", *args], env=env, stderr=out, stdout=out
+                )
+        finally:
+            if old is not None:
+                os.umask(old)
 
     async def client(self) -> Client:
         deadline = time.monotonic() + 30

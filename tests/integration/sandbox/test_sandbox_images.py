@@ -28,7 +28,7 @@ async def test_register_list_use_delete(manager: InProcess, env: Any) -> None:
     assert path == env.state_dir / "images" / "second.ext4"
     assert await asyncio.to_thread(_head, path) == await asyncio.to_thread(_head, base)
     mode = (await asyncio.to_thread(path.stat)).st_mode
-    assert stat.S_IMODE(mode) == 0o444, "read-only once registered"
+    assert stat.S_IMODE(mode) == 0o400, "read-only once registered, and private"
     assert {i["name"] for i in await manager.list_images()} == {"base", "second"}
 
     with pytest.raises(errors.ImageExists):

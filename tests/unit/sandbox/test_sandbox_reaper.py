@@ -124,3 +124,49 @@ async def test_the_real_clock_is_the_default() -> None:
     await r.stop()
     assert time.time() >= now + 0.05
     assert r.deadline("later") == now + 3600
+
+
+async def test_stop_right_after_a_wake_does_not_wait_for_the_next_deadline() -> None:
+    """Issue 20 item 3: shutdown's pauses disarm deadlines (waking the loop) just before
+    stop() cancels it; the cancel used to be lost in the completing wait and the reaper
+    slept until its next deadline, an hour here."""
+
+    async def on_expire(sid: str) -> None:
+        pass
+
+    clock = FakeClock()
+    for before, between in itertools.product(range(4), range(4)):
+        # The wake and the cancel land at every point of the loop's wait.
+        r = Reaper(on_expire, clock=clock)
+        r.start()
+        r.set("later", clock.now + 3600)
+        for _ in range(before):
+            await asyncio.sleep(0)
+        r.set("other", None)  # wakes the loop
+        for _ in range(between):
+            await asyncio.sleep(0)
+        stopping = asyncio.ensure_future(r.stop())
+        # asyncio.wait, not wait_for: a stop() that swallowed wait_for's cancel would
+        # look like one that finished.
+        done, _ = await asyncio.wait({stopping}, timeout=2)
+        assert stopping in done, (before, between)
+
+
+async def test_a_cancelled_stop_is_cancelled() -> None:
+    """A caller cut off at its deadline must see its own cancel, not a clean return."""
+    release = asyncio.Event()
+
+    async def on_expire(sid: str) -> None:
+        await release.wait()
+
+    clock = FakeClock()
+    r = Reaper(on_expire, clock=clock)
+    r.start()
+    r.set("x", clock.now)
+    await wait_for(lambda: bool(r._running), what="the action started")
+    stopping = asyncio.ensure_future(r.stop())
+    await asyncio.sleep(0.01)
+    stopping.cancel()
+    await asyncio.wait({stopping}, timeout=2)
+    assert stopping.cancelled()
+    release.set()

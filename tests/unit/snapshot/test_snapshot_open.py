@@ -87,7 +87,9 @@ def test_short_generation_is_refused(snap: tuple[Path, Path]) -> None:
         open_snapshot(sdir, store)
 
 
-def test_corrupt_header_or_prefetch_map_is_refused(snap: tuple[Path, Path]) -> None:
+def test_corrupt_header_is_refused_and_a_corrupt_prefetch_map_ignored(
+    snap: tuple[Path, Path],
+) -> None:
     sdir, store = snap
     data = header_path(sdir).read_bytes()
     header_path(sdir).write_bytes(data[:-7])
@@ -99,7 +101,9 @@ def test_corrupt_header_or_prefetch_map_is_refused(snap: tuple[Path, Path]) -> N
     raw[25] ^= 4
     prefetch_path(sdir).write_bytes(bytes(raw))
     with pytest.raises(HeaderError, match="checksum"):
-        open_snapshot(sdir, store)
+        read_prefetch_map(sdir)
+    # Only a speed hint (issue 20): the snapshot opens, with every page served on demand.
+    assert open_snapshot(sdir, store).prefetch == ()
 
 
 def test_prefetch_map_round_trip_and_range_checks(tmp_path: Path) -> None:
