@@ -212,6 +212,9 @@ class Settings:
     # touched lazily, so more than 100 is a deliberate overcommit).
     memory_overcommit_percent: int = _setting(100, _pos_int, "a positive integer (percent)")
     use_jailer: bool = _setting(False, _bool, "true or false")
+    # Seconds a guest call (exec without its own timeout, files, processes) may take
+    # before it ends with guest_unavailable; an exec's own timeout extends it.
+    guest_timeout: int = _setting(300, _pos_int, "a positive integer (seconds)")
     # The jailed VMM's uid/gid; its chroots (None: state_dir/jail, the same filesystem
     # so files are hard-linked in); its cgroup v2 parent.
     jail_uid: int = _setting(64000, _jail_id, "a positive uid")
@@ -225,6 +228,12 @@ class Settings:
     # Seconds SIGTERM may take (finish lifecycle calls, pause sandboxes); keep it below
     # the unit's TimeoutStopSec.
     shutdown_timeout: int = _setting(150, _pos_int, "a positive integer (seconds)")
+    # What SIGTERM does with running sandboxes: pause them all, or keep them running for
+    # the next daemon to adopt (an upgrade); `wrennctl host restart` keeps them either way.
+    on_stop: str = _setting("pause", _choice("pause", "keep"), "pause or keep")
+    # After a resume, install the rest of guest memory in the background and detach the
+    # UFFD engine (the VM then outlives the daemon), or serve pages on demand only.
+    uffd_fill: str = _setting("background", _choice("background", "lazy"), "background or lazy")
     # The HTTP console (wrennd.web): off unless an address is given.  Only loopback
     # addresses and Unix sockets unless http_allow_remote: the console controls every
     # sandbox, and plain HTTP off the host exposes its token to the network.

@@ -31,7 +31,7 @@ from wrennd.listener import Listener, ListenerError, open_listener
 from wrennd.log import kv
 from wrennd.metrics import LoopLag, Sections
 from wrennd.rpc import host, sandbox_methods, views
-from wrennd.rpc.methods import MethodTable
+from wrennd.rpc.methods import CallContext, MethodTable
 from wrennd.rpc.server import Limits, RpcServer
 from wrennd.sandbox.service import SandboxService
 from wrennd.storage.errors import StorageError
@@ -95,6 +95,8 @@ class Daemon:
         self._startup: list[tuple[str, StartupHook]] = []
         self._stop: asyncio.Event | None = None
         self._background: set[asyncio.Future[Any]] = set()
+        # At stop: leave running sandboxes to the next daemon (on_stop = "keep", host.restart).
+        self.keep_sandboxes = False
 
     def on_shutdown(self, name: str, hook: ShutdownHook) -> None:
         """Run ``hook`` on SIGTERM after lifecycle calls finished, before the daemon exits."""
@@ -231,12 +233,29 @@ def wire(daemon: Daemon) -> None:
     daemon.stats.add("sandboxes", sandboxes.registry.counts_by_state)
     daemon.stats.add("uffd", lambda: views.uffd_totals(sandboxes))
     daemon.stats.add("scrub", sandboxes.scrubber.stats)
+    daemon.stats.add("engines", lambda: views.engine_states(sandboxes))
     chosen = sandboxes.storage.backend.name
     daemon.info.add("storage", lambda: {"configured": settings.storage_backend, "backend": chosen})
     kernel_facts = describe_kernel(settings.kernel_path)  # where make kernel got it; read once
     daemon.info.add("kernel", lambda: kernel_facts)
     daemon.on_startup("sandbox recovery", sandboxes.start)
-    daemon.on_shutdown("pause all sandboxes", sandboxes.shutdown)
+    daemon.keep_sandboxes = settings.on_stop == "keep"
+
+    async def stop_sandboxes(ctx: ShutdownContext) -> None:
+        await sandboxes.shutdown(ctx, keep=daemon.keep_sandboxes)
+
+    daemon.on_shutdown("pause or keep sandboxes", stop_sandboxes)
+
+    @daemon.methods.register(
+        "host.restart",
+        mutating=True,
+        doc="stop the daemon and leave running sandboxes to the next one (an upgrade)",
+    )
+    async def host_restart(ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
+        daemon.keep_sandboxes = True
+        daemon.request_stop()
+        return {"stopping": True, "sandboxes_kept": True}
+
     if settings.http_address is not None:
         console = WebConsole(settings, daemon.server, sandboxes, daemon.lag)
         daemon.on_startup("http console", console.start)

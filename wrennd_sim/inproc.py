@@ -79,8 +79,13 @@ class InProcess:
         """The running sandbox's agent client itself (its own errors, unlifted)."""
         return self.service.registry.running(sandbox_id, "reach the guest")[1].require_guest()
 
-    async def exec(self, sandbox_id: str, spec: CommandSpec) -> ExecResult:
-        async with self.service.guest(sandbox_id) as guest:
+    async def exec(
+        self, sandbox_id: str, spec: CommandSpec, within: float | None = None
+    ) -> ExecResult:
+        """Run a command as sandbox.exec does: shared lock, deadline (``within`` seconds,
+        else the command's own timeout plus a grace, else the host's default)."""
+        limit = self.service.command_deadline(spec) if within is None else within
+        async with self.service.guest(sandbox_id, limit) as guest:
             return await guest.run(spec)
 
     # --- images and templates ----------------------------------------------------

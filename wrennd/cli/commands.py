@@ -54,6 +54,11 @@ COMMANDS: list[Command] = [
         arguments=_stats_args,
     ),
     Command(("host", "methods"), "host.methods", "the methods the daemon answers", render_methods),
+    Command(
+        ("host", "restart"),
+        "host.restart",
+        "stop the daemon, leaving sandboxes running for the next one to adopt",
+    ),
 ]
 
 

@@ -138,10 +138,15 @@ class NetworkManager:
                 await asyncio.gather(job, return_exceptions=True)
                 await nsutil.run_async(lambda: build.remove(host, addrs))
                 raise
+        return self.describe(slot)
+
+    def describe(self, slot: int) -> SandboxNetwork:
+        """What slot's network is (names and addresses), without touching it: how a
+        restarted daemon takes over the network of a sandbox that kept running."""
         return SandboxNetwork(
             slot=slot,
             netns=self.naming.netns(slot),
-            host_address=addrs.host_address,
+            host_address=self.plan.for_slot(slot).host_address,
             host_veth=self.naming.host_veth(slot),
         )
 

@@ -35,6 +35,7 @@ NOT_FOUND = 1007
 IMAGE_IN_USE = 1008
 STORAGE_FAILURE = 1009
 SNAPSHOT_CORRUPT = 1010
+GUEST_UNAVAILABLE = 1011
 
 
 class RpcError(Exception):
@@ -155,6 +156,15 @@ class SnapshotCorrupt(RpcError):
     default_message = "Persisted data is damaged"
 
 
+class GuestUnavailable(RpcError):
+    """The guest did not answer within the call's deadline (stopped, unreachable, or a
+    pause or destroy ended the call); ``data.reason`` says which."""
+
+    code = GUEST_UNAVAILABLE
+    type = "guest_unavailable"
+    default_message = "The guest did not answer in time"
+
+
 APPLICATION_ERRORS: tuple[type[RpcError], ...] = (
     SandboxNotFound,
     WrongState,
@@ -166,6 +176,7 @@ APPLICATION_ERRORS: tuple[type[RpcError], ...] = (
     ImageInUse,
     StorageFailure,
     SnapshotCorrupt,
+    GuestUnavailable,
 )
 
 # The one table from a sandbox-layer error code (LifecycleError.code) to its API error;

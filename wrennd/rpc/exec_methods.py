@@ -13,6 +13,7 @@ call; a client that goes away takes its command with it.
 from __future__ import annotations
 
 import base64
+import math
 import secrets
 from typing import Any
 
@@ -99,8 +100,9 @@ async def _streamed(
     service: SandboxService, ctx: CallContext, p: dict[str, Any], encoding: str
 ) -> dict[str, Any]:
     pid, exited = 0, None
-    async with service.guest(p["id"]) as guest:
-        events = guest.exec(spec(p))
+    command = spec(p)
+    async with service.guest(p["id"], service.command_deadline(command)) as guest:
+        events = guest.exec(command)
         try:
             async for event in events:
                 if isinstance(event, Output):
@@ -136,7 +138,9 @@ class Sessions:
         pty = bool(p.get("pty"))
         command = spec(p)
         pid, exited = 0, None
-        async with service.guest(p["id"]) as guest:
+        # An interactive session lasts as long as its user: no deadline (a pause or
+        # destroy still ends it, and a stopped VMM).
+        async with service.guest(p["id"], math.inf) as guest:
             sess = await guest.session(
                 command, pty=pty, rows=p.get("rows", 24), cols=p.get("cols", 80)
             )
@@ -170,8 +174,9 @@ def register(methods: MethodTable, service: SandboxService) -> None:
                 return await sessions.run(service, ctx, p, encoding)
             if p.get("stream"):
                 return await _streamed(service, ctx, p, encoding)
-            async with service.guest(p["id"]) as guest:
-                r = await guest.run(spec(p))
+            command = spec(p)
+            async with service.guest(p["id"], service.command_deadline(command)) as guest:
+                r = await guest.run(command)
         return {
             "pid": r.pid,
             "code": r.code,

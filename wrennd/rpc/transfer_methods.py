@@ -26,6 +26,7 @@ import base64
 import collections
 import contextlib
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -173,7 +174,8 @@ class Transfers:
     async def _write(self, up: Upload, p: dict[str, Any]) -> dict[str, Any]:
         try:
             with translated():
-                async with self.service.guest(p["id"]) as guest:
+                # Files of any size: no deadline (a pause or a stopped VMM still ends it).
+                async with self.service.guest(p["id"], math.inf) as guest:
                     info = await guest.write_file(p["path"], up.body(), mode=p.get("mode"))
             return info.to_json()
         except BaseException as e:
@@ -232,7 +234,7 @@ async def download(service: SandboxService, ctx: CallContext, p: dict[str, Any])
             raise rpc.InvalidParams("the client stopped reading")
 
     with translated():
-        async with service.guest(p["id"]) as guest:
+        async with service.guest(p["id"], math.inf) as guest:  # any size: no deadline
             async for part in guest.read_file(p["path"]):
                 pending += part
                 while len(pending) >= size:

@@ -27,6 +27,7 @@ def sandbox(service: SandboxService, sb: Sandbox) -> dict[str, Any]:
         "expires_at": rec.expires_at,
         "generation": rec.generation,
         "error": rec.error,
+        "recovered_from": rec.recovered_from,
         "created_at": rec.created_at,
         "updated_at": rec.updated_at,
     }
@@ -37,6 +38,9 @@ def sandbox(service: SandboxService, sb: Sandbox) -> dict[str, Any]:
         d["vmm"] = {"pid": live.vmm.proc.pid, "api_socket": str(paths.vmm_files.api_socket)}
         if service.cfg.vmm.simulated:
             d["vmm"]["control_socket"] = str(paths.control_socket)
+        engine = service.engine_state(live)
+        if engine is not None:
+            d["engine"] = engine
         stats = live.uffd.stats() if live.uffd is not None else None
         if stats is not None:
             d["faults"] = {
@@ -81,6 +85,16 @@ def template(meta: TemplateMeta, users: list[str]) -> dict[str, Any]:
 
 def image(info: ImageInfo, users: list[str]) -> dict[str, Any]:
     return {**dataclasses.asdict(info), "used_by": users}
+
+
+def engine_states(service: SandboxService) -> dict[str, Any]:
+    """Each running sandbox's UFFD engine: serving, filling (percent) or detached."""
+    out = {}
+    for sb in service.registry:
+        state = service.engine_state(sb.live) if sb.live is not None else None
+        if state is not None:
+            out[sb.id] = state
+    return out
 
 
 def uffd_totals(service: SandboxService) -> dict[str, int]:

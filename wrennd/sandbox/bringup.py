@@ -17,18 +17,18 @@ from typing import Any
 from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.log import kv
 from wrennd.network.errors import SlotsExhausted
-from wrennd.network.manager import NetworkManager
-from wrennd.network.slots import SlotAllocator
-from wrennd.sandbox import templates
-from wrennd.sandbox.environment import Deps, HostConfig, Progress, SandboxPaths
+from wrennd.sandbox import diskpair, templates
+from wrennd.sandbox.environment import Deps, HostConfig, Progress
 from wrennd.sandbox.errors import GuestFailed, NoCapacity, SnapshotCorrupt, VmmFailed
 from wrennd.sandbox.jail import Jail
 from wrennd.sandbox.live import Live, guest_client
 from wrennd.sandbox.record import SandboxRecord
 from wrennd.snapshot import delete_snapshot, open_snapshot
+from wrennd.storage import holders
 from wrennd.uffd.server import SnapshotMemory, UffdServer
 from wrennd.vm.api import MemBackend
 from wrennd.vm.errors import JailerError, VmmError
+from wrennd.vm.identity import start_time
 from wrennd.vm.kernel import initrd_path
 from wrennd.vm.launcher import FirecrackerArgs
 from wrennd.vm.vmm import Vmm
@@ -41,12 +41,19 @@ ROOT_DRIVE = "rootfs"
 UFFD_READY_TIMEOUT = 10.0
 
 
-async def attach_network(live: Live, network: NetworkManager, slots: SlotAllocator) -> None:
+async def save(deps: Deps, rec: SandboxRecord) -> None:
+    await asyncio.to_thread(deps.records.save, rec)
+
+
+async def attach_network(live: Live, deps: Deps, rec: SandboxRecord) -> None:
+    """A slot, written to the record before its namespace, links and rules exist."""
     try:
-        live.slot = slots.allocate()
+        live.slot = deps.slots.allocate()
     except SlotsExhausted as e:
         raise NoCapacity("network slots", str(e)) from e
-    live.net = await network.create(live.slot)
+    rec.slot = live.slot
+    await save(deps, rec)
+    live.net = await (await deps.network_ready()).create(live.slot)
 
 
 async def make_jail(live: Live, cfg: HostConfig, rec: SandboxRecord) -> Jail | None:
@@ -71,18 +78,28 @@ async def _jailed(place: Callable[..., tuple[str, ...]], *files: Path | None) ->
         raise VmmFailed(str(e)) from e
 
 
-async def start_vmm(live: Live, cfg: HostConfig, paths: SandboxPaths) -> Vmm:
+async def start_vmm(live: Live, deps: Deps, rec: SandboxRecord, drive: Path) -> Vmm:
+    """A VMM for a drive nobody holds, recorded ahead: its API socket before the spawn,
+    its pid and start time as soon as it exists."""
     assert live.net is not None
-    files = paths.vmm_files
-    args = FirecrackerArgs(cfg.vmm.binary, live.sandbox_id.replace("-", "_"), files)
+    await asyncio.to_thread(holders.require_unheld, drive)
+    files = deps.paths(rec.id).vmm_files
+    args = FirecrackerArgs(deps.cfg.vmm.binary, live.sandbox_id.replace("-", "_"), files)
     argv = args.argv()
     netns: Path | None = live.net.netns_path
     if live.jail is not None:
         # The jailer joins the namespace itself (--netns), then drops to the jail user.
         argv, netns = live.jail.argv(args), None
         await asyncio.to_thread(live.jail.own_files, files)
+    rec.vmm_api_socket, rec.vmm_pid, rec.vmm_start_time = str(files.api_socket), None, None
+    await save(deps, rec)
+
+    async def spawned(pid: int) -> None:
+        rec.vmm_pid, rec.vmm_start_time = pid, start_time(pid)
+        await save(deps, rec)
+
     try:
-        live.vmm = await Vmm.start(argv, files, netns_path=netns)
+        live.vmm = await Vmm.start(argv, files, netns_path=netns, on_spawn=spawned)
     except VmmError as e:
         raise VmmFailed(f"starting the VMM for {live.sandbox_id}: {e}") from e
     return live.vmm
@@ -92,11 +109,10 @@ def boot_args(record: SandboxRecord, ip_arg: str) -> str:
     return f"console=ttyS0 reboot=k panic=1 pci=off {ip_arg} wrenn.hostname={record.id}"
 
 
-async def boot(
-    live: Live, cfg: HostConfig, paths: SandboxPaths, record: SandboxRecord, drive: Path
-) -> None:
+async def boot(live: Live, deps: Deps, record: SandboxRecord, drive: Path) -> None:
     """Configure and start a fresh VM from the sandbox's root drive."""
     assert live.net is not None
+    cfg = deps.cfg
     tap = live.net.tap
     # A kernel made from Debian's package boots through its own initrd (vm.kernel).
     initrd = initrd_path(cfg.kernel)
@@ -108,7 +124,8 @@ async def boot(
             jail.boot_files, cfg.kernel, initrd, drive
         )
         initrd_arg = initrd_jailed or None
-    vmm = await start_vmm(live, cfg, paths)
+    record.uffd_served = False
+    vmm = await start_vmm(live, deps, record, drive)
     c = vmm.client
     try:
         await vmm.checked(
@@ -124,18 +141,14 @@ async def boot(
 
 
 async def restore(
-    live: Live,
-    cfg: HostConfig,
-    paths: SandboxPaths,
-    rec: SandboxRecord,
-    drive: Path,
-    prefetch: bool = True,
+    live: Live, deps: Deps, rec: SandboxRecord, drive: Path, prefetch: bool = True
 ) -> None:
     """Start a VMM and load the last snapshot with the UFFD engine serving its memory.
 
     The root drive is pointed at ``drive`` before the VM runs: a clone's disk is not
     the one its template was taken with, and a device path may change between runs."""
     assert live.net is not None
+    cfg, paths = deps.cfg, deps.paths(rec.id)
     snap = await asyncio.to_thread(open_snapshot, paths.snapshot_dir, cfg.store)
     memory = SnapshotMemory(
         snap.memory_size,
@@ -159,12 +172,14 @@ async def restore(
         batch_bytes=cfg.uffd_batch_bytes,
         prefetch=prefetch,
         verify_pages=cfg.verify_pages,
+        fill=cfg.uffd_fill == "background",
     )
     await live.uffd.start()
     if jail is not None:
         jail.own(paths.uffd_socket)  # the jailed VMM connects as the jail user
     live.serving = asyncio.ensure_future(live.uffd.serve())
-    vmm = await start_vmm(live, cfg, paths)
+    rec.uffd_served = True  # saved with the VMM's socket, before it is spawned
+    vmm = await start_vmm(live, deps, rec, drive)
     overrides = None
     if vmm.client.requests.accepts("SnapshotLoadParams.network_overrides"):
         overrides = {GUEST_IFACE: live.net.tap}
@@ -269,12 +284,12 @@ async def create(deps: Deps, rec: SandboxRecord, image: Path, progress: Progress
     made_layer = False
     try:
         await progress("network", 0, 4)
-        await attach_network(live, await deps.network_ready(), deps.slots)
+        await attach_network(live, deps, rec)
         await progress("storage", 1, 4)
         layer = await deps.storage.create(rec.id, image)
         made_layer = live.storage_attached = True
         await progress("boot", 2, 4)
-        await boot(live, deps.cfg, deps.paths(rec.id), rec, layer.drive)
+        await boot(live, deps, rec, layer.drive)
         await progress("agent", 3, 4)
         await connect_guest(live, deps.cfg, rec.env, clock=False)
     except BaseException:
@@ -291,12 +306,12 @@ async def resume(deps: Deps, rec: SandboxRecord, progress: Progress, prefetch: b
     live = Live(rec.id)
     try:
         await progress("network", 0, 4)
-        await attach_network(live, await deps.network_ready(), deps.slots)
+        await attach_network(live, deps, rec)
         await progress("storage", 1, 4)
         layer = await deps.storage.attach(rec.id)
         live.storage_attached = True
         await progress("load", 2, 4)
-        await restore(live, deps.cfg, deps.paths(rec.id), rec, layer.drive, prefetch)
+        await restore(live, deps, rec, layer.drive, prefetch)
         await progress("agent", 3, 4)
         await connect_guest(live, deps.cfg, rec.env, clock=True)
         check_memory(live)
@@ -322,7 +337,7 @@ async def clone(deps: Deps, rec: SandboxRecord, template: Path, progress: Progre
     made_layer = False
     try:
         await progress("network", 0, 4)
-        await attach_network(live, await deps.network_ready(), deps.slots)
+        await attach_network(live, deps, rec)
         await progress("storage", 1, 4)
         layer = await deps.storage.create(rec.id, templates.rootfs_of(template))
         made_layer = live.storage_attached = True
@@ -333,8 +348,10 @@ async def clone(deps: Deps, rec: SandboxRecord, template: Path, progress: Progre
             deps.cfg.store,
         )
         rec.generation, rec.snapshot_build_id = header.generation, str(header.build_id)
+        # Nothing ran on the new layer yet: it is the disk of the template's snapshot.
+        await diskpair.keep(deps, rec, header.generation)
         await progress("load", 2, 4)
-        await restore(live, deps.cfg, paths, rec, layer.drive)
+        await restore(live, deps, rec, layer.drive)
         await progress("agent", 3, 4)
         await connect_guest(live, deps.cfg, rec.env, clock=True)
         check_memory(live)

@@ -19,6 +19,7 @@ from wrennd.sandbox.errors import ImageInUse, WrongState, lifted
 from wrennd.sandbox.lifecycle import Lifecycle
 from wrennd.sandbox.record import SandboxState
 from wrennd.sandbox.registry import Registry
+from wrennd.sandbox.rwlock import PREEMPT_AFTER
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class TemplateCatalog:
         if was_running:
             await self.lifecycle.pause(sandbox_id, progress)
         try:
-            async with sb.lock:
+            async with sb.lock.exclusive(PREEMPT_AFTER):
                 rec = sb.record
                 if rec.state != SandboxState.PAUSED:
                     raise WrongState(sandbox_id, rec.state, "create a template")

@@ -30,6 +30,7 @@ from wrennd.vm.launcher import VmmFiles
 log = logging.getLogger(__name__)
 
 DEFAULT_BOOT_TIMEOUT = 60.0
+DEFAULT_GUEST_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ class HostConfig:
     scrub_rate_bytes: int = 32 << 20
     ttl_action: str = "pause"
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
+    guest_timeout: float = DEFAULT_GUEST_TIMEOUT
+    # The daemon's default is Settings.uffd_fill ("background"); a HostConfig built by
+    # hand (tests and benchmarks that measure demand faults) serves lazily unless told.
+    uffd_fill: str = "lazy"
     memory_overcommit_percent: int = 100
     # The namespace where host-reachable sandbox addresses are routed (None: ours).
     host_netns: Path | None = None
@@ -102,6 +107,8 @@ class HostConfig:
             scrub_interval=settings.scrub_interval,
             scrub_rate_bytes=settings.scrub_rate_bytes,
             ttl_action=settings.ttl_action,
+            guest_timeout=float(settings.guest_timeout),
+            uffd_fill=settings.uffd_fill,
             memory_overcommit_percent=settings.memory_overcommit_percent,
             host_netns=settings.host_netns,
             jail=jail_settings(settings, vmm),

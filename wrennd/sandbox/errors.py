@@ -18,6 +18,7 @@ from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.guest.session import SessionError
 from wrennd.snapshot.errors import ChainChangedError, ChecksumError, IngestError, SnapshotError
 from wrennd.storage.errors import BaseImageInUse, NoSpace, StorageError
+from wrennd.storage.holders import DriveInUse
 
 if TYPE_CHECKING:
     from wrennd.sandbox.record import SandboxState
@@ -167,6 +168,13 @@ class GuestFailed(LifecycleError):
     code = "guest_failure"
 
 
+class GuestUnavailable(LifecycleError):
+    """The guest did not answer in time: its deadline passed, its VMM is stopped, it
+    could not be reached, or a lifecycle call (pause, destroy) ended the call."""
+
+    code = "guest_unavailable"
+
+
 class StorageFailed(LifecycleError):
     """The rootfs storage backend failed (not the VMM, not the guest)."""
 
@@ -184,12 +192,13 @@ class SnapshotCorrupt(LifecycleError):
 _LIFTS: tuple[tuple[type[Exception], Callable[[Any], LifecycleError]], ...] = (
     (NoSpace, lambda e: NoCapacity("disk", str(e))),
     (BaseImageInUse, lambda e: ImageInUse(e.path.stem, e.sandbox_ids)),
+    (DriveInUse, lambda e: StorageFailed(str(e), drive=str(e.drive), holders=e.holders)),
     (StorageError, lambda e: StorageFailed(str(e))),
     # Damaged persisted data, not a daemon bug: its own code, naming the file.
     (SnapshotError, lambda e: _snapshot_error(e)),
     (GuestError, lambda e: GuestFailed(e.message, code=e.code, status=e.status)),
     (ChecksumError, lambda e: SnapshotCorrupt(str(e), file=str(e.path), block=e.block)),
-    (AgentUnavailable, lambda e: GuestFailed(str(e), code="unavailable")),
+    (AgentUnavailable, lambda e: GuestUnavailable(str(e), reason="unreachable")),
     (SessionError, lambda e: GuestFailed(e.message, code=e.code)),
 )
 

@@ -16,14 +16,24 @@ import time
 from collections.abc import Callable
 
 from wrennd.log import kv
-from wrennd.sandbox import admission, bringup, images, pausing, recovery, teardown, templates
+from wrennd.sandbox import (
+    admission,
+    bringup,
+    diskpair,
+    filling,
+    images,
+    pausing,
+    recovery,
+    teardown,
+    templates,
+)
 from wrennd.sandbox.environment import Deps, Progress, no_progress
 from wrennd.sandbox.errors import PauseUndone, Refused, WrongState, lifted
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.reaper import Reaper
 from wrennd.sandbox.record import SandboxRecord, SandboxState, new_sandbox_id
 from wrennd.sandbox.registry import Registry, Sandbox
-from wrennd.snapshot import ChainChangedError, collapse_in_background
+from wrennd.sandbox.rwlock import PREEMPT_AFTER
 
 log = logging.getLogger(__name__)
 S = SandboxState
@@ -44,9 +54,13 @@ class Lifecycle:
         cfg = self.deps.cfg
         for d in (cfg.sandboxes_dir, cfg.store, cfg.images_dir):
             d.mkdir(parents=True, exist_ok=True)
-        for rec in await recovery.recover(self.deps):
-            self.registry.add(Sandbox(rec))
+        records, adopted = await recovery.recover(self.deps)
+        for rec in records:
+            sb = Sandbox(rec, live=adopted.get(rec.id))
+            self.registry.add(sb)
             self.reaper.set(rec.id, rec.expires_at if rec.state == S.RUNNING else None)
+            if sb.live is not None:
+                self._watch(sb, sb.live)
         self.reaper.start()
 
     async def close(self) -> None:
@@ -55,10 +69,13 @@ class Lifecycle:
         tasks = [sb.collapse for sb in self.registry if sb.collapse is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def pause_all(self, concurrency: int = 4) -> dict[str, str]:
-        """Pause every running sandbox (the shutdown hook); sandbox id -> outcome."""
+    async def pause_all(
+        self, concurrency: int = 4, only: Callable[[Sandbox], bool] | None = None
+    ) -> dict[str, str]:
+        """Pause every running sandbox (or those ``only`` picks); sandbox id -> outcome."""
         gate = asyncio.Semaphore(concurrency)
-        running = [sb.id for sb in self.registry if sb.record.state == S.RUNNING]
+        picked = [sb for sb in self.registry if only is None or only(sb)]
+        running = [sb.id for sb in picked if sb.record.state == S.RUNNING]
 
         async def one(sandbox_id: str) -> str:
             async with gate:
@@ -133,7 +150,7 @@ class Lifecycle:
     @lifted
     async def destroy(self, sandbox_id: str) -> None:
         sb = self.registry.get(sandbox_id)
-        async with sb.lock:
+        async with sb.lock.exclusive(PREEMPT_AFTER):
             self.registry.still(sb)
             await self.registry.move(sb, S.STOPPING, "destroy")
             self.reaper.set(sandbox_id, None)
@@ -152,7 +169,7 @@ class Lifecycle:
     @lifted
     async def pause(self, sandbox_id: str, progress: Progress = no_progress) -> Sandbox:
         sb = self.registry.get(sandbox_id)
-        async with sb.lock:
+        async with sb.lock.exclusive(PREEMPT_AFTER):
             self.registry.still(sb)
             if sb.live is None:
                 raise WrongState(sandbox_id, sb.record.state, "pause")
@@ -169,9 +186,10 @@ class Lifecycle:
             sb.live = None
             sb.record.generation = header.generation
             sb.record.snapshot_build_id = str(header.build_id)
+            sb.record.recovered_from = None
             await self._rest(sb, S.PAUSED)
             if header.generation >= self.deps.cfg.max_generations:
-                sb.collapse = asyncio.ensure_future(self._collapse(sb))
+                sb.collapse = asyncio.ensure_future(pausing.collapse(self.deps, self.registry, sb))
         return sb
 
     async def _after_failed_pause(self, sb: Sandbox, error: BaseException) -> None:
@@ -180,20 +198,6 @@ class Lifecycle:
                 await sb.live.release(self.deps.storage, self.deps.network, self.deps.slots)
             sb.live = None
         await self._rest(sb, S.ERROR, f"pause failed: {error}")
-
-    async def _collapse(self, sb: Sandbox) -> None:
-        snapshot_dir = self.deps.paths(sb.id).snapshot_dir
-        try:
-            header = await collapse_in_background(snapshot_dir, self.deps.cfg.store)
-        except ChainChangedError:
-            log.info("collapse superseded by a newer snapshot", extra=kv(sandbox=sb.id))
-        except Exception as e:
-            log.error("background collapse failed", extra=kv(sandbox=sb.id, error=e))
-        else:
-            log.info("chain collapsed", extra=kv(sandbox=sb.id, build_id=header.build_id))
-            if self.registry.find(sb.id) is sb:
-                sb.record.snapshot_build_id = str(header.build_id)
-                await self.registry.save(sb)
 
     @lifted
     async def resume(
@@ -216,7 +220,10 @@ class Lifecycle:
                 sb.live = await bringup.resume(self.deps, rec, progress, prefetch)
             except BaseException as e:
                 back = S.PAUSED if rec.generation is not None else S.ERROR
-                await asyncio.shield(self._rest(sb, back, f"resume failed: {e}"))
+                error = f"resume failed: {e}"
+                if back == S.PAUSED and rec.vmm_pid is not None:  # the VM may have run: disk too
+                    await asyncio.shield(diskpair.roll_back_quietly(self.deps, rec, error))
+                await asyncio.shield(self._rest(sb, back, error))
                 raise
             if rec.timeout_s is not None:
                 rec.expires_at = self.clock() + rec.timeout_s
@@ -227,7 +234,7 @@ class Lifecycle:
     async def set_timeout(self, sandbox_id: str, timeout_s: float | None) -> Sandbox:
         _check_timeout(timeout_s)
         sb = self.registry.get(sandbox_id)
-        async with sb.lock:
+        async with sb.lock.shared():  # the record only: guest calls may go on
             self.registry.still(sb)
             rec = sb.record
             if rec.state == S.DAMAGED:
@@ -250,6 +257,7 @@ class Lifecycle:
         self.reaper.set(sb.id, sb.record.expires_at)
         if sb.live is not None:
             self._watch(sb, sb.live)
+            filling.start(self.registry, sb, sb.live)
 
     async def _expired(self, sandbox_id: str) -> None:
         sb = self.registry.find(sandbox_id)
@@ -270,7 +278,7 @@ class Lifecycle:
                 return
             reason = str(vmm.proc.exited_error("the VMM exited while running"))
             log.error("sandbox vmm died", extra=kv(sandbox=sb.id, returncode=rc))
-            async with sb.lock:
+            async with sb.lock.exclusive(preempt_after=0):  # the guest is gone with its VMM
                 if sb.live is not live:
                     return
                 live.watcher = None  # this task: release must not cancel it

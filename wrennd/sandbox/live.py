@@ -69,6 +69,7 @@ class Live:
     jail: Jail | None = None  # the VMM's chroot and cgroup under the jailer
     stopping: bool = False
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+    filler: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def require_guest(self) -> GuestClient:
         if self.guest is None:  # pragma: no cover - a running sandbox always has one
@@ -83,6 +84,11 @@ class Live:
     async def stop_vmm(self) -> ServeResult | None:
         """Stop the VMM and, when it was served by the UFFD engine, collect the engine's end."""
         self.stopping = True
+        if self.filler is not None:
+            self.filler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.filler
+            self.filler = None
         if self.watcher is not None:
             self.watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -19,13 +19,23 @@ from typing import Literal
 from wrennd.durable import publish
 from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.log import kv
+from wrennd.sandbox import diskpair
 from wrennd.sandbox import jail as jailed
 from wrennd.sandbox.environment import Deps, Progress, SandboxPaths
 from wrennd.sandbox.errors import PauseUndone, PauseUndoneNoSpace, VmmFailed
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.prefetching import record_prefetch_map
 from wrennd.sandbox.record import SandboxRecord
-from wrennd.snapshot import Header, SnapshotError, ingest_diff, ingest_full
+from wrennd.sandbox.registry import Registry, Sandbox
+from wrennd.snapshot import (
+    ChainChangedError,
+    Header,
+    SnapshotError,
+    collapse_in_background,
+    ingest_diff,
+    ingest_full,
+)
+from wrennd.storage.errors import StorageError
 from wrennd.vm.errors import VmmError
 
 log = logging.getLogger(__name__)
@@ -137,5 +147,26 @@ async def pause(deps: Deps, rec: SandboxRecord, live: Live, progress: Progress) 
             record_prefetch_map, paths.snapshot_dir, result, header, kind,
             deps.cfg.prefetch_max_bytes,
         )  # fmt: skip
+    try:
+        # The VMM is gone and the layer detached: this is the disk of this snapshot.
+        await diskpair.keep(deps, rec, header.generation)
+    except (StorageError, OSError) as e:
+        log.error("disk not kept with the snapshot", extra=kv(sandbox=rec.id, error=e))
     await progress("done", 4, 4, generation=header.generation)
     return header
+
+
+async def collapse(deps: Deps, registry: Registry, sb: Sandbox) -> None:
+    """Collapse a long chain in the background, after the pause has answered."""
+    snapshot_dir = deps.paths(sb.id).snapshot_dir
+    try:
+        header = await collapse_in_background(snapshot_dir, deps.cfg.store)
+    except ChainChangedError:
+        log.info("collapse superseded by a newer snapshot", extra=kv(sandbox=sb.id))
+    except Exception as e:
+        log.error("background collapse failed", extra=kv(sandbox=sb.id, error=e))
+    else:
+        log.info("chain collapsed", extra=kv(sandbox=sb.id, build_id=header.build_id))
+        if registry.find(sb.id) is sb:
+            sb.record.snapshot_build_id = str(header.build_id)
+            await registry.save(sb)

@@ -107,8 +107,15 @@ class SandboxRecord:
     expires_at: float | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Written ahead: the slot before its network is made, the API socket before the VMM
+    # is spawned, its pid and start time (clock ticks, /proc/PID/stat) as soon as it is.
     slot: int | None = None
+    vmm_api_socket: str | None = None
     vmm_pid: int | None = None
+    vmm_start_time: int | None = None
+    # The VMM's memory is served by this daemon's UFFD engine (a resume or a clone): it
+    # cannot run on without it, so a restarted daemon cannot adopt it.
+    uffd_served: bool = False
     generation: int | None = None  # memory generation of the last pause; None: never paused
     # A snapshot was taken but not ingested: the VMM's dirty bitmap no longer
     # covers those pages, so the next snapshot must be Full.
@@ -117,6 +124,9 @@ class SandboxRecord:
     # a header with another one after a crash mid-pause means that pause's memory committed.
     snapshot_build_id: str | None = None
     error: str | None = None
+    # Set when the sandbox went back to its last snapshot (memory and disk together):
+    # {"generation", "at", "reason"}; cleared by the next pause.
+    recovered_from: dict[str, Any] | None = None
     created_at: float = dataclasses.field(default_factory=time.time)
     updated_at: float = dataclasses.field(default_factory=time.time)
 

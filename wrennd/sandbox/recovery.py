@@ -1,11 +1,12 @@
 """Startup recovery: read every state.json and bring each record to a resting state.
 
-No VMM of a previous daemon is adopted: one that outlived it is stopped (it
-is identified by its API socket on its command line, never by pid alone).
-A sandbox whose VMM is gone goes back to its last snapshot (paused) when it
-has one, else to error with the reason; an unfinished create or destroy is
-completed as a destroy.  Then every stale network, storage device and
-snapshot temporary is cleaned, since nothing runs yet.
+A running sandbox whose VMM outlived the previous daemon is adopted
+(``adoption``) and keeps running.  Any other VMM of a previous daemon is
+stopped (identified by its API socket on its command line, never by pid
+alone).  A sandbox whose VMM is gone goes back to its last snapshot (paused)
+when it has one, else to error with the reason; an unfinished create or
+destroy is completed as a destroy.  Then every stale network, storage device
+and snapshot temporary not owned by an adopted sandbox is cleaned.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from pathlib import Path
 
 from wrennd.durable import publish
 from wrennd.log import kv
-from wrennd.sandbox import jail, teardown, templates
+from wrennd.network.slots import SlotAllocator
+from wrennd.sandbox import adoption, diskpair, jail, teardown, templates
 from wrennd.sandbox.environment import Deps, SandboxPaths
+from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import SandboxRecord, SandboxState
 from wrennd.snapshot import SnapshotError
 from wrennd.snapshot import recover as recover_store
@@ -85,14 +88,17 @@ def finish_interrupted_pause(paths: SandboxPaths, rec: SandboxRecord) -> bool:
         header = read_header(paths.snapshot_dir)
     except (OSError, SnapshotError):
         header = None
+    # The header is the commit point; its vmstate is still pending, or was published
+    # just before the crash (the pause then died releasing its resources).
     committed = (
         header is not None
         and str(header.build_id) != rec.snapshot_build_id
-        and paths.pending_vmstate.exists()
+        and (paths.pending_vmstate.exists() or paths.vmstate.exists())
     )
     if committed:
         assert header is not None
-        publish(paths.pending_vmstate, paths.vmstate)
+        if paths.pending_vmstate.exists():
+            publish(paths.pending_vmstate, paths.vmstate)
         rec.generation, rec.snapshot_build_id = header.generation, str(header.build_id)
         rec.need_full = False
     paths.pending_memfile.unlink(missing_ok=True)
@@ -115,8 +121,22 @@ def _settle(rec: SandboxRecord) -> str | None:
         else:
             rec.state = S.ERROR
             rec.error = f"the daemon stopped while the sandbox was {was} and it has no snapshot"
-    rec.slot, rec.vmm_pid = None, None
+    rec.slot, rec.vmm_pid, rec.vmm_start_time, rec.vmm_api_socket = None, None, None, None
+    rec.uffd_served = False
     return rec.error
+
+
+async def _pair_disks(deps: Deps, disks: list[tuple[SandboxRecord, str | None]]) -> None:
+    """With every layer detached: roll disks back to their snapshot, or keep them."""
+    for rec, reason in disks:
+        try:
+            if reason is None:
+                assert rec.generation is not None
+                await diskpair.keep(deps, rec, rec.generation)
+            elif await diskpair.roll_back(deps, rec, reason):
+                await asyncio.to_thread(deps.records.save, rec)
+        except Exception as e:
+            log.error("snapshot disk not paired", extra=kv(sandbox=rec.id, error=e))
 
 
 async def _reap_simulated_guests(fcsim: Path) -> None:
@@ -141,7 +161,8 @@ async def _reap_simulated_guests(fcsim: Path) -> None:
         )
 
 
-async def recover(deps: Deps) -> list[SandboxRecord]:
+async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
+    """Every record brought to rest, and the live resources of those adopted."""
     records, bad = await asyncio.to_thread(deps.records.load_all)
     if deps.cfg.jail is not None:
         # First: a jailed VMM is found by its jail (its command line has jail paths).
@@ -154,7 +175,15 @@ async def recover(deps: Deps) -> list[SandboxRecord]:
         log.error("unreadable sandbox record: shown as damaged", extra=kv(error=err))
         if err.sandbox_id is not None:
             kept.append(SandboxRecord.damaged(err.sandbox_id, str(err)))
+    adopted: dict[str, Live] = {}
+    # Records whose disk goes back to their snapshot's (a reason) or is kept with it (None).
+    disks: list[tuple[SandboxRecord, str | None]] = []
     for rec in records:
+        live = await adoption.adopt(deps, rec)
+        if live is not None:
+            adopted[rec.id] = live
+            kept.append(rec)
+            continue
         paths = deps.paths(rec.id)
         api_socket = paths.vmm_files.api_socket
         pids = set(await asyncio.to_thread(vmms_using, api_socket))
@@ -163,20 +192,28 @@ async def recover(deps: Deps) -> list[SandboxRecord]:
             if await asyncio.to_thread(stop_stale_vmm, pid, api_socket):
                 log.warning("stale vmm stopped", extra=kv(sandbox=rec.id, pid=pid))
         before = rec.state
+        completed = False
         if rec.state == S.PAUSING and await asyncio.to_thread(finish_interrupted_pause, paths, rec):
             log.info("interrupted pause completed", extra=kv(sandbox=rec.id))
-            rec.state = S.PAUSED
+            rec.state, completed = S.PAUSED, True
         if _settle(rec) is None and rec.state in (S.CREATING, S.STOPPING):
             await teardown.destroy(deps, rec, None)
             log.info("unfinished sandbox removed", extra=kv(sandbox=rec.id, state=before.value))
             continue
+        if rec.state == S.PAUSED and before != S.PAUSED and not completed:
+            disks.append((rec, f"the daemon stopped while the sandbox was {before.value}"))
+        elif rec.state == S.PAUSED and not diskpair.has_kept(deps, rec):
+            disks.append((rec, None))  # its layer is still the disk of its snapshot
         await asyncio.to_thread(deps.records.save, rec)
         log.info("sandbox recovered", extra=kv(sandbox=rec.id, was=before, now=rec.state))
         kept.append(rec)
     # Always, records or not: a VMM killed after its record was removed (or a record
     # that cannot be read) can leave namespaces behind that would poison their slot.
-    await (await deps.network_ready()).cleanup_stale(())
-    await deps.storage.cleanup_stale(())
+    slots = [live.slot for live in adopted.values() if live.slot is not None]
+    deps.slots = SlotAllocator(deps.slots.capacity, slots)
+    await (await deps.network_ready()).cleanup_stale(slots)
+    await deps.storage.cleanup_stale(list(adopted))
+    await _pair_disks(deps, disks)
     if deps.cfg.vmm.simulated:
         await _reap_simulated_guests(deps.cfg.vmm.binary)
     removed = await asyncio.to_thread(templates.cleanup_temporaries, deps)
@@ -186,4 +223,4 @@ async def recover(deps: Deps) -> list[SandboxRecord]:
     dirs += await asyncio.to_thread(templates.snapshot_dirs, deps)
     deps.cfg.store.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(recover_store, dirs, deps.cfg.store)
-    return kept
+    return kept, adopted

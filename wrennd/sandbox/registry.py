@@ -15,14 +15,16 @@ from dataclasses import dataclass, field
 from wrennd.sandbox.errors import SandboxNotFound, WrongState
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import RecordStore, SandboxRecord, SandboxState, check_transition
+from wrennd.sandbox.rwlock import SandboxLock
 
 
 @dataclass
 class Sandbox:
-    """One sandbox: its persisted record, the lock lifecycle calls hold, what runs."""
+    """One sandbox: its persisted record, its lock (guest calls share it, lifecycle calls
+    hold it alone), what runs."""
 
     record: SandboxRecord
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lock: SandboxLock = field(default_factory=SandboxLock)
     live: Live | None = None
     collapse: asyncio.Task[None] | None = None
 
@@ -86,7 +88,9 @@ class Registry:
         rec, live = sb.record, sb.live
         rec.state, rec.error = target, error
         rec.slot = live.slot if live is not None else None
-        rec.vmm_pid = live.vmm.proc.pid if live is not None and live.vmm is not None else None
+        if live is None or live.vmm is None:
+            rec.vmm_api_socket = rec.vmm_pid = rec.vmm_start_time = None
+            rec.uffd_served = False
         await self.save(sb)
 
     # --- queries ---------------------------------------------------------------

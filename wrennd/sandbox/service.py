@@ -18,14 +18,17 @@ from typing import Any, Protocol
 
 from wrennd import config
 from wrennd.guest.client import GuestClient
+from wrennd.guest.protocol import CommandSpec
 from wrennd.log import kv
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import AddressPlan, Naming
 from wrennd.network.slots import SlotAllocator
+from wrennd.sandbox import filling
 from wrennd.sandbox.catalogs import ImageCatalog, TemplateCatalog
 from wrennd.sandbox.environment import Deps, HostConfig, SandboxPaths, choose_vmm
-from wrennd.sandbox.errors import lifting
+from wrennd.sandbox.guestcall import guest_call
 from wrennd.sandbox.lifecycle import Lifecycle
+from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import RecordStore
 from wrennd.sandbox.registry import Registry, Sandbox
 from wrennd.sandbox.scrub import Scrubber
@@ -36,6 +39,8 @@ from wrennd.storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 SHUTDOWN_PAUSE_CONCURRENCY = 4
+# Seconds past an exec's own timeout for the agent to kill the command and answer.
+EXEC_REPORT_GRACE = 10.0
 
 
 class Deadline(Protocol):
@@ -85,10 +90,23 @@ class SandboxService:
         await self.lifecycle.close()
         await self.storage.aclose()
 
-    async def shutdown(self, ctx: Deadline) -> None:
-        """Pause every running sandbox (bounded concurrency), then stop background work."""
+    async def shutdown(self, ctx: Deadline, keep: bool = False) -> None:
+        """Pause every running sandbox (bounded concurrency), then stop background work.
+
+        ``keep``: leave running every sandbox that can run without this daemon, for the
+        next one to adopt; those whose memory this daemon's UFFD engine serves are paused
+        (they cannot run on without it)."""
         ctx.status("stopping: pausing sandboxes")
-        outcome = await self.lifecycle.pause_all(SHUTDOWN_PAUSE_CONCURRENCY)
+
+        def needs(sb: Sandbox) -> bool:  # its VM cannot run without this daemon's engine
+            return sb.record.uffd_served
+
+        if keep:
+            kept = [sb.id for sb in self.registry if sb.live is not None and not needs(sb)]
+            log.info("sandboxes left running", extra=kv(kept=len(kept), ids=",".join(kept)))
+        outcome = await self.lifecycle.pause_all(
+            SHUTDOWN_PAUSE_CONCURRENCY, needs if keep else None
+        )
         failed = {k: v for k, v in outcome.items() if v != "paused"}
         log.info("sandboxes paused for shutdown", extra=kv(paused=len(outcome) - len(failed)))
         await self.close()
@@ -100,19 +118,36 @@ class SandboxService:
         return self.deps.paths(sandbox_id)
 
     @contextlib.asynccontextmanager
-    async def guest(self, sandbox_id: str) -> AsyncIterator[GuestClient]:
-        """The agent of a running sandbox (WrongState otherwise); the guest's errors leave
-        the block as the sandbox layer's."""
-        with lifting():
-            _, live = self.registry.running(sandbox_id, "reach the guest")
-            yield live.require_guest()
+    async def guest(
+        self, sandbox_id: str, within: float | None = None
+    ) -> AsyncIterator[GuestClient]:
+        """The agent of a running sandbox (WrongState otherwise) for the block, which holds
+        the sandbox's lock shared and ends within ``within`` seconds (default: the host's
+        ``guest_timeout``) with GuestUnavailable; the guest's errors leave it lifted."""
+        limit = self.cfg.guest_timeout if within is None else within
+        async with guest_call(self.registry, sandbox_id, limit) as client:
+            yield client
+
+    def engine_state(self, live: Live) -> dict[str, Any] | None:
+        """The UFFD engine of a running sandbox: serving, filling (percent) or detached."""
+        return filling.engine_state(live)
+
+    def command_deadline(self, spec: CommandSpec) -> float:
+        """How long an exec may take: its own timeout plus the time to report it, or
+        the host's default."""
+        if spec.timeout is None:
+            return self.cfg.guest_timeout
+        return spec.timeout + EXEC_REPORT_GRACE
 
     async def usage(self, sb: Sandbox) -> dict[str, Any]:
         """Host disk (allocated blocks of the layer and the snapshot) and resident memory."""
+        layer: Path | None = None
+        base: Path | None = None
         try:
-            layer: Path | None = (await self.storage.record(sb.id)).layer
+            rootfs = await self.storage.record(sb.id)
+            layer, base = rootfs.layer, rootfs.base_image
         except StorageError:
-            layer = None
+            pass
         live = sb.live
         pid = live.vmm.proc.pid if live is not None and live.vmm is not None else None
-        return await asyncio.to_thread(usage, self.paths(sb.id).state, layer, pid)
+        return await asyncio.to_thread(usage, self.paths(sb.id).state, layer, pid, base)

@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 
-def allocated(path: Path) -> int:
-    """Allocated bytes of a file, or of every file under a directory (links counted once)."""
+def allocated(path: Path, skip: str | None = None) -> int:
+    """Allocated bytes of a file, or of every file under a directory (links counted once;
+    names matching the glob ``skip`` left out)."""
     seen: set[tuple[int, int]] = set()
     total = 0
     paths = [path] if not path.is_dir() else [Path(d) / f for d, _, fs in os.walk(path) for f in fs]
     for p in paths:
+        if skip is not None and p.match(skip):
+            continue
         try:
             st = p.lstat()
         except FileNotFoundError:
@@ -41,9 +44,16 @@ _EXTENT = struct.Struct("=QQQQQIIII")
 _BATCH = 256
 
 
-def exclusive_bytes(path: Path) -> int:
+def exclusive_bytes(path: Path, base: Path | None = None) -> int:
     """Bytes of a file's extents that no other file shares (FIEMAP): what a reflinked
-    layer really added.  Falls back to allocated blocks where FIEMAP is not supported."""
+    layer really added; with ``base``, the bytes it does not share with ``base`` (a copy
+    kept with a snapshot shares the rest).  Falls back to allocated blocks where FIEMAP
+    is not supported."""
+    if base is not None:
+        theirs = _physical(base)
+        mine = _physical(path)
+        if mine is not None and theirs is not None:
+            return _outside(mine, theirs)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -74,6 +84,59 @@ def exclusive_bytes(path: Path) -> int:
         os.close(fd)
 
 
+def _physical(path: Path) -> list[tuple[int, int]] | None:
+    """Sorted (physical start, length) of a file's extents; None without FIEMAP."""
+    out: list[tuple[int, int]] = []
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []
+    try:
+        start = 0
+        while True:
+            buf = bytearray(_HEAD.size + _BATCH * _EXTENT.size)
+            _HEAD.pack_into(buf, 0, start, (1 << 64) - 1 - start, _FIEMAP_FLAG_SYNC, 0, _BATCH, 0)
+            try:
+                fcntl.ioctl(fd, _FS_IOC_FIEMAP, buf)
+            except OSError as e:
+                if e.errno in (errno.EOPNOTSUPP, errno.ENOTTY):
+                    return None
+                raise
+            mapped = _HEAD.unpack_from(buf)[3]
+            last = mapped == 0
+            for i in range(mapped):
+                logical, physical, length, _, _, flags = _EXTENT.unpack_from(
+                    buf, _HEAD.size + i * _EXTENT.size
+                )[:6]
+                out.append((physical, length))
+                start = logical + length
+                last = last or bool(flags & _EXTENT_LAST)
+            if last:
+                return sorted(out)
+    finally:
+        os.close(fd)
+
+
+def _outside(mine: list[tuple[int, int]], theirs: list[tuple[int, int]]) -> int:
+    """Bytes of ``mine``'s ranges that no range of ``theirs`` covers (both sorted)."""
+    total, j = 0, 0
+    for start, length in mine:
+        pos, end = start, start + length
+        while j < len(theirs) and theirs[j][0] + theirs[j][1] <= pos:
+            j += 1
+        k = j
+        while pos < end and k < len(theirs) and theirs[k][0] < end:
+            t_start, t_end = theirs[k]
+            t_end += t_start
+            if t_start > pos:
+                total += t_start - pos
+            pos = max(pos, t_end)
+            k += 1
+        if pos < end:
+            total += end - pos
+    return total
+
+
 def resident_bytes(pid: int) -> int | None:
     """VmRSS of a process (the VMM holds the guest's memory), None when it is gone."""
     try:
@@ -86,9 +149,12 @@ def resident_bytes(pid: int) -> int | None:
     return None
 
 
-def usage(sandbox_dir: Path, layer: Path | None, vmm_pid: int | None) -> dict[str, Any]:
-    snapshot = allocated(sandbox_dir / "snapshot")
-    disk = exclusive_bytes(layer) if layer is not None else 0
+def usage(
+    sandbox_dir: Path, layer: Path | None, vmm_pid: int | None, base: Path | None = None
+) -> dict[str, Any]:
+    # The layer kept with the snapshot shares the layer's extents: it is disk, not memory.
+    snapshot = allocated(sandbox_dir / "snapshot", skip="rootfs.g*.layer")
+    disk = exclusive_bytes(layer, base) if layer is not None else 0
     return {
         "disk_bytes": disk,
         "snapshot_bytes": snapshot,

@@ -88,6 +88,13 @@ class SnapshotCorrupt(WrennError):
     code = codes.SNAPSHOT_CORRUPT
 
 
+class GuestUnavailable(WrennError):
+    """The guest did not answer within the call's deadline (``data["reason"]``: deadline,
+    vmm_stopped, preempted by a pause or destroy, or unreachable)."""
+
+    code = codes.GUEST_UNAVAILABLE
+
+
 class TransferFailed(WrennError):
     """An upload or download ended with a size or sha256 that does not match."""
 
@@ -106,6 +113,7 @@ BY_CODE: dict[int, type[WrennError]] = {
         ImageInUse,
         StorageFailure,
         SnapshotCorrupt,
+        GuestUnavailable,
     )
 }
 _BAD_REQUEST = {

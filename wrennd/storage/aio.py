@@ -18,6 +18,8 @@ from typing import TypeVar
 
 from wrennd.storage.backend import RootfsRecord, StaleReport, StorageBackend
 from wrennd.storage.choose import choose_backend
+from wrennd.storage.errors import WrongAttachState
+from wrennd.storage.keep import clone_file
 
 T = TypeVar("T")
 
@@ -52,6 +54,18 @@ class AsyncStorage:
 
     async def record(self, sandbox_id: str) -> RootfsRecord:
         return await self._run(self.backend.record, sandbox_id)
+
+    async def keep_layer(self, sandbox_id: str, dest: Path) -> str:
+        """Copy the sandbox's layer as it is now to ``dest`` (reflink where possible)."""
+        rec = await self.record(sandbox_id)
+        return await self._run(clone_file, rec.layer, dest)
+
+    async def restore_layer(self, sandbox_id: str, src: Path) -> str:
+        """Put a kept layer back (the rootfs must be detached: no VMM uses it)."""
+        rec = await self.record(sandbox_id)
+        if rec.attached:
+            raise WrongAttachState(sandbox_id, True, "restore its layer")
+        return await self._run(clone_file, src, rec.layer)
 
     async def delete_base(self, base_image: Path) -> None:
         await self._run(self.backend.delete_base, base_image)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from wrennd.log import kv
 from wrennd.uffd import handshake, integrity
+from wrennd.uffd.detach import Detacher
 from wrennd.uffd.engine import (
     BASE_PAGE_SIZE,
     DEFAULT_BATCH_BYTES,
@@ -119,6 +120,7 @@ class UffdServer:
         window_max_bytes: int = DEFAULT_WINDOW_MAX_BYTES,
         copy_mode: str = "auto",
         verify_pages: bool = True,
+        fill: bool = False,
     ) -> None:
         """`verify_pages`: check each block against its generation's checksum as
         it is installed (generations without checksums are served unchecked)."""
@@ -138,6 +140,7 @@ class UffdServer:
         self._listener: socket.socket | None = None
         self._stop = asyncio.Event()
         self._final: EngineStats | None = None
+        self.detaching = Detacher(memory, fill)
 
     async def start(self) -> None:
         """Map the snapshot (or, with the page size still unknown, check its
@@ -166,7 +169,7 @@ class UffdServer:
             sources=m.generations,
             batch_bytes=self.batch_bytes,
             prefetch_batch_bytes=self.prefetch_batch_bytes,
-            prefetch=m.prefetch if self.prefetch else (),
+            prefetch=[*(m.prefetch if self.prefetch else ()), *self.detaching.ranges],
             window_max_bytes=self.window_max_bytes,
             copy_mode=self.copy_mode,
             checksums=self._checksums(),
@@ -214,6 +217,7 @@ class UffdServer:
                 if self._engine is None:
                     page_size = regions[0].page_size
                     self._engine = await loop.run_in_executor(None, self._make_engine, page_size)
+                self.detaching.keep(uffd)
                 self._engine.start(uffd, regions)
             except EngineConfigError as e:
                 os.close(uffd)
@@ -299,6 +303,7 @@ class UffdServer:
         engine = self._engine
         assert engine is not None
         await asyncio.get_running_loop().run_in_executor(None, engine.stop)
+        reason = self.detaching.finish(self.regions, reason)
         stats = engine.stats()
         self._final = stats
         result = ServeResult(
@@ -337,6 +342,7 @@ class UffdServer:
 
     async def close(self) -> None:
         """Stop serving, release everything, remove the socket file."""
+        self.detaching.close()
         if self._engine is not None:
             engine = self._engine
             await asyncio.get_running_loop().run_in_executor(None, engine.stop)

@@ -17,13 +17,14 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wrennd.log import kv
 from wrennd.vm import netns
 from wrennd.vm.errors import VmmExited, VmmStartTimeout
+from wrennd.vm.identity import VmmIdentity
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +108,24 @@ def _prepare_files(files: VmmFiles) -> None:
 
 
 class VmmProcess:
-    """A started VMM. Create with ``await VmmProcess.start(...)``."""
+    """A VMM: started with ``await VmmProcess.start(...)``, or one that a previous daemon
+    started, taken over with ``VmmProcess.adopt(...)``."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], files: VmmFiles) -> None:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes] | None,
+        files: VmmFiles,
+        pid: int | None = None,
+        pidfd: int | None = None,
+    ) -> None:
         self._popen = popen
         self.files = files
-        self.pid = popen.pid
-        self._pidfd = os.pidfd_open(popen.pid)
+        if popen is not None:
+            pid = popen.pid
+        if pid is None:
+            raise ValueError("a VMM process needs a Popen or a pid")
+        self.pid: int = pid
+        self._pidfd = os.pidfd_open(self.pid) if pidfd is None else pidfd
         self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().add_reader(self._pidfd, self._on_pidfd)
         self._stopping = False
@@ -127,11 +139,14 @@ class VmmProcess:
         netns_path: Path | None = None,
         env: Mapping[str, str] | None = None,
         socket_timeout: float = 10.0,
+        on_spawn: Callable[[int], Awaitable[None]] | None = None,
     ) -> VmmProcess:
         """Start the VMM and return once its API socket accepts connections.
 
         Raises ``VmmExited`` if it exits first and ``VmmStartTimeout`` (after
-        killing it) if the socket does not come up in time.
+        killing it) if the socket does not come up in time.  ``on_spawn(pid)`` runs as
+        soon as the process exists (the caller records it before anything else happens);
+        if it fails, the process is killed.
         """
         _prepare_files(files)
         out = os.open(
@@ -158,22 +173,48 @@ class VmmProcess:
         proc = cls(popen, files)
         log.info("vmm started", extra=kv(pid=proc.pid, argv=" ".join(argv), netns=netns_path))
         try:
+            if on_spawn is not None:
+                await on_spawn(proc.pid)
             await proc.wait_socket(socket_timeout)
         except BaseException:
             await proc.stop(grace=0.0)
             raise
         return proc
 
+    @classmethod
+    def adopt(cls, pid: int, started: int, files: VmmFiles) -> VmmProcess | None:
+        """The running VMM ``pid`` if it is the very process recorded (its start time)
+        and serves ``files.api_socket`` (its command line); None otherwise.  The pidfd is
+        opened first, so the checks cannot be fooled by a pid recycled in between."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        if not VmmIdentity(pid, started, files.api_socket).alive():
+            os.close(pidfd)
+            return None
+        return cls(None, files, pid=pid, pidfd=pidfd)
+
     # --- exit tracking -------------------------------------------------------
+    def _reap(self) -> int:
+        if self._popen is not None:
+            # The pidfd is readable once the child is a zombie: poll() reaps it now.
+            rc = self._popen.poll()
+            return self._popen.wait() if rc is None else rc
+        try:  # adopted: our child only if this daemon's process started it (tests)
+            res = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            return -1  # another daemon's child: its status went to its new parent
+        if res is None:
+            return -1
+        return res.si_status if res.si_code == os.CLD_EXITED else -res.si_status
+
     def _on_pidfd(self) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(self._pidfd)
+        rc = self._reap()
         os.close(self._pidfd)
         self._pidfd = -1
-        # The pidfd is readable once the child is a zombie: poll() reaps it now.
-        rc = self._popen.poll()
-        if rc is None:  # pragma: no cover - pidfd readable means exited
-            rc = self._popen.wait()
         self._remove_socket()
         if not self._stopping:
             log.warning(

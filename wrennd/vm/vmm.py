@@ -33,9 +33,10 @@ class Vmm:
         netns_path: Path | None = None,
         socket_timeout: float = 10.0,
         api_timeout: float = 30.0,
+        on_spawn: Callable[[int], Awaitable[None]] | None = None,
     ) -> Vmm:
         proc = await VmmProcess.start(
-            argv, files, netns_path=netns_path, socket_timeout=socket_timeout
+            argv, files, netns_path=netns_path, socket_timeout=socket_timeout, on_spawn=on_spawn
         )
         client = FirecrackerClient(files.api_socket, timeout=api_timeout)
         vmm = cls(proc, client)

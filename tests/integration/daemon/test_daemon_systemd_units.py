@@ -64,7 +64,9 @@ def test_the_service_is_what_the_daemon_expects(installed: Path) -> None:
     service = unit(installed, "wrennd.service")["Service"]
     assert service["Type"] == "notify"
     assert service["ExecStart"] == f"{Path(sys.executable).parent}/wrennd"
-    assert service["KillMode"] == "mixed"
+    # Only wrennd is signalled on stop/restart: its VMMs must survive it (adoption).
+    assert service["KillMode"] == "process"
+    assert service["Delegate"] == "yes"
     assert service["Restart"] == "on-failure"
     assert service["RestartPreventExitStatus"] == "2"  # wrennd's configuration error status
     assert int(service["WatchdogSec"].rstrip("s")) > 0

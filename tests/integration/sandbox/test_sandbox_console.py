@@ -65,6 +65,9 @@ class Console:
             "WRENND_MAX_GENERATIONS": "4",
             "WRENND_SHUTDOWN_TIMEOUT": "60",
             "WRENND_HTTP_LISTEN": f"127.0.0.1:{self.port}",
+            # The metrics test counts the engine's demand faults: serve them lazily (with
+            # background fill an untouched guest's engine detaches at once).
+            "WRENND_UFFD_FILL": "lazy",
         }
         env.pop("NOTIFY_SOCKET", None)
         with self.log.open("ab") as out:

@@ -65,6 +65,19 @@ def test_interrupted_pause_whose_memory_committed_is_completed(tmp_path: Path) -
     assert not paths.pending_vmstate.exists()
 
 
+def test_interrupted_pause_after_its_vmstate_was_published_is_completed(
+    tmp_path: Path,
+) -> None:
+    """Killed while releasing: header committed and vmstate already in place."""
+    paths = SandboxPaths.of(tmp_path / "state", tmp_path / "run", new_sandbox_id())
+    build_id = _snapshot(paths, tmp_path / "store")
+    paths.vmstate.write_bytes(b"vmstate of that pause")
+    rec = record(S.PAUSING)
+    assert finish_interrupted_pause(paths, rec)
+    assert (rec.generation, rec.snapshot_build_id) == (0, build_id)
+    assert paths.vmstate.read_bytes() == b"vmstate of that pause"
+
+
 def test_interrupted_pause_before_its_commit_is_dropped(tmp_path: Path) -> None:
     paths = SandboxPaths.of(tmp_path / "state", tmp_path / "run", new_sandbox_id())
     build_id = _snapshot(paths, tmp_path / "store")
