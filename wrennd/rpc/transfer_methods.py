@@ -91,21 +91,26 @@ class Upload:
     watcher: asyncio.Task[None] | None = None
 
     async def put(self, offset: int, data: bytes) -> int:
-        """Buffer one chunk in its place in the stream; waits while the buffer is full."""
+        """Buffer one chunk in its place in the stream; waits for its turn and for room.
+
+        Only the chunk at the stream's end may enter, and it is accepted, hashed and
+        queued without giving up the lock: a later chunk can never overtake it (chunk
+        calls run concurrently, and wake-ups do not keep their order)."""
         async with self.cond:
-            await self.cond.wait_for(lambda: self.failed is not None or self.accepted >= offset)
+            await self.cond.wait_for(
+                lambda: (
+                    self.failed is not None
+                    or self.accepted > offset
+                    or (self.accepted == offset and self.buffered < BUFFER_BYTES)
+                )
+            )
             self._check()
             if offset != self.accepted:
                 raise rpc.InvalidParams(
                     f"chunk at offset {offset}: {self.accepted} bytes were already received",
                     errors=[{"path": "/offset", "message": "duplicate or overlapping chunk"}],
                 )
-            self.accepted += len(data)  # the next chunk may queue behind this one now
-            self.cond.notify_all()
-            await self.cond.wait_for(
-                lambda: self.failed is not None or self.buffered < BUFFER_BYTES
-            )
-            self._check()
+            self.accepted += len(data)
             self.buffer.append(data)
             self.buffered += len(data)
             self.sha.update(data)
