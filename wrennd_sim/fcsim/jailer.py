@@ -266,7 +266,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> None:
     name = args.exec_file.name
     jail_dir = args.chroot_base_dir / name / args.id
     chroot = jail_dir / "root"
+    # The jail user must reach the tree built for it whatever umask the daemon runs
+    # with (077); the VMM gets the daemon's umask back before it runs.
+    inherited_umask = os.umask(0o022)
     chroot.mkdir(parents=True, exist_ok=True)
+    for d in (jail_dir.parent, jail_dir, chroot):
+        d.chmod(0o755)
     shutil.copy2(args.exec_file, chroot / name)
     if args.netns is not None:
         join_netns(args.netns)
@@ -288,6 +293,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> None:
             os._exit(0)
     else:
         Path(f"/{name}.pid").write_text(str(os.getpid()))
+    os.umask(inherited_umask)
     os.setgroups([])
     os.setresgid(args.gid, args.gid, args.gid)
     os.setresuid(args.uid, args.uid, args.uid)
