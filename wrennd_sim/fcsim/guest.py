@@ -316,12 +316,22 @@ def reap_orphans(log: VmmLog) -> None:
     _reap_orphans(_cgroup2_root() / _own_cgroup().lstrip("/"), log)
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie: a killed fcsim whose parent has not reaped it yet (a VMM
+    outlives the daemon, so its parent may be a PID 1 that reaps late) is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
 def _reap_orphans(parent: Path, log: VmmLog) -> None:
     """Kill and remove the guest cgroups of fcsim processes that are gone (SIGKILLed:
     their guests kept running, holding their layer mounted)."""
     for cg in parent.glob("fcsim-guest-*"):
         pid = cg.name.rsplit("-", 1)[1]
-        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+        if not pid.isdigit() or _running(int(pid)):
             continue
         try:
             with contextlib.suppress(OSError):
