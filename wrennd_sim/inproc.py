@@ -100,9 +100,13 @@ class InProcess:
         await self.service.images.delete(name)
 
     async def create_template(
-        self, sandbox_id: str, name: str, progress: Progress = no_progress
+        self,
+        sandbox_id: str,
+        name: str,
+        progress: Progress = no_progress,
+        memory_backing: str | None = None,
     ) -> dict[str, Any]:
-        meta = await self.service.templates.create(sandbox_id, name, progress)
+        meta = await self.service.templates.create(sandbox_id, name, progress, memory_backing)
         return views.template(meta, [])
 
     async def get_template(self, name: str) -> dict[str, Any]:

@@ -76,6 +76,9 @@ def _create_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="image name (state_dir/images/NAME.ext4)")
     p.add_argument("--vcpus", type=int, default=1)
     p.add_argument("--memory-mib", type=int, default=128)
+    p.add_argument(
+        "--memory-backing", choices=("4k", "2m"), help="2m: 2 MiB huge pages (memory-mib even)"
+    )
     p.add_argument("--timeout", type=float, help="seconds until the timeout action (ttl_action)")
     p.add_argument("--env", action="append", metavar="KEY=VALUE")
     p.add_argument("--meta", action="append", metavar="KEY=VALUE")
@@ -90,6 +93,8 @@ def _create_params(a: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {"image": a.image, "vcpus": a.vcpus, "memory_mib": a.memory_mib}
     if a.timeout is not None:
         params["timeout_s"] = a.timeout
+    if a.memory_backing is not None:
+        params["memory_backing"] = a.memory_backing
     params["env"] = _pairs(a.env, "--env")
     params["metadata"] = _pairs(a.meta, "--meta")
     return params

@@ -24,6 +24,12 @@ from wrennd.sandbox import Output, Progress, SandboxService, SandboxState
 # sandbox.files.read answers in one message: larger files go through sandbox.files.download.
 READ_MAX_BYTES = 2 << 20
 
+# Guest memory pages: 4 KiB, or 2 MiB hugetlb pages (memory_mib even; the host's pool).
+MEMORY_BACKING = {
+    "enum": ["4k", "2m"],
+    "description": "guest memory pages: 4 KiB (default) or 2 MiB huge pages from the host's"
+    " reserved pool; a template keeps its sandbox's",
+}
 CREATE = {
     **obj(
         [],
@@ -31,6 +37,7 @@ CREATE = {
         template=NAME,
         vcpus={"type": "integer", "minimum": 1, "maximum": 32},
         memory_mib={"type": "integer", "minimum": 16, "maximum": 1 << 20},
+        memory_backing=MEMORY_BACKING,
         timeout_s=TIMEOUT,
         env=STR_MAP,
         metadata=STR_MAP,
@@ -54,7 +61,9 @@ SIGNAL = obj(
     signal={"type": ["integer", "string"]},
     group={"type": "boolean"},
 )
-TEMPLATE_CREATE = obj(["name", "sandbox_id"], name=NAME, sandbox_id=ID)
+TEMPLATE_CREATE = obj(
+    ["name", "sandbox_id"], name=NAME, sandbox_id=ID, memory_backing=MEMORY_BACKING
+)
 BY_NAME = obj(["name"], name=NAME)
 BY_ID = obj(["id"], id=ID)
 LIST = obj([], state={"enum": [s.value for s in SandboxState]}, metadata=STR_MAP)
@@ -114,6 +123,7 @@ def _register_lifecycle(methods: MethodTable, service: SandboxService) -> None:
                 env=p.get("env"),
                 metadata=p.get("metadata"),
                 progress=_progress(ctx),
+                memory_backing=p.get("memory_backing"),
             )
         return views.sandbox(service, sb)
 
@@ -227,7 +237,9 @@ def _register_templates(methods: MethodTable, service: SandboxService) -> None:
     async def create(ctx: CallContext, p: dict[str, Any]) -> Any:
         """Freeze a running or paused sandbox into a named template (progress: stages)."""
         with _translated():
-            meta = await catalog.create(p["sandbox_id"], p["name"], _progress(ctx))
+            meta = await catalog.create(
+                p["sandbox_id"], p["name"], _progress(ctx), p.get("memory_backing")
+            )
         return views.template(meta, [])
 
     @methods.register("template.get", params=BY_NAME)

@@ -22,6 +22,7 @@ def sandbox(service: SandboxService, sb: Sandbox) -> dict[str, Any]:
         "template": rec.template,
         "vcpus": rec.vcpus,
         "memory_mib": rec.memory_mib,
+        "memory_backing": rec.memory_backing,
         "metadata": dict(rec.metadata),
         "timeout_s": rec.timeout_s,
         "expires_at": rec.expires_at,

@@ -17,7 +17,7 @@ from typing import Any
 from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.log import kv
 from wrennd.network.errors import SlotsExhausted
-from wrennd.sandbox import diskpair, templates
+from wrennd.sandbox import diskpair, hugepages, templates
 from wrennd.sandbox.environment import Deps, HostConfig, Progress
 from wrennd.sandbox.errors import GuestFailed, NoCapacity, SnapshotCorrupt, VmmFailed
 from wrennd.sandbox.jail import Jail
@@ -129,7 +129,12 @@ async def boot(live: Live, deps: Deps, record: SandboxRecord, drive: Path) -> No
     c = vmm.client
     try:
         await vmm.checked(
-            lambda: c.put_machine_config(record.vcpus, record.memory_mib, track_dirty_pages=True)
+            lambda: c.put_machine_config(
+                record.vcpus,
+                record.memory_mib,
+                track_dirty_pages=True,
+                huge_pages=hugepages.huge_pages_config(record.memory_backing),
+            )
         )
         args = boot_args(record, live.net.kernel_ip_arg)
         await vmm.checked(lambda: c.put_boot_source(kernel_arg, args, initrd_arg))
@@ -152,7 +157,9 @@ async def restore(
     snap = await asyncio.to_thread(open_snapshot, paths.snapshot_dir, cfg.store)
     memory = SnapshotMemory(
         snap.memory_size,
-        snap.block_size,
+        # The VMM maps (and the engine installs) 2 MiB units for a 2m guest; the
+        # header's blocks stay 4 KiB, the granularity of Firecracker's dirty log.
+        hugepages.page_size(rec.memory_backing, snap.block_size),
         list(snap.header.mapping),
         snap.generation_paths,
         snap.prefetch,

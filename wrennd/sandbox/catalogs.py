@@ -62,12 +62,18 @@ class TemplateCatalog:
 
     @lifted
     async def create(
-        self, sandbox_id: str, name: str, progress: Progress = no_progress
+        self,
+        sandbox_id: str,
+        name: str,
+        progress: Progress = no_progress,
+        memory_backing: str | None = None,
     ) -> templates.TemplateMeta:
         """Freeze a running or paused sandbox under ``name``; a running one is paused for
-        it and resumed afterwards."""
+        it and resumed afterwards.  A template keeps the sandbox's page size:
+        ``memory_backing``, if given, must be it."""
         templates.check_name(name)
         sb = self.registry.get(sandbox_id)
+        templates.check_backing(sb.record, memory_backing)
         was_running = sb.record.state == SandboxState.RUNNING
         if was_running:
             await self.lifecycle.pause(sandbox_id, progress)
@@ -76,7 +82,9 @@ class TemplateCatalog:
                 rec = sb.record
                 if rec.state != SandboxState.PAUSED:
                     raise WrongState(sandbox_id, rec.state, "create a template")
-                meta = templates.new_meta(name, rec.vcpus, rec.memory_mib, rec.image, rec.id)
+                meta = templates.new_meta(
+                    name, rec.vcpus, rec.memory_mib, rec.image, rec.id, rec.memory_backing
+                )
                 await templates.build(self.deps, sandbox_id, meta, progress)
         finally:
             if was_running:

@@ -21,6 +21,7 @@ from wrennd.sandbox import (
     bringup,
     diskpair,
     filling,
+    hugepages,
     images,
     pausing,
     recovery,
@@ -102,19 +103,24 @@ class Lifecycle:
         env: dict[str, str] | None = None,
         metadata: dict[str, str] | None = None,
         progress: Progress = no_progress,
+        memory_backing: str | None = None,
     ) -> Sandbox:
-        """A sandbox from an image (booted) or from a template (a clone of its snapshot)."""
+        """A sandbox from an image (booted) or from a template (a clone of its snapshot);
+        ``memory_backing`` "2m" backs its memory by 2 MiB huge pages (a clone: its
+        template's)."""
         if (image is None) == (template is None):
             raise ValueError("create takes exactly one of image and template")
         _check_timeout(timeout_s)
         if template is not None:
             meta = await asyncio.to_thread(templates.load, self.deps, template)
-            templates.check_clone(meta, vcpus, memory_mib)
+            templates.check_clone(meta, vcpus, memory_mib, memory_backing)
             vcpus, memory_mib, image = meta.vcpus, meta.memory_mib, meta.image
+            memory_backing = meta.memory_backing
         else:
             assert image is not None
             path = images.path_of(self.deps.cfg.images_dir, image)
-        _admit(self.deps, self.registry, memory_mib or 128)
+        backing = hugepages.check_backing(memory_mib or 128, memory_backing or "4k")
+        _admit(self.deps, self.registry, memory_mib or 128, backing)
         now = self.clock()
         sb = Sandbox(
             SandboxRecord(
@@ -123,6 +129,7 @@ class Lifecycle:
                 vcpus=vcpus or 1,
                 memory_mib=memory_mib or 128,
                 image=image,
+                memory_backing=backing,
                 template=template,
                 timeout_s=timeout_s,
                 expires_at=None if timeout_s is None else now + timeout_s,
@@ -131,9 +138,9 @@ class Lifecycle:
             )
         )
         async with sb.lock:
-            await self.registry.save(sb)
-            self.registry.add(sb)
+            self.registry.add(sb)  # before any await: a concurrent admission counts it
             try:
+                await self.registry.save(sb)
                 if template is not None:
                     tdir = templates.template_dir(self.deps, template)
                     sb.live = await bringup.clone(self.deps, sb.record, tdir, progress)
@@ -141,7 +148,8 @@ class Lifecycle:
                     sb.live = await bringup.create(self.deps, sb.record, path, progress)
             except BaseException:
                 self.registry.discard(sb.id)
-                await asyncio.shield(asyncio.to_thread(self.registry.records.remove, sb.id))
+                with contextlib.suppress(FileNotFoundError):  # the first save failed
+                    await asyncio.shield(asyncio.to_thread(self.registry.records.remove, sb.id))
                 raise
             await self._running(sb)
         log.info("sandbox created", extra=kv(sandbox=sb.id, image=image, template=template))
@@ -209,7 +217,8 @@ class Lifecycle:
         async with sb.lock:
             self.registry.still(sb)
             if sb.record.state in (S.PAUSED, S.ERROR):
-                _admit(self.deps, self.registry, sb.record.memory_mib)
+                rec = sb.record
+                _admit(self.deps, self.registry, rec.memory_mib, rec.memory_backing, rec.id)
             await self.registry.move(sb, S.RESUMING, "resume")
             if sb.collapse is not None:
                 # The engine maps the chain's files: let a collapse finish first.
@@ -294,6 +303,17 @@ def _check_timeout(timeout_s: float | None) -> None:
         raise Refused(f"timeout_s must be positive (or null for none), not {timeout_s}")
 
 
-def _admit(deps: Deps, registry: Registry, memory_mib: int) -> None:
-    records = [sb.record for sb in registry]
+def _admit(
+    deps: Deps, registry: Registry, memory_mib: int, backing: str, own_id: str | None = None
+) -> None:
+    """Refused up front (before any VMM starts) when the host cannot hold the guest:
+    its memory, and for a 2 MiB-backed guest the free pages of the huge page pool."""
+    records = [sb.record for sb in registry if sb.id != own_id]
     admission.admit(memory_mib, records, deps.cfg.memory_overcommit_percent)
+    if backing == "2m":
+        others = [
+            (r.memory_mib, r.vmm_pid)
+            for r in records
+            if r.memory_backing == "2m" and r.state in admission.HOLDING_MEMORY
+        ]
+        hugepages.admit(memory_mib, others, hugepages.Pool.read())

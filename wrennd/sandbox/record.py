@@ -102,6 +102,8 @@ class SandboxRecord:
     vcpus: int
     memory_mib: int
     image: str | None = None
+    # "4k" or "2m" (sandbox/hugepages.py): fixed at create, kept by every snapshot.
+    memory_backing: str = "4k"
     template: str | None = None
     timeout_s: float | None = None
     expires_at: float | None = None

@@ -36,6 +36,7 @@ from wrennd.sandbox.errors import (
     TemplateMismatch,
     TemplateNotFound,
 )
+from wrennd.sandbox.record import SandboxRecord
 from wrennd.snapshot import Header, delete_snapshot, read_prefetch_map, write_prefetch_map
 from wrennd.snapshot.store import commit, read_header
 
@@ -51,6 +52,8 @@ class TemplateMeta:
     image: str | None
     source_sandbox: str
     created_at: float
+    # The page size its snapshot was taken with (written by templates made before it: 4k).
+    memory_backing: str = "4k"
 
     @classmethod
     def load(cls, path: Path) -> TemplateMeta:
@@ -134,8 +137,17 @@ async def build(
     return meta
 
 
-def new_meta(name: str, vcpus: int, memory_mib: int, image: str | None, sid: str) -> TemplateMeta:
-    return TemplateMeta(check_name(name), vcpus, memory_mib, image, sid, time.time())
+def new_meta(
+    name: str,
+    vcpus: int,
+    memory_mib: int,
+    image: str | None,
+    sid: str,
+    memory_backing: str = "4k",
+) -> TemplateMeta:
+    return TemplateMeta(
+        check_name(name), vcpus, memory_mib, image, sid, time.time(), memory_backing
+    )
 
 
 def load(deps: Deps, name: str) -> TemplateMeta:
@@ -188,14 +200,30 @@ def snapshot_dirs(deps: Deps) -> list[Path]:
     return [snapshot_of(d) for d in root.iterdir() if snapshot_of(d).is_dir()]
 
 
-def check_clone(meta: TemplateMeta, vcpus: int | None, memory_mib: int | None) -> None:
-    """A template fixes the machine it was taken with: a clone cannot change it."""
+def check_clone(
+    meta: TemplateMeta,
+    vcpus: int | None,
+    memory_mib: int | None,
+    memory_backing: str | None = None,
+) -> None:
+    """A template fixes the machine it was taken with: a clone cannot change it (nor its
+    page size: Firecracker restores a snapshot with the pages it was taken with)."""
     for what, asked, fixed in (
         ("vcpus", vcpus, meta.vcpus),
         ("memory_mib", memory_mib, meta.memory_mib),
+        ("memory_backing", memory_backing, meta.memory_backing),
     ):
         if asked is not None and asked != fixed:
             raise TemplateMismatch(
                 f"template {meta.name!r} was taken with {what}={fixed}; a clone cannot ask"
                 f" for {what}={asked}"
             )
+
+
+def check_backing(rec: SandboxRecord, memory_backing: str | None) -> None:
+    """A template is taken with its sandbox's pages: asking for others is refused."""
+    if memory_backing is not None and memory_backing != rec.memory_backing:
+        raise TemplateMismatch(
+            f"sandbox {rec.id} runs on {rec.memory_backing} pages: its template cannot be"
+            f" {memory_backing} (a snapshot is restored with the pages it was taken with)"
+        )

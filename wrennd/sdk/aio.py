@@ -158,8 +158,10 @@ class AsyncSandbox:
         env: dict[str, str] | None = None,
         metadata: dict[str, str] | None = None,
         keep: bool = False,
+        memory_backing: str | None = None,
     ) -> AsyncSandbox:
-        """Boot a sandbox from ``image`` or clone one from ``template`` (exactly one)."""
+        """Boot a sandbox from ``image`` or clone one from ``template`` (exactly one);
+        ``memory_backing="2m"`` backs its memory by 2 MiB huge pages."""
         params: dict[str, Any] = {
             k: v
             for k, v in {
@@ -167,6 +169,7 @@ class AsyncSandbox:
                 "template": template,
                 "vcpus": vcpus,
                 "memory_mib": memory_mib,
+                "memory_backing": memory_backing,
                 "timeout_s": timeout_s,
                 "env": env,
                 "metadata": metadata,

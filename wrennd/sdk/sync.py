@@ -120,8 +120,10 @@ class Sandbox:
         env: dict[str, str] | None = None,
         metadata: dict[str, str] | None = None,
         keep: bool = False,
+        memory_backing: str | None = None,
     ) -> Sandbox:
-        """Boot a sandbox from ``image`` or clone one from ``template`` (exactly one)."""
+        """Boot a sandbox from ``image`` or clone one from ``template`` (exactly one);
+        ``memory_backing="2m"`` backs its memory by 2 MiB huge pages."""
         return cls._open(
             lambda: AsyncSandbox.create(
                 image,
@@ -129,6 +131,7 @@ class Sandbox:
                 socket=socket,
                 vcpus=vcpus,
                 memory_mib=memory_mib,
+                memory_backing=memory_backing,
                 timeout_s=timeout_s,
                 env=env,
                 metadata=metadata,

@@ -75,6 +75,7 @@ class SandboxInfo:
     metadata: dict[str, str]
     created_at: float
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    memory_backing: str = "4k"  # "4k" or "2m" (2 MiB huge pages)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> SandboxInfo:
@@ -88,6 +89,7 @@ class SandboxInfo:
             metadata=dict(obj.get("metadata") or {}),
             created_at=float(obj.get("created_at", 0.0)),
             raw=obj,
+            memory_backing=str(obj.get("memory_backing", "4k")),
         )
 
     @property

@@ -68,6 +68,10 @@ class VmState(enum.Enum):
     PAUSED = "Paused"
 
 
+# Firecracker's answer to a File-backend load of a hugetlb guest's snapshot.
+HUGETLB_BY_FILE = (
+    "Cannot restore hugetlbfs backed snapshot by mapping the memory file. Please use uffd."
+)
 NOT_AFTER_START = "The requested operation is not supported after starting the microVM."
 NOT_BEFORE_START = "The requested operation is not supported before starting the microVM."
 
@@ -423,6 +427,8 @@ class Machine:
     ) -> GuestMemory:
         size, page_size = state["mem_size"], state["page_size"]
         if backend["backend_type"] == "File":
+            if state["machine_config"].get("huge_pages", "None") != "None":
+                raise ApiFault(HUGETLB_BY_FILE)
             return await asyncio.to_thread(
                 GuestMemory.from_file, Path(backend["backend_path"]), size, page_size
             )

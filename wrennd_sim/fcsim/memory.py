@@ -7,6 +7,12 @@ bitmap at the moment they are made: exact, free, and independent of kernel
 options. Soft-dirty bits (CONFIG_MEM_SOFT_DIRTY) would also catch the pages a
 UFFD handler installs with UFFDIO_COPY, which KVM's dirty log - what Firecracker
 uses - does not count as written by the guest.
+
+The bitmap has one entry per 4 KiB page whatever the page size: with dirty
+logging on, KVM maps even a hugetlb-backed guest at 4 KiB, and Firecracker
+writes a Diff snapshot at that granularity (docs/hugepages.md upstream).  A
+2 MiB guest is mapped MAP_HUGETLB | MAP_NORESERVE, as Firecracker maps it:
+pages come from the host's pool as they are touched.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from wrennd_sim.uffd_peer import touch_order
 PAGE_SIZE = mmap.PAGESIZE
 HUGE_PAGE_SIZE = 2 * 1024 * 1024
 MAP_HUGETLB = 0x40000
+MAP_NORESERVE = 0x4000
 MIB = 1024 * 1024
 
 
@@ -81,7 +88,7 @@ class GuestMemory:
         self.backend = backend
         self.track_dirty = False
         self._release: Callable[[], None] | None = release
-        self._dirty = bytearray(size // page_size)
+        self._dirty = bytearray(size // PAGE_SIZE)
 
     # --- construction ---------------------------------------------------------
     @classmethod
@@ -97,7 +104,7 @@ class GuestMemory:
         if huge_pages:
             if mem_size_mib % 2:
                 raise GuestMemoryError("mem_size_mib must be a multiple of 2 with 2M huge pages")
-            flags |= MAP_HUGETLB
+            flags |= MAP_HUGETLB | MAP_NORESERVE
             page = HUGE_PAGE_SIZE
         try:
             mm = mmap.mmap(-1, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
@@ -144,8 +151,8 @@ class GuestMemory:
 
     def _mark(self, offset: int, length: int) -> None:
         if length:
-            first = offset // self.page_size
-            last = (offset + length - 1) // self.page_size
+            first = offset // PAGE_SIZE
+            last = (offset + length - 1) // PAGE_SIZE
             self._dirty[first : last + 1] = b"\x01" * (last - first + 1)
 
     def write(self, offset: int, data: bytes) -> None:
@@ -230,7 +237,7 @@ class GuestMemory:
         while i != -1:
             j = self._dirty.find(0, i)
             end = n if j == -1 else j
-            yield i * self.page_size, (end - i) * self.page_size
+            yield i * PAGE_SIZE, (end - i) * PAGE_SIZE
             i = -1 if end == n else self._dirty.find(1, end)
 
     def clear_dirty(self) -> None:

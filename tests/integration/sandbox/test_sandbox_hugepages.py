@@ -1,0 +1,158 @@
+"""2 MiB-backed sandboxes under fcsim: create, pause, resume and clone on real hugetlb pages
+(reserved by the test), served by the engine in 2 MiB units, snapshotted at 4 KiB; and a
+host whose pool is too small refuses before any VMM starts."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wrennd.sandbox.errors import TemplateMismatch
+from wrennd.sandbox.hugepages import HUGE_PAGE_SIZE, NR_HUGEPAGES, POOL, HugePagesShort, Pool
+from wrennd.snapshot.store import read_header
+from wrennd_sim.fcsim.control import ControlClient
+from wrennd_sim.inproc import InProcess
+
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
+MIB = 64  # each guest: 32 huge pages
+WANT = 96  # the source and a clone running at once, and room to spare
+
+
+@pytest.fixture
+def huge_pool() -> Iterator[int]:
+    """WANT more pages in the host's 2 MiB pool for this test, given back after it (by
+    count, so a concurrent user of the pool keeps its own), or a skip saying why not."""
+    if not POOL.is_dir():
+        pytest.skip(f"hugetlb: this kernel has no 2 MiB huge page pool ({POOL} is missing)")
+    try:
+        before = int(NR_HUGEPAGES.read_text())
+        NR_HUGEPAGES.write_text(str(before + WANT))
+        added = int(NR_HUGEPAGES.read_text()) - before
+    except OSError as e:
+        pytest.skip(f"hugetlb: cannot reserve 2 MiB pages via {NR_HUGEPAGES}: {e}")
+    try:
+        if added < WANT:
+            pytest.skip(f"hugetlb: the kernel found only {added} of {WANT} 2 MiB pages to add")
+        yield added
+    finally:
+        NR_HUGEPAGES.write_text(str(max(0, int(NR_HUGEPAGES.read_text()) - added)))
+
+
+async def control(info: dict[str, Any], op: str, **args: Any) -> Any:
+    ctl = ControlClient(Path(info["vmm"]["control_socket"]))
+    try:
+        return await ctl.call(op, **args)
+    finally:
+        await ctl.close()
+
+
+async def checksum(info: dict[str, Any]) -> str:
+    return str((await control(info, "checksum"))["sha256"])
+
+
+def hugetlb_mib(pid: int) -> int:
+    """How much of the VMM's memory is hugetlb pages (the kernel's count)."""
+    kib = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Hugetlb:", "Shared_Hugetlb:")):
+            kib += int(line.split()[1])
+    return kib >> 10
+
+
+def served_in_huge_units(manager: InProcess, sandbox_id: str) -> None:
+    """The VMM announced 2 MiB pages in the handshake and the engine installed 2 MiB units."""
+    live = manager.service.registry.get(sandbox_id).live
+    assert live is not None and live.uffd is not None
+    assert [r.page_size for r in live.uffd.regions] == [HUGE_PAGE_SIZE]
+    stats = live.uffd.stats()
+    assert stats is not None and stats.copy_pages > 0
+    assert stats.copy_bytes == stats.copy_pages * HUGE_PAGE_SIZE
+    assert stats.zero_bytes == stats.zero_pages * HUGE_PAGE_SIZE
+
+
+def blocks_of_newest_generation(snapshot_dir: Path) -> int:
+    header = read_header(snapshot_dir)
+    newest = header.generations.index(header.build_id)
+    return sum(e.length for e in header.mapping if e.source == newest)
+
+
+async def test_a_2m_guest_runs_pauses_resumes_and_clones(
+    manager: InProcess, env: Any, huge_pool: int
+) -> None:
+    src = await manager.create("base", memory_mib=MIB, memory_backing="2m")
+    sid, snap = src["id"], env.state_dir / "sandboxes" / src["id"] / "snapshot"
+    assert src["memory_backing"] == "2m"
+    info = await control(src, "info")
+    assert (info["page_size"], info["backend"]) == (HUGE_PAGE_SIZE, "anonymous")
+    await control(src, "dirty", fraction=0.1, seed=3)
+    taken = await checksum(src)
+    assert hugetlb_mib(src["vmm"]["pid"]) == MIB, "every byte read came from the pool"
+
+    await manager.pause(sid)  # Full, ingested in 4 KiB blocks
+    assert read_header(snap).block_size == 4096
+    back = await manager.resume(sid)
+    assert (await control(back, "info"))["page_size"] == HUGE_PAGE_SIZE
+    assert await checksum(back) == taken
+    served_in_huge_units(manager, sid)
+    assert hugetlb_mib(back["vmm"]["pid"]) == MIB
+
+    # Firecracker's dirty log is 4 KiB even on huge pages: a 4 KiB write is a 4 KiB Diff.
+    page = bytes(range(256)) * 16
+    await control(back, "write", offset=3 * HUGE_PAGE_SIZE + 5 * 4096, data=_b64(page))
+    written = await checksum(back)
+    await manager.pause(sid)
+    assert blocks_of_newest_generation(snap) == 4096
+
+    # The pool shrunk to nothing while it slept: refused before a VMM, still paused.
+    before = int(NR_HUGEPAGES.read_text())
+    NR_HUGEPAGES.write_text(str(before - Pool.read().free))
+    try:
+        with pytest.raises(HugePagesShort) as short:
+            await manager.resume(sid)
+    finally:
+        NR_HUGEPAGES.write_text(str(before))
+    assert short.value.data["needed"] == MIB // 2
+    assert manager.get(sid)["state"] == "paused"
+    back = await manager.resume(sid)
+    assert await checksum(back) == written
+
+    with pytest.raises(TemplateMismatch, match="2m pages"):
+        await manager.create_template(sid, "h4", memory_backing="4k")
+    meta = await manager.create_template(sid, "h2", memory_backing="2m")
+    assert meta["memory_backing"] == "2m"
+    clone = await manager.create(template="h2")
+    assert clone["memory_backing"] == "2m"
+    assert await checksum(clone) == written
+    served_in_huge_units(manager, clone["id"])
+    assert hugetlb_mib(clone["vmm"]["pid"]) == MIB
+    with pytest.raises(TemplateMismatch, match="memory_backing=2m"):
+        await manager.create(template="h2", memory_backing="4k")
+
+    for s in (clone["id"], sid):
+        await manager.destroy(s)
+    await manager.delete_template("h2")
+    assert not env.leaks()
+
+
+async def test_too_small_a_pool_is_refused_before_any_vmm_starts(
+    manager: InProcess, env: Any
+) -> None:
+    pool = Pool.read()
+    needed = pool.free - pool.reserved + 1  # one more page than the pool can give
+    with pytest.raises(HugePagesShort) as short:
+        await manager.create("base", memory_mib=2 * needed, memory_backing="2m")
+    data = short.value.data
+    assert short.value.code == "resource_exhausted" and data["resource"] == "huge_pages"
+    assert data["needed"] == needed and data["available"] < needed
+    assert data["page_size_kib"] == 2048 and "vm.nr_hugepages" in str(short.value)
+    assert manager.list() == []
+    assert not list((env.state_dir / "sandboxes").iterdir()), "no record left behind"
+    assert not env.leaks(), "no VMM, network or disk was made"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
