@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from wrennd.sandbox.admission import HOLDING_MEMORY
 from wrennd.sandbox.errors import NoCapacity, Refused
+from wrennd.sandbox.record import SandboxRecord
 
 MemoryBacking = Literal["4k", "2m"]
 BACKINGS: tuple[MemoryBacking, ...] = ("4k", "2m")
@@ -113,11 +115,45 @@ class HugePagesShort(NoCapacity):
         )
 
 
-def admit(memory_mib: int, others: Iterable[tuple[int, int | None]], pool: Pool) -> None:
-    """HugePagesShort unless a ``memory_mib`` guest fits in the pool beside ``others``:
-    (memory_mib, VMM pid or None) of every other 2 MiB guest holding memory, each
-    counted for the pages it has not faulted in yet."""
+def holders(records: Iterable[SandboxRecord]) -> list[tuple[int, int | None]]:
+    """(memory_mib, VMM pid or None) of every 2 MiB guest that holds memory."""
+    return [
+        (r.memory_mib, r.vmm_pid)
+        for r in records
+        if r.memory_backing == "2m" and r.state in HOLDING_MEMORY
+    ]
+
+
+def promised(guests: Iterable[tuple[int, int | None]], proc: Path = Path("/proc")) -> int:
+    """Pages the pool still owes those guests: their memory less what they faulted in."""
+    return sum(max(0, pages_of(mib) - backed_pages(pid, proc)) for mib, pid in guests)
+
+
+def admit(
+    memory_mib: int,
+    others: Iterable[tuple[int, int | None]],
+    pool: Pool,
+    proc: Path = Path("/proc"),
+) -> None:
+    """HugePagesShort unless a ``memory_mib`` guest fits in the pool beside ``others``
+    (``holders``), each counted for the pages it has not faulted in yet."""
     needed = pages_of(memory_mib)
-    promised = sum(max(0, pages_of(mib) - backed_pages(pid)) for mib, pid in others)
-    if needed > pool.free - pool.reserved - promised:
-        raise HugePagesShort(needed, pool, promised)
+    owed = promised(others, proc)
+    if needed > pool.free - pool.reserved - owed:
+        raise HugePagesShort(needed, pool, owed)
+
+
+def stats(records: Iterable[SandboxRecord], pool: Pool | None = None) -> dict[str, int]:
+    """The pool as 2 MiB guests see it (host.stats ``huge_pages``)."""
+    pool = Pool.read() if pool is None else pool
+    guests = holders(records)
+    owed = promised(guests)
+    return {
+        "page_size_kib": HUGE_PAGE_KIB,
+        "total": pool.total,
+        "free": pool.free,
+        "reserved": pool.reserved,
+        "promised": owed,
+        "available": max(0, pool.free - pool.reserved - owed),
+        "sandboxes": len(guests),
+    }

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from wrennd.log import kv
 from wrennd.sandbox import (
@@ -108,26 +109,17 @@ class Lifecycle:
         """A sandbox from an image (booted) or from a template (a clone of its snapshot);
         ``memory_backing`` "2m" backs its memory by 2 MiB huge pages (a clone: its
         template's)."""
-        if (image is None) == (template is None):
-            raise ValueError("create takes exactly one of image and template")
         _check_timeout(timeout_s)
-        if template is not None:
-            meta = await asyncio.to_thread(templates.load, self.deps, template)
-            templates.check_clone(meta, vcpus, memory_mib, memory_backing)
-            vcpus, memory_mib, image = meta.vcpus, meta.memory_mib, meta.image
-            memory_backing = meta.memory_backing
-        else:
-            assert image is not None
-            path = images.path_of(self.deps.cfg.images_dir, image)
-        backing = hugepages.check_backing(memory_mib or 128, memory_backing or "4k")
-        _admit(self.deps, self.registry, memory_mib or 128, backing)
+        image, vcpus, memory_mib, backing, source = await _machine(
+            self.deps, self.registry, image, template, vcpus, memory_mib, memory_backing
+        )
         now = self.clock()
         sb = Sandbox(
             SandboxRecord(
                 id=new_sandbox_id(),
                 state=S.CREATING,
-                vcpus=vcpus or 1,
-                memory_mib=memory_mib or 128,
+                vcpus=vcpus,
+                memory_mib=memory_mib,
                 image=image,
                 memory_backing=backing,
                 template=template,
@@ -142,10 +134,9 @@ class Lifecycle:
             try:
                 await self.registry.save(sb)
                 if template is not None:
-                    tdir = templates.template_dir(self.deps, template)
-                    sb.live = await bringup.clone(self.deps, sb.record, tdir, progress)
+                    sb.live = await bringup.clone(self.deps, sb.record, source, progress)
                 else:
-                    sb.live = await bringup.create(self.deps, sb.record, path, progress)
+                    sb.live = await bringup.create(self.deps, sb.record, source, progress)
             except BaseException:
                 self.registry.discard(sb.id)
                 with contextlib.suppress(FileNotFoundError):  # the first save failed
@@ -303,6 +294,34 @@ def _check_timeout(timeout_s: float | None) -> None:
         raise Refused(f"timeout_s must be positive (or null for none), not {timeout_s}")
 
 
+async def _machine(
+    deps: Deps,
+    registry: Registry,
+    image: str | None,
+    template: str | None,
+    vcpus: int | None,
+    memory_mib: int | None,
+    memory_backing: str | None,
+) -> tuple[str | None, int, int, str, Path]:
+    """A create's image, vcpus, memory and backing (a clone: its template's), checked and
+    admitted, and what it starts from: the template's directory or the image file."""
+    if (image is None) == (template is None):
+        raise ValueError("create takes exactly one of image and template")
+    if template is not None:
+        meta = await asyncio.to_thread(templates.load, deps, template)
+        templates.check_clone(meta, vcpus, memory_mib, memory_backing)
+        vcpus, memory_mib, image = meta.vcpus, meta.memory_mib, meta.image
+        memory_backing = meta.memory_backing
+        source = templates.template_dir(deps, template)
+    else:
+        assert image is not None
+        source = images.path_of(deps.cfg.images_dir, image)
+    memory_mib = memory_mib or 128
+    backing = hugepages.check_backing(memory_mib, memory_backing or "4k")
+    _admit(deps, registry, memory_mib, backing)
+    return image, vcpus or 1, memory_mib, backing, source
+
+
 def _admit(
     deps: Deps, registry: Registry, memory_mib: int, backing: str, own_id: str | None = None
 ) -> None:
@@ -311,9 +330,4 @@ def _admit(
     records = [sb.record for sb in registry if sb.id != own_id]
     admission.admit(memory_mib, records, deps.cfg.memory_overcommit_percent)
     if backing == "2m":
-        others = [
-            (r.memory_mib, r.vmm_pid)
-            for r in records
-            if r.memory_backing == "2m" and r.state in admission.HOLDING_MEMORY
-        ]
-        hugepages.admit(memory_mib, others, hugepages.Pool.read())
+        hugepages.admit(memory_mib, hugepages.holders(records), hugepages.Pool.read())

@@ -23,7 +23,7 @@ from wrennd.log import kv
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import AddressPlan, Naming
 from wrennd.network.slots import SlotAllocator
-from wrennd.sandbox import filling
+from wrennd.sandbox import filling, hugepages
 from wrennd.sandbox.catalogs import ImageCatalog, TemplateCatalog
 from wrennd.sandbox.environment import Deps, HostConfig, SandboxPaths, choose_vmm
 from wrennd.sandbox.guestcall import guest_call
@@ -131,6 +131,10 @@ class SandboxService:
     def engine_state(self, live: Live) -> dict[str, Any] | None:
         """The UFFD engine of a running sandbox: serving, filling (percent) or detached."""
         return filling.engine_state(live)
+
+    def huge_pages(self) -> dict[str, Any]:
+        """The host's 2 MiB page pool and what this daemon's 2 MiB guests owe it."""
+        return hugepages.stats(sb.record for sb in self.registry)
 
     def command_deadline(self, spec: CommandSpec) -> float:
         """How long an exec may take: its own timeout plus the time to report it, or

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from wrennd_sim.fcsim.machine import ApiFault, Machine
 from wrennd_sim.fcsim.memory import PAGE_SIZE, GuestMemory, GuestMemoryError
 from wrennd_sim.fcsim.snapshot import (
     SnapshotFileError,
@@ -14,6 +15,7 @@ from wrennd_sim.fcsim.snapshot import (
     write_vmstate,
 )
 from wrennd_sim.fcsim.spec import api_spec, load_document
+from wrennd_sim.fcsim.vmmlog import VmmLog
 
 
 def allocated(path: Path) -> int:
@@ -105,3 +107,15 @@ def test_spec_is_read_as_yaml_1_2() -> None:
     assert "Off" in doc["definitions"]["Logger"]["properties"]["level"]["enum"]
     assert doc["definitions"]["CpuTemplate"]["enum"][-1] == "None"
     assert api_spec().version == "1.16.1"
+
+
+async def test_a_hugetlb_snapshot_is_refused_by_the_file_backend(tmp_path: Path) -> None:
+    """Firecracker restores a guest of 2 MiB pages only through UFFD."""
+    state = {"mem_size": 4 << 20, "page_size": 2 << 20, "machine_config": {"huge_pages": "2M"}}
+    write_vmstate(tmp_path / "vmstate", state)
+    (tmp_path / "mem").write_bytes(bytes(4 << 20))
+    machine = Machine("vm", VmmLog("vm"))
+    load = {"snapshot_path": str(tmp_path / "vmstate"), "mem_file_path": str(tmp_path / "mem")}
+    with pytest.raises(ApiFault, match=r"hugetlbfs backed snapshot .* Please use uffd"):
+        await machine.load_snapshot(load)
+    assert machine.memory is None and machine.unusable is not None
