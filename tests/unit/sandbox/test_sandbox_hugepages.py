@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import jsonschema
 import pytest
 
+from wrennd.cli.commands import SANDBOX_COMMANDS
 from wrennd.rpc import errors as rpc
 from wrennd.rpc.sandbox_methods import CREATE, TEMPLATE_CREATE
 from wrennd.sandbox import hugepages, templates
@@ -143,3 +145,15 @@ def test_records_and_templates_keep_the_backing(tmp_path: Path) -> None:
     templates.check_backing(rec, "2m")
     with pytest.raises(TemplateMismatch, match="runs on 2m pages"):
         templates.check_backing(rec, "4k")
+
+
+def test_wrennctl_create_passes_the_backing() -> None:
+    (create,) = [c for c in SANDBOX_COMMANDS if c.words == ("sandbox", "create")]
+    parser = argparse.ArgumentParser()
+    create.arguments(parser)
+    params = create.params(parser.parse_args(["base", "--memory-backing", "2m"]))
+    assert params is not None and params["memory_backing"] == "2m"
+    params = create.params(parser.parse_args(["base"]))
+    assert params is not None and "memory_backing" not in params
+    with pytest.raises(SystemExit):
+        parser.parse_args(["base", "--memory-backing", "1g"])
