@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import secrets
 import statistics
@@ -135,10 +136,12 @@ async def measure(mgr: InProcess, args: argparse.Namespace) -> dict[str, Any]:
     sids = {}
     for backing in BACKINGS:
         t_create, info = await timed(
-            lambda b=backing: mgr.create("base", memory_mib=args.memory_mib, memory_backing=b)
+            functools.partial(
+                mgr.create, "base", memory_mib=args.memory_mib, memory_backing=backing
+            )
         )
         await control(info, "dirty", fraction=0.5, seed=1)
-        t_full, _ = await timed(lambda i=info["id"]: mgr.pause(i))
+        t_full, _ = await timed(functools.partial(mgr.pause, info["id"]))
         sids[backing] = info["id"]
         samples[backing] = {"create_ms": [t_create * 1e3], "pause_full_ms": [t_full * 1e3]}
     for n in range(args.reps):
