@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
+from tests.integration.sandbox.conftest import Env
 from tests.integration.sandbox.running_daemon import Daemon
+from tests.integration.sandbox.test_sandbox_jailer import (  # the fixture, for its test below
+    UID,
+    jail_leftovers,
+    jail_settings,
+    jailed,  # noqa: F401
+    uids,
+)
 from wrennd.rpc.client import RemoteError
 from wrennd.sandbox.errors import TemplateMismatch
 from wrennd.sandbox.hugepages import HUGE_PAGE_SIZE, NR_HUGEPAGES, POOL, HugePagesShort, Pool
@@ -141,6 +149,26 @@ async def test_a_2m_guest_runs_pauses_resumes_and_clones(
         await manager.destroy(s)
     await manager.delete_template("h2")
     assert not env.leaks()
+
+
+async def test_a_jailed_2m_guest(jailed: Env, huge_pool: int) -> None:  # noqa: F811
+    """Under the jailer the VMM maps its hugetlb memory as the jail's user (anonymous
+    MAP_HUGETLB needs no privilege) and is served 2 MiB units in its chroot."""
+    mgr = jailed.mgr
+    info = await mgr.create("base", memory_mib=MIB, memory_backing="2m")
+    sid = info["id"]
+    assert uids(info["vmm"]["pid"]) == [UID] * 4
+    await control(info, "dirty", fraction=0.05, seed=2)
+    before = await checksum(info)
+    assert hugetlb_mib(info["vmm"]["pid"]) == MIB
+    await mgr.pause(sid)
+    back = await mgr.resume(sid)
+    assert uids(back["vmm"]["pid"]) == [UID] * 4
+    assert await checksum(back) == before
+    served_in_huge_units(mgr, sid)
+    await mgr.destroy(sid)
+    assert jail_leftovers(jail_settings(jailed)) == []
+    assert jailed.leaks() == []
 
 
 async def test_too_small_a_pool_is_refused_before_any_vmm_starts(
