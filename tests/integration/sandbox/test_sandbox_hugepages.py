@@ -171,6 +171,27 @@ async def test_a_jailed_2m_guest(jailed: Env, huge_pool: int) -> None:  # noqa: 
     assert jailed.leaks() == []
 
 
+async def test_concurrent_creates_count_each_other(
+    manager: InProcess, env: Any, huge_pool: int
+) -> None:
+    """Each guest needs more than half of what the pool has (with room for another user
+    of the pool moving 4 pages meanwhile): of two creates at once exactly one is made,
+    the other refused before its VMM, however their steps interleave."""
+    pool = Pool.read()
+    pages = (pool.free - pool.reserved) // 2 + 3
+    made = await asyncio.gather(
+        *(manager.create("base", memory_mib=2 * pages, memory_backing="2m") for _ in range(2)),
+        return_exceptions=True,
+    )
+    ok = [m for m in made if isinstance(m, dict)]
+    refused = [m for m in made if isinstance(m, HugePagesShort)]
+    assert len(ok) == 1 and len(refused) == 1, made
+    assert refused[0].data["promised"] == pages, "the other create's whole guest is owed"
+    assert [s["id"] for s in manager.list()] == [ok[0]["id"]]
+    await manager.destroy(ok[0]["id"])
+    assert not env.leaks()
+
+
 async def test_too_small_a_pool_is_refused_before_any_vmm_starts(
     manager: InProcess, env: Any
 ) -> None:
