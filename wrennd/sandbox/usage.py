@@ -138,15 +138,16 @@ def _outside(mine: list[tuple[int, int]], theirs: list[tuple[int, int]]) -> int:
 
 
 def resident_bytes(pid: int) -> int | None:
-    """VmRSS of a process (the VMM holds the guest's memory), None when it is gone."""
+    """VmRSS plus hugetlb pages of a process (the VMM holds the guest's memory; RSS does
+    not count a 2 MiB guest's hugetlb pages), None when it is gone."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return None
+    kib = {k: v for k, _, v in (line.partition(":") for line in text.splitlines())}
+    if "VmRSS" not in kib:
+        return None
+    return sum(int(kib[k].split()[0]) for k in ("VmRSS", "HugetlbPages") if k in kib) * 1024
 
 
 def usage(

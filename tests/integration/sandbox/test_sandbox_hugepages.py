@@ -104,6 +104,7 @@ async def test_a_2m_guest_runs_pauses_resumes_and_clones(
     await control(src, "dirty", fraction=0.1, seed=3)
     taken = await checksum(src)
     assert hugetlb_mib(src["vmm"]["pid"]) == MIB, "every byte read came from the pool"
+    assert (await manager.usage(sid))["memory_bytes"] >= MIB << 20, "hugetlb counts as memory"
 
     await manager.pause(sid)  # Full, ingested in 4 KiB blocks
     assert read_header(snap).block_size == 4096
