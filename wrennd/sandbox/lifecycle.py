@@ -326,8 +326,9 @@ def _admit(
     deps: Deps, registry: Registry, memory_mib: int, backing: str, own_id: str | None = None
 ) -> None:
     """Refused up front (before any VMM starts) when the host cannot hold the guest:
-    its memory, and for a 2 MiB-backed guest the free pages of the huge page pool."""
+    in RAM, or for a 2 MiB-backed guest in the free pages of the huge page pool."""
     records = [sb.record for sb in registry if sb.id != own_id]
-    admission.admit(memory_mib, records, deps.cfg.memory_overcommit_percent)
     if backing == "2m":
         hugepages.admit(memory_mib, hugepages.holders(records), hugepages.Pool.read())
+    else:
+        admission.admit(memory_mib, records, deps.cfg.memory_overcommit_percent)

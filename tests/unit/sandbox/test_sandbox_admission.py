@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from wrennd.sandbox.admission import admit, host_memory_mib
@@ -26,3 +28,16 @@ def test_a_tebibyte_is_refused_on_this_host() -> None:
     assert host_memory_mib() > 0
     with pytest.raises(NoCapacity):
         admit(1 << 20, [], 100)
+
+
+def test_huge_page_guests_and_the_pool_are_outside_the_ram_budget(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:  4194304 kB\nMemFree: 1 kB\nHugetlb:   1048576 kB\n")
+    assert host_memory_mib(meminfo) == 3072, "the pool's 1 GiB is not RAM for 4k guests"
+    meminfo.write_text("MemTotal:  4194304 kB\n")
+    assert host_memory_mib(meminfo) == 4096
+    huge = _rec(SandboxState.RUNNING, 2048)
+    huge.memory_backing = "2m"
+    admit(1000, [huge], 100, total_mib=1000)  # the 2m guest draws from the pool only
+    with pytest.raises(NoCapacity, match="outside the huge page pools"):
+        admit(1001, [huge], 100, total_mib=1000)
