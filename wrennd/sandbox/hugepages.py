@@ -25,11 +25,11 @@ from wrennd.sandbox.record import SandboxRecord
 
 MemoryBacking = Literal["4k", "2m"]
 BACKINGS: tuple[MemoryBacking, ...] = ("4k", "2m")
-DEFAULT_BACKING: MemoryBacking = "4k"
 HUGE_PAGE_SIZE = 2 << 20
 HUGE_PAGE_KIB = HUGE_PAGE_SIZE >> 10
 POOL = Path(f"/sys/kernel/mm/hugepages/hugepages-{HUGE_PAGE_KIB}kB")
-NR_HUGEPAGES = Path("/proc/sys/vm/nr_hugepages")
+# The 2 MiB pool's size (vm.nr_hugepages is the same only where 2 MiB is the default size).
+NR_HUGEPAGES = POOL / "nr_hugepages"
 
 
 def check_backing(memory_mib: int, backing: str) -> MemoryBacking:
@@ -102,7 +102,8 @@ class HugePagesShort(NoCapacity):
             f"a 2 MiB-backed guest needs {needed} huge pages; {pool.free} of {pool.total} are"
             f" free, {pool.reserved} of them reserved by other mappings and {promised} promised"
             f" to running 2 MiB guests, so {available} are available (reserve more with"
-            f" sysctl vm.nr_hugepages)",
+            f" sysctl vm.nr_hugepages, or in {NR_HUGEPAGES} where 2 MiB is not the default"
+            " huge page size)",
         )
         self.data.update(
             needed=needed,
