@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.sandbox.running_daemon import Daemon
+from wrennd import mountinfo
 from wrennd.network import nsutil
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import Naming
@@ -138,12 +139,8 @@ def _processes_mentioning(path: Path) -> list[str]:
 
 
 def _mounts_under(paths: tuple[Path, ...]) -> list[str]:
-    out = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        target = line.split()[4]
-        if any(target.startswith(str(p)) for p in paths):
-            out.append(f"mount {target}")
-    return out
+    table = mountinfo.read()
+    return [f"mount {m.target}" for p in paths for m in mountinfo.under(p, table)]
 
 
 @dataclass
