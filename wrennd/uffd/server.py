@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wrennd.log import kv
-from wrennd.uffd import handshake, integrity
-from wrennd.uffd.detach import Detacher
+from wrennd.uffd import handshake, integrity, removals
+from wrennd.uffd.detach import Detacher, wake
 from wrennd.uffd.engine import (
     BASE_PAGE_SIZE,
     DEFAULT_BATCH_BYTES,
@@ -121,9 +121,20 @@ class UffdServer:
         copy_mode: str = "auto",
         verify_pages: bool = True,
         fill: bool = False,
+        prefetch_rate: int = 0,
+        remove_log: Path | None = None,
+        fresh_log: bool = True,
     ) -> None:
         """`verify_pages`: check each block against its generation's checksum as
-        it is installed (generations without checksums are served unchecked)."""
+        it is installed (generations without checksums are served unchecked).
+        `prefetch_rate`: bytes/s the background install may take (0: no limit).
+        `remove_log`: where REMOVEs are recorded (wrennd.uffd.removals); with
+        `fresh_log` false its ranges are first marked removed (a hand-over)."""
+        self.prefetch_rate = prefetch_rate
+        self.remove_log = remove_log
+        self.fresh_log = fresh_log
+        self._uffd = -1
+        self._peer: socket.socket | None = None
         self.socket_path = socket_path
         self.verify_pages = verify_pages
         self.memory = memory
@@ -140,19 +151,24 @@ class UffdServer:
         self._listener: socket.socket | None = None
         self._stop = asyncio.Event()
         self._final: EngineStats | None = None
+        self._started = False
         self.detaching = Detacher(memory, fill)
 
-    async def start(self) -> None:
+    async def start(self, listen_socket: bool = True) -> None:
         """Map the snapshot (or, with the page size still unknown, check its
-        files) and listen.  Blocking file work runs off the loop."""
-        if self._listener is not None:
+        files) and listen (not for a hand-over: its VMM is connected already).
+        Blocking file work runs off the loop."""
+        if self._listener is not None or self._started:
             raise RuntimeError("server already started")
+        self._started = True
         loop = asyncio.get_running_loop()
         m = self.memory
         if m.page_size is not None:
             self._engine = await loop.run_in_executor(None, self._make_engine, m.page_size)
         else:
             await loop.run_in_executor(None, self._check_files)
+        if not listen_socket:
+            return
         try:
             self._listener = listen(self.socket_path)
         except BaseException:
@@ -160,6 +176,24 @@ class UffdServer:
             raise
 
     def _make_engine(self, page_size: int) -> Engine:
+        engine = self._new_engine(page_size)
+        try:
+            if self.prefetch_rate:
+                engine.set_prefetch_rate(self.prefetch_rate)
+            if self.remove_log is not None:
+                if not self.fresh_log:
+                    engine.mark_removed(removals.read_log(self.remove_log))
+                fd = removals.open_log(self.remove_log, self.fresh_log)
+                try:
+                    engine.set_remove_log(fd)
+                finally:
+                    os.close(fd)
+        except BaseException:
+            engine.close()
+            raise
+        return engine
+
+    def _new_engine(self, page_size: int) -> Engine:
         m = self.memory
         return Engine(
             memory_size=m.memory_size,
@@ -201,7 +235,6 @@ class UffdServer:
         """Accept one peer, serve it until it goes away; see the module doc."""
         if self._listener is None:
             raise RuntimeError("start() the server first")
-        loop = asyncio.get_running_loop()
         conn = await self._accept()
         try:
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
@@ -213,29 +246,79 @@ class UffdServer:
                 raise HandshakeError(
                     f"no handshake within {self.handshake_timeout} s of connecting"
                 ) from None
+            await self._begin(uffd, regions)
+        except BaseException:
+            conn.close()
+            raise
+        return await self._serve_peer(conn)
+
+    async def serve_handed(
+        self, uffd: int, peer: socket.socket, regions: Sequence[Region]
+    ) -> ServeResult:
+        """Serve a VMM another process served until it died (the hand-over): its
+        uffd, the peer socket of its handshake and the regions that handshake
+        announced.  Faults that process read and never answered are woken, so
+        they fault again and reach this engine.  Takes both fds."""
+        if not self._started or self._listener is not None:
+            os.close(uffd)
+            peer.close()
+            raise RuntimeError("start(listen_socket=False) the server first")
+        try:
+            creds = peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            self.peer_pid = int.from_bytes(creds[:4], "little")
             try:
-                if self._engine is None:
-                    page_size = regions[0].page_size
-                    self._engine = await loop.run_in_executor(None, self._make_engine, page_size)
-                self.detaching.keep(uffd)
-                self._engine.start(uffd, regions)
-            except EngineConfigError as e:
+                check_regions(regions, self.memory.memory_size, regions[0].page_size)
+            except (EngineConfigError, IndexError) as e:
                 os.close(uffd)
-                raise HandshakeError(f"regions do not match the snapshot: {e}") from None
-            except BaseException:
-                os.close(uffd)
-                raise
-            self.regions = regions
-            self.ready.set()
-            log.info(
-                "uffd serving",
-                extra=kv(socket=self.socket_path, peer_pid=self.peer_pid, regions=len(regions)),
-            )
+                raise HandshakeError(f"handed regions do not match the snapshot: {e}") from None
+            await self._begin(uffd, list(regions))
+            wake(uffd, self.regions)
+        except BaseException:
+            peer.close()
+            raise
+        return await self._serve_peer(peer)
+
+    async def _begin(self, uffd: int, regions: list[Region]) -> None:
+        """Start the engine on ``uffd`` (taken: closed on failure) and set ready."""
+        try:
+            if self._engine is None:
+                loop = asyncio.get_running_loop()
+                self._engine = await loop.run_in_executor(
+                    None, self._make_engine, regions[0].page_size
+                )
+            self.detaching.keep(uffd)
+            self._engine.start(uffd, regions)
+        except EngineConfigError as e:
+            os.close(uffd)
+            raise HandshakeError(f"regions do not match the snapshot: {e}") from None
+        except BaseException:
+            os.close(uffd)
+            raise
+        self._uffd = uffd
+        self.regions = regions
+        self.ready.set()
+        log.info(
+            "uffd serving",
+            extra=kv(socket=self.socket_path, peer_pid=self.peer_pid, regions=len(regions)),
+        )
+
+    async def _serve_peer(self, conn: socket.socket) -> ServeResult:
+        self._peer = conn
+        try:
             reason = await self._wait_end(conn)
             integrity.stop_peer_if_corrupt(self.corruption(), self.peer_pid, self.socket_path)
         finally:
+            self._peer = None
             conn.close()
         return await self._finish(reason)
+
+    def handover_fds(self) -> tuple[int, int] | None:
+        """The served uffd and the peer socket's fd while serving (for the fd store:
+        valid until control returns to the loop), else None."""
+        engine = self._engine
+        if self._peer is None or engine is None or not engine.started or self._final is not None:
+            return None
+        return self._uffd, self._peer.fileno()
 
     async def _accept(self) -> socket.socket:
         """The peer's connection, unless stop() comes first (ServeStopped)."""
