@@ -6,20 +6,25 @@ never by pid alone) the daemon takes it over: a Firecracker client on its API
 socket, the guest agent's connection on the slot's address, the slot itself,
 the storage attachment; nothing that works is touched or rebuilt in the
 kernel.  A VMM whose memory was served by the previous daemon's UFFD engine
-is not adopted: its vCPUs would wait forever on the next missing page.
+is adopted only when the fd store handed its uffd back (``handover``): the
+new engine serves it from the sandbox's snapshot; otherwise its vCPUs would
+wait forever on the next missing page.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 
 from wrennd.guest.client import AgentUnavailable
 from wrennd.log import kv
+from wrennd.sandbox import bringup
 from wrennd.sandbox.environment import Deps
 from wrennd.sandbox.live import Live, guest_client
 from wrennd.sandbox.record import SandboxRecord, SandboxState
+from wrennd.snapshot import SnapshotError
 from wrennd.storage.errors import StorageError
 from wrennd.vm.client import FirecrackerClient
 from wrennd.vm.errors import VmmError
@@ -33,12 +38,13 @@ HEALTH_TIMEOUT = 5.0
 API_TIMEOUT = 30.0
 
 
-def why_not(rec: SandboxRecord) -> str | None:
-    """Why a record's VMM cannot be adopted whatever its process; None: it may be."""
+def why_not(rec: SandboxRecord, handed: bool = False) -> str | None:
+    """Why a record's VMM cannot be adopted whatever its process; None: it may be.
+    ``handed``: the fd store gave back the uffd that serves its memory."""
     if rec.state != SandboxState.RUNNING:
         return f"it was {rec.state.value}"
-    if rec.uffd_served:
-        return "its memory was served by the previous daemon's UFFD engine"
+    if rec.uffd_served and not handed:
+        return "its memory was served by the previous daemon's UFFD engine (not handed over)"
     if None in (rec.vmm_pid, rec.vmm_start_time, rec.vmm_api_socket, rec.slot):
         return "its record does not name its VMM and slot"
     return None
@@ -47,7 +53,7 @@ def why_not(rec: SandboxRecord) -> str | None:
 async def adopt(deps: Deps, rec: SandboxRecord) -> Live | None:
     """The live resources of ``rec`` taken over from a VMM that kept running; None if
     there is none to adopt (the reason is logged; recovery then cleans up)."""
-    reason = why_not(rec)
+    reason = why_not(rec, deps.handover.has(rec.id))
     files = deps.paths(rec.id).vmm_files
     proc = None
     if reason is None:
@@ -65,14 +71,46 @@ async def adopt(deps: Deps, rec: SandboxRecord) -> Live | None:
     live = Live(rec.id, slot=rec.slot)
     live.vmm = Vmm(proc, FirecrackerClient(files.api_socket, timeout=API_TIMEOUT))
     try:
+        if rec.uffd_served:
+            await _serve_handed(deps, rec, live)
         await _rebuild(deps, rec, live)
-    except (VmmError, StorageError, OSError) as e:
+    except (VmmError, StorageError, OSError, ValueError, SnapshotError) as e:
         log.error("adoption failed: vmm stopped", extra=kv(sandbox=rec.id, error=e))
         with contextlib.suppress(Exception):
             await live.stop_vmm()
         return None
     log.info("sandbox adopted", extra=kv(sandbox=rec.id, pid=proc.pid, slot=rec.slot))
     return live
+
+
+async def _serve_handed(deps: Deps, rec: SandboxRecord, live: Live) -> None:
+    """Serve the VMM's memory again through the uffd the fd store handed back: from
+    the same snapshot, with the pages the guest gave back marked removed."""
+    run = deps.paths(rec.id).run
+    handed = deps.handover.take(rec.id, run)
+    if handed is None:
+        raise VmmError(f"the hand-over of {rec.id} is incomplete")
+    try:
+        server = await bringup.engine_server(deps, rec.id, prefetch=False, handed=True)
+        await server.start(listen_socket=False)
+    except BaseException:
+        handed.close()
+        raise
+    live.uffd = server
+    live.serving = asyncio.ensure_future(
+        server.serve_handed(handed.uffd, handed.peer, handed.regions)
+    )
+    deps.handover.forget_when_done(rec.id, live)  # still stored: dropped when it ends
+    ready = asyncio.ensure_future(server.ready.wait())
+    await asyncio.wait(
+        [ready, live.serving], timeout=API_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+    )
+    ready.cancel()
+    if not server.ready.is_set():
+        if live.serving.done() and live.serving.exception() is not None:
+            raise VmmError(f"serving the handed uffd of {rec.id}: {live.serving.exception()}")
+        raise VmmError(f"the handed uffd of {rec.id} was not served in {API_TIMEOUT:.0f} s")
+    log.info("uffd handed over", extra=kv(sandbox=rec.id, regions=len(handed.regions)))
 
 
 async def _rebuild(deps: Deps, rec: SandboxRecord, live: Live) -> None:

@@ -207,6 +207,7 @@ async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
         await asyncio.to_thread(deps.records.save, rec)
         log.info("sandbox recovered", extra=kv(sandbox=rec.id, was=before, now=rec.state))
         kept.append(rec)
+    deps.handover.discard_unclaimed()  # their VMMs are gone or were stopped
     # Always, records or not: a VMM killed after its record was removed (or a record
     # that cannot be read) can leave namespaces behind that would poison their slot.
     slots = [live.slot for live in adopted.values() if live.slot is not None]

@@ -17,6 +17,10 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wrennd.uffd.engine import Engine
 
 RECORD = struct.Struct("=QQ")
 
@@ -47,3 +51,14 @@ def read_log(path: Path) -> list[tuple[int, int]]:
         else:
             merged.append((off, length))
     return merged
+
+
+def attach(engine: Engine, path: Path, fresh: bool) -> None:
+    """Log ``engine``'s REMOVEs to ``path``; unless ``fresh``, first mark what it holds."""
+    if not fresh:
+        engine.mark_removed(read_log(path))
+    fd = open_log(path, fresh)
+    try:
+        engine.set_remove_log(fd)
+    finally:
+        os.close(fd)

@@ -49,12 +49,11 @@ from wrennd.uffd.engine import (
 )
 from wrennd.uffd.handshake import HandshakeError, Region
 from wrennd.uffd.integrity import Corruption
+from wrennd.uffd.peer import ServeStopped, accept, peer_pid, wait_end
+
+__all__ = ["ServeResult", "ServeStopped", "SnapshotMemory", "UffdServer", "listen"]
 
 log = logging.getLogger(__name__)
-
-
-class ServeStopped(Exception):
-    """stop() was called before any peer connected: nothing was served."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +102,40 @@ def listen(path: Path) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _result(engine: Engine, reason: str, prefetch: Sequence[tuple[int, int]]) -> ServeResult:
+    stats = engine.stats()
+    return ServeResult(
+        reason=reason,
+        stats=stats,
+        working_set=engine.working_set(),
+        stop_error=os.strerror(-stats.stop_error) if stats.stop_error else "",
+        prefetch_map=list(prefetch),
+        present=engine.present(),
+        removed=engine.removed(),
+    )
+
+
+def _check_files(m: SnapshotMemory) -> None:
+    sizes = [p.stat().st_size for p in m.generations]
+    check_snapshot(m.memory_size, BASE_PAGE_SIZE, m.entries, sizes, m.entry_count)
+
+
+async def _receive_handshake(
+    conn: socket.socket, memory: SnapshotMemory
+) -> tuple[list[Region], int]:
+    regions, uffd = await handshake.receive(conn)
+    try:
+        page_size = memory.page_size or regions[0].page_size
+        try:
+            check_regions(regions, memory.memory_size, page_size)
+        except EngineConfigError as e:
+            raise HandshakeError(f"regions do not match the snapshot: {e}") from None
+    except BaseException:
+        os.close(uffd)
+        raise
+    return regions, uffd
 
 
 class UffdServer:
@@ -166,7 +199,7 @@ class UffdServer:
         if m.page_size is not None:
             self._engine = await loop.run_in_executor(None, self._make_engine, m.page_size)
         else:
-            await loop.run_in_executor(None, self._check_files)
+            await loop.run_in_executor(None, _check_files, m)
         if not listen_socket:
             return
         try:
@@ -178,16 +211,9 @@ class UffdServer:
     def _make_engine(self, page_size: int) -> Engine:
         engine = self._new_engine(page_size)
         try:
-            if self.prefetch_rate:
-                engine.set_prefetch_rate(self.prefetch_rate)
+            engine.set_prefetch_rate(self.prefetch_rate)
             if self.remove_log is not None:
-                if not self.fresh_log:
-                    engine.mark_removed(removals.read_log(self.remove_log))
-                fd = removals.open_log(self.remove_log, self.fresh_log)
-                try:
-                    engine.set_remove_log(fd)
-                finally:
-                    os.close(fd)
+                removals.attach(engine, self.remove_log, self.fresh_log)
         except BaseException:
             engine.close()
             raise
@@ -216,11 +242,6 @@ class UffdServer:
         """The bad block the engine met, if any (then it stopped serving)."""
         return integrity.corruption_of(self.memory, self.stats())
 
-    def _check_files(self) -> None:
-        m = self.memory
-        sizes = [p.stat().st_size for p in m.generations]
-        check_snapshot(m.memory_size, BASE_PAGE_SIZE, m.entries, sizes, m.entry_count)
-
     @property
     def engine(self) -> Engine | None:
         return self._engine
@@ -235,13 +256,12 @@ class UffdServer:
         """Accept one peer, serve it until it goes away; see the module doc."""
         if self._listener is None:
             raise RuntimeError("start() the server first")
-        conn = await self._accept()
+        conn = await accept(self._listener, self._stop)
         try:
-            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-            self.peer_pid = int.from_bytes(creds[:4], "little")
+            self.peer_pid = peer_pid(conn)
             try:
                 async with asyncio.timeout(self.handshake_timeout):
-                    regions, uffd = await self._receive_handshake(conn)
+                    regions, uffd = await _receive_handshake(conn, self.memory)
             except TimeoutError:
                 raise HandshakeError(
                     f"no handshake within {self.handshake_timeout} s of connecting"
@@ -264,8 +284,7 @@ class UffdServer:
             peer.close()
             raise RuntimeError("start(listen_socket=False) the server first")
         try:
-            creds = peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-            self.peer_pid = int.from_bytes(creds[:4], "little")
+            self.peer_pid = peer_pid(peer)
             try:
                 check_regions(regions, self.memory.memory_size, regions[0].page_size)
             except (EngineConfigError, IndexError) as e:
@@ -305,7 +324,8 @@ class UffdServer:
     async def _serve_peer(self, conn: socket.socket) -> ServeResult:
         self._peer = conn
         try:
-            reason = await self._wait_end(conn)
+            assert self._engine is not None
+            reason = await wait_end(conn, self._engine.done_fd, self._stop)
             integrity.stop_peer_if_corrupt(self.corruption(), self.peer_pid, self.socket_path)
         finally:
             self._peer = None
@@ -320,91 +340,20 @@ class UffdServer:
             return None
         return self._uffd, self._peer.fileno()
 
-    async def _accept(self) -> socket.socket:
-        """The peer's connection, unless stop() comes first (ServeStopped)."""
-        assert self._listener is not None
-        accept = asyncio.ensure_future(asyncio.get_running_loop().sock_accept(self._listener))
-        stop_wait = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait([accept, stop_wait], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop_wait.cancel()
-            if not accept.done():
-                accept.cancel()
-                await asyncio.wait([accept])
-        if accept.cancelled():
-            raise ServeStopped("stopped before a VMM connected")
-        conn, _ = accept.result()
-        return conn
-
-    async def _receive_handshake(self, conn: socket.socket) -> tuple[list[Region], int]:
-        regions, uffd = await handshake.receive(conn)
-        try:
-            page_size = self.memory.page_size or regions[0].page_size
-            try:
-                check_regions(regions, self.memory.memory_size, page_size)
-            except EngineConfigError as e:
-                raise HandshakeError(f"regions do not match the snapshot: {e}") from None
-        except BaseException:
-            os.close(uffd)
-            raise
-        return regions, uffd
-
-    async def _wait_end(self, conn: socket.socket) -> str:
-        """Until the peer closes, the engine stops by itself, or stop() is called."""
-        assert self._engine is not None
-        loop = asyncio.get_running_loop()
-        ended = loop.create_future()
-
-        def on_peer() -> None:
-            try:
-                data = conn.recv(4096)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data = b""
-            if not data and not ended.done():  # Firecracker sends nothing more: EOF
-                ended.set_result("peer-closed")
-
-        def on_engine() -> None:
-            if not ended.done():
-                ended.set_result("engine-stopped")
-
-        conn.setblocking(False)
-        loop.add_reader(conn.fileno(), on_peer)
-        loop.add_reader(self._engine.done_fd, on_engine)
-        stop_wait = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait([ended, stop_wait], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            loop.remove_reader(conn.fileno())
-            loop.remove_reader(self._engine.done_fd)
-            stop_wait.cancel()
-        return ended.result() if ended.done() else "stopped"
-
     async def _finish(self, reason: str) -> ServeResult:
         engine = self._engine
         assert engine is not None
         await asyncio.get_running_loop().run_in_executor(None, engine.stop)
         reason = self.detaching.finish(self.regions, reason)
-        stats = engine.stats()
-        self._final = stats
-        result = ServeResult(
-            reason=reason,
-            stats=stats,
-            working_set=engine.working_set(),
-            stop_error=os.strerror(-stats.stop_error) if stats.stop_error else "",
-            prefetch_map=list(self.memory.prefetch),
-            present=engine.present(),
-            removed=engine.removed(),
-        )
+        result = _result(engine, reason, self.memory.prefetch)
+        self._final = result.stats
         log.info(
             "uffd served",
             extra=kv(
                 socket=self.socket_path,
                 reason=reason,
-                faults=stats.faults,
-                pages=stats.copy_pages + stats.zero_pages,
+                faults=result.stats.faults,
+                pages=result.stats.copy_pages + result.stats.zero_pages,
                 error=result.stop_error,
             ),
         )

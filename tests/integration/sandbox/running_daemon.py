@@ -19,6 +19,9 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = place.run_dir / "wrennd.log"
         self.socket = place.run_dir / "wrennd.sock"
+        # A service manager's fd store (tests/integration/sandbox/fdstore.py): when set,
+        # the daemon is started as systemd would, with NOTIFY_SOCKET and the kept fds.
+        self.fd_store: Any = None
 
     def start(self, *args: str, umask: int | None = None, **extra: str) -> None:
         p = self.place
@@ -38,11 +41,16 @@ class Daemon:
             **extra,
         }
         env.pop("NOTIFY_SOCKET", None)
+        argv = [sys.executable, "-m", "wrennd.daemon", *args]
+        pass_fds: tuple[int, ...] = ()
+        if self.fd_store is not None:
+            argv, extra_env, pass_fds = self.fd_store.launch_argv(argv)
+            env.update(extra_env)
         old = None if umask is None else os.umask(umask)
         try:
             with self.log.open("ab") as out:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "wrennd.daemon", *args], env=env, stderr=out, stdout=out
+                    argv, env=env, stderr=out, stdout=out, pass_fds=pass_fds
                 )
         finally:
             if old is not None:
