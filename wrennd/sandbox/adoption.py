@@ -20,7 +20,7 @@ import time
 
 from wrennd.guest.client import AgentUnavailable
 from wrennd.log import kv
-from wrennd.sandbox import bringup
+from wrennd.sandbox import bringup, jail
 from wrennd.sandbox.environment import Deps
 from wrennd.sandbox.live import Live, guest_client
 from wrennd.sandbox.record import SandboxRecord, SandboxState
@@ -61,7 +61,8 @@ async def adopt(deps: Deps, rec: SandboxRecord) -> Live | None:
         if str(files.api_socket) != rec.vmm_api_socket:
             reason = f"its API socket moved ({rec.vmm_api_socket} -> {files.api_socket})"
         else:
-            proc = VmmProcess.adopt(rec.vmm_pid, rec.vmm_start_time, files)
+            marker = None if deps.cfg.jail is None else jail.marker(rec.id)
+            proc = VmmProcess.adopt(rec.vmm_pid, rec.vmm_start_time, files, marker)
             reason = None if proc is not None else "its VMM is gone or is another process"
     if proc is None:
         if rec.vmm_pid is not None:
@@ -70,6 +71,8 @@ async def adopt(deps: Deps, rec: SandboxRecord) -> Live | None:
     assert rec.slot is not None
     live = Live(rec.id, slot=rec.slot)
     live.vmm = Vmm(proc, FirecrackerClient(files.api_socket, timeout=API_TIMEOUT))
+    if deps.cfg.jail is not None:  # released with the sandbox, as one this daemon made
+        live.jail = jail.existing(deps.cfg.jail, rec.id)
     try:
         if rec.uffd_served:
             await _serve_handed(deps, rec, live)

@@ -164,9 +164,15 @@ async def _reap_simulated_guests(fcsim: Path) -> None:
 async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
     """Every record brought to rest, and the live resources of those adopted."""
     records, bad = await asyncio.to_thread(deps.records.load_all)
+    adopted: dict[str, Live] = {}
+    for rec in records:
+        live = await adoption.adopt(deps, rec)
+        if live is not None:
+            adopted[rec.id] = live
     if deps.cfg.jail is not None:
-        # First: a jailed VMM is found by its jail (its command line has jail paths).
-        jails = await asyncio.to_thread(jail.cleanup_stale, deps.cfg.jail)
+        # Before anything else touches their disks: every jailed VMM not adopted is
+        # stopped (found by its jail: its command line has jail paths).
+        jails = await asyncio.to_thread(jail.cleanup_stale, deps.cfg.jail, frozenset(adopted))
         if jails:
             log.warning("stale jails removed", extra=kv(sandboxes=",".join(jails)))
     kept: list[SandboxRecord] = []
@@ -175,13 +181,10 @@ async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
         log.error("unreadable sandbox record: shown as damaged", extra=kv(error=err))
         if err.sandbox_id is not None:
             kept.append(SandboxRecord.damaged(err.sandbox_id, str(err)))
-    adopted: dict[str, Live] = {}
     # Records whose disk goes back to their snapshot's (a reason) or is kept with it (None).
     disks: list[tuple[SandboxRecord, str | None]] = []
     for rec in records:
-        live = await adoption.adopt(deps, rec)
-        if live is not None:
-            adopted[rec.id] = live
+        if rec.id in adopted:
             kept.append(rec)
             continue
         paths = deps.paths(rec.id)
