@@ -1,4 +1,4 @@
-"""A service manager's fd store for tests, speaking systemd's documented protocols.
+"""A service manager's fd store for tests and the soak, speaking systemd's documented protocols.
 
 Owns a ``NOTIFY_SOCKET`` (sd_notify(3)): ``FDSTORE=1`` with ``FDNAME=`` keeps the
 fds sent with it, ``FDSTOREREMOVE=1`` with ``FDNAME=`` closes and forgets them,

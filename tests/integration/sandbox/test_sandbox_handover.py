@@ -1,7 +1,7 @@
 """The hand-over through a service manager's fd store: a sandbox still filling survives
 kill -9 of the daemon, and a page its guest gave back stays zeros.
 
-The daemon runs as systemd would run it (tests/integration/sandbox/fdstore.py owns
+The daemon runs as systemd would run it (wrennd_sim/fdstore.py owns
 NOTIFY_SOCKET, keeps what FDSTORE=1 sends, and restarts the daemon with the kept fds
 in LISTEN_FDS/LISTEN_FDNAMES).  The fill is slowed (uffd_fill_rate_bytes) so that
 the engines are still filling when the daemon is killed.
@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration.sandbox.fdstore import FdStore
 from tests.integration.sandbox.running_daemon import Daemon
 from wrennd.rpc.client import Client, RemoteError
 from wrennd_sim.fcsim.control import ControlClient
+from wrennd_sim.fdstore import FdStore
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 MiB = 1 << 20
