@@ -20,7 +20,7 @@ import time
 
 from wrennd.guest.client import AgentUnavailable
 from wrennd.log import kv
-from wrennd.sandbox import bringup, jail
+from wrennd.sandbox import bringup, jail, pausing
 from wrennd.sandbox.environment import Deps
 from wrennd.sandbox.live import Live, guest_client
 from wrennd.sandbox.record import SandboxRecord, SandboxState
@@ -41,7 +41,7 @@ API_TIMEOUT = 30.0
 def why_not(rec: SandboxRecord, handed: bool = False) -> str | None:
     """Why a record's VMM cannot be adopted whatever its process; None: it may be.
     ``handed``: the fd store gave back the uffd that serves its memory."""
-    if rec.state != SandboxState.RUNNING:
+    if rec.state not in (SandboxState.RUNNING, SandboxState.PAUSING):
         return f"it was {rec.state.value}"
     if rec.uffd_served and not handed:
         return "its memory was served by the previous daemon's UFFD engine (not handed over)"
@@ -77,6 +77,8 @@ async def adopt(deps: Deps, rec: SandboxRecord) -> Live | None:
         if rec.uffd_served:
             await _serve_handed(deps, rec, live)
         await _rebuild(deps, rec, live)
+        if rec.state == SandboxState.PAUSING:
+            await _undo_pause(deps, rec, live)
     except (VmmError, StorageError, OSError, ValueError, SnapshotError) as e:
         log.error("adoption failed: vmm stopped", extra=kv(sandbox=rec.id, error=e))
         with contextlib.suppress(Exception):
@@ -114,6 +116,20 @@ async def _serve_handed(deps: Deps, rec: SandboxRecord, live: Live) -> None:
             raise VmmError(f"serving the handed uffd of {rec.id}: {live.serving.exception()}")
         raise VmmError(f"the handed uffd of {rec.id} was not served in {API_TIMEOUT:.0f} s")
     log.info("uffd handed over", extra=kv(sandbox=rec.id, regions=len(handed.regions)))
+
+
+async def _undo_pause(deps: Deps, rec: SandboxRecord, live: Live) -> None:
+    """A pause the crash interrupted before its memory was committed (recovery checked
+    the header): resume the VM and thaw the guest, as a failed pause does; running."""
+    failed = await pausing.undo_freeze(live)
+    if failed is not None:
+        raise VmmError(f"the interrupted pause of {rec.id} could not be undone: {failed}")
+    rec.state, rec.error = SandboxState.RUNNING, None
+    # The crash may have come after the VMM's snapshot reset its dirty bitmap (the record
+    # was not saved then): a Diff could miss pages, so the next snapshot is Full.
+    rec.need_full = True
+    await asyncio.to_thread(deps.records.save, rec)
+    log.info("interrupted pause undone: the sandbox runs on", extra=kv(sandbox=rec.id))
 
 
 async def _rebuild(deps: Deps, rec: SandboxRecord, live: Live) -> None:
