@@ -22,7 +22,6 @@ import os
 import random
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +44,6 @@ LIMITS = {
     "template.create": 5.0,
 }
 MAX_SANDBOXES = 3
-
-
-@pytest.fixture
-def daemon(place: Any) -> Iterator[Daemon]:
-    d = Daemon(place)
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop(signal.SIGTERM)
 
 
 async def _sandboxes(c: Client) -> list[dict[str, Any]]:
