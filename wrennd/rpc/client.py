@@ -20,6 +20,7 @@ from wrennd.rpc import protocol
 
 NotificationHandler = Callable[[str, dict[str, Any]], None]
 READ_LIMIT = 64 << 20
+CHANNEL_READ = 4 << 20  # buffered bytes of a raw channel before its reader is paused
 
 
 class ClientError(Exception):
@@ -48,8 +49,32 @@ class RemoteError(Exception):
         return str(self.data.get("type", ""))
 
 
+async def open_socket(
+    path: str | Path, limit: int = READ_LIMIT
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the daemon's socket, or the error that says why there is none."""
+    try:
+        return await asyncio.open_unix_connection(str(path), limit=limit)
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        raise DaemonNotRunning(f"wrennd is not running (no one listens on {path})") from e
+    except PermissionError as e:
+        raise PermissionDenied(
+            f"permission denied on {path}: join the socket's group (wrennd) or use root"
+        ) from e
+    except OSError as e:
+        if e.errno == errno.ENOTSOCK:
+            raise DaemonNotRunning(f"{path} is not a socket") from e
+        raise ClientError(f"cannot connect to {path}: {e.strerror}") from e
+
+
 class Client:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        path: Path | None = None,
+    ) -> None:
+        self.path = path  # the socket, for a second connection (a raw transfer channel)
         self._reader = reader
         self._writer = writer
         self._ids = itertools.count(1)
@@ -59,19 +84,8 @@ class Client:
 
     @classmethod
     async def connect(cls, path: str | Path) -> Client:
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(path), limit=READ_LIMIT)
-        except (FileNotFoundError, ConnectionRefusedError) as e:
-            raise DaemonNotRunning(f"wrennd is not running (no one listens on {path})") from e
-        except PermissionError as e:
-            raise PermissionDenied(
-                f"permission denied on {path}: join the socket's group (wrennd) or use root"
-            ) from e
-        except OSError as e:
-            if e.errno == errno.ENOTSOCK:
-                raise DaemonNotRunning(f"{path} is not a socket") from e
-            raise ClientError(f"cannot connect to {path}: {e.strerror}") from e
-        return cls(reader, writer)
+        reader, writer = await open_socket(path)
+        return cls(reader, writer, Path(path))
 
     async def call(
         self,
@@ -94,6 +108,30 @@ class Client:
         finally:
             self._pending.pop(rid, None)
             self._listeners.pop(rid, None)
+
+    async def open_channel(
+        self, transfer: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict[str, Any]]:
+        """A second connection upgraded to the raw channel of ``transfer`` (docs/api.md,
+        "Files of any size"): its reader and writer, and the daemon's answer."""
+        if self.path is None:
+            raise ClientError("this client has no socket path for a second connection")
+        reader, writer = await open_socket(self.path, limit=CHANNEL_READ)
+        request = {"jsonrpc": "2.0", "id": 1, "method": "sandbox.files.stream"}
+        writer.write(protocol.encode({**request, "params": {"transfer": transfer}}) + b"\n")
+        try:
+            line = await reader.readline()
+            answer = json.loads(line) if line else None
+        except (OSError, ValueError) as e:
+            writer.close()
+            raise ClientError(f"the transfer channel failed: {e}") from e
+        if not isinstance(answer, dict) or "result" not in answer:
+            writer.close()
+            err = answer.get("error") if isinstance(answer, dict) else None
+            if not isinstance(err, dict):
+                raise ClientError("the daemon closed the transfer channel")
+            raise RemoteError(err["code"], err["message"], err.get("data"))
+        return reader, writer, dict(answer["result"])
 
     async def _read_loop(self) -> None:
         error: Exception = ClientError("the daemon closed the connection")
