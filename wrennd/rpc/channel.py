@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import socket
 from collections.abc import Awaitable, Callable
 
 READ_LIMIT = 1 << 20
 WRITE_HIGH_WATER = 1 << 20
+SOCKET_BUFFER = 1 << 20  # the kernel caps it at net.core.wmem_max
 
 
 class ChannelClosed(Exception):
@@ -41,6 +44,9 @@ class Channel:
         self._opened = asyncio.Event()  # the call's answer went out: raw bytes may follow
         self.claimed = False
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, AttributeError):  # more in flight per wake-up
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
 
     # -- from the connection ---------------------------------------------------
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from wrennd.rpc import protocol
+from wrennd.rpc.client_channel import ChannelError, ChannelRefused, ClientChannel
 
 NotificationHandler = Callable[[str, dict[str, Any]], None]
 READ_LIMIT = 64 << 20
-CHANNEL_READ = 4 << 20  # buffered bytes of a raw channel before its reader is paused
 
 
 class ClientError(Exception):
@@ -109,29 +109,18 @@ class Client:
             self._pending.pop(rid, None)
             self._listeners.pop(rid, None)
 
-    async def open_channel(
-        self, transfer: str
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict[str, Any]]:
+    async def open_channel(self, transfer: str) -> ClientChannel:
         """A second connection upgraded to the raw channel of ``transfer`` (docs/api.md,
-        "Files of any size"): its reader and writer, and the daemon's answer."""
+        "Files of any size"); ``.answer`` is the daemon's answer to the stream call."""
         if self.path is None:
             raise ClientError("this client has no socket path for a second connection")
-        reader, writer = await open_socket(self.path, limit=CHANNEL_READ)
-        request = {"jsonrpc": "2.0", "id": 1, "method": "sandbox.files.stream"}
-        writer.write(protocol.encode({**request, "params": {"transfer": transfer}}) + b"\n")
         try:
-            line = await reader.readline()
-            answer = json.loads(line) if line else None
-        except (OSError, ValueError) as e:
-            writer.close()
-            raise ClientError(f"the transfer channel failed: {e}") from e
-        if not isinstance(answer, dict) or "result" not in answer:
-            writer.close()
-            err = answer.get("error") if isinstance(answer, dict) else None
-            if not isinstance(err, dict):
-                raise ClientError("the daemon closed the transfer channel")
-            raise RemoteError(err["code"], err["message"], err.get("data"))
-        return reader, writer, dict(answer["result"])
+            return await ClientChannel.open(self.path, transfer)
+        except ChannelRefused as e:
+            err = e.error
+            raise RemoteError(err["code"], err["message"], err.get("data")) from None
+        except ChannelError as e:
+            raise ClientError(str(e)) from e
 
     async def _read_loop(self) -> None:
         error: Exception = ClientError("the daemon closed the connection")

@@ -49,7 +49,7 @@ async def _send_raw(
     """The chunks over the transfer's raw channel: (bytes sent, their sha256), or None from a
     daemon without raw channels (nothing was sent)."""
     try:
-        reader, writer, _ = await client.open_channel(token)
+        channel = await client.open_channel(token)
     except RemoteError as e:
         if _old_daemon(e):
             return None
@@ -57,20 +57,18 @@ async def _send_raw(
     sha, offset = hashlib.sha256(), 0
     try:
         for chunk in chunks:
-            writer.write(chunk)
+            await channel.send(chunk)
             sha.update(chunk)
             offset += len(chunk)
-            await writer.drain()
             if progress is not None:
                 progress(offset, total)
-        writer.write_eof()
-        await reader.read()  # the daemon closes once it took the last byte
-    except (ConnectionError, BrokenPipeError) as e:
+        await channel.end()  # the daemon closes once it took the last byte
+    except ConnectionError as e:
         # The daemon ended the transfer: abort answers why (or the bytes were cut short).
         await client.call("sandbox.files.upload.abort", {"transfer": token})
         raise TransferFailed(f"the transfer channel closed after {offset} bytes") from e
     finally:
-        writer.close()
+        channel.close()
     return offset, sha.hexdigest()
 
 
@@ -178,14 +176,14 @@ async def _download_raw(
             return None
         raise
     token = opened["transfer"]
-    reader, writer, _ = await client.open_channel(token)
+    channel = await client.open_channel(token)
     try:
-        while data := await reader.read(CHUNK):
+        while data := await channel.recv():
             sink("chunk", {"offset": sink.offset, "data": data})
     except ConnectionError:
         pass  # cut short: finish says why
     finally:
-        writer.close()
+        channel.close()
     return dict(await client.call("sandbox.files.download.finish", {"transfer": token}))
 
 

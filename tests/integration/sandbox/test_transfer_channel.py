@@ -20,6 +20,7 @@ import pytest
 from tests.integration.sandbox.running_daemon import Daemon
 from tests.polling import wait_for
 from wrennd.rpc.client import Client, RemoteError
+from wrennd.rpc.client_channel import ClientChannel
 from wrennd.sdk import Sandbox, transfer
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
@@ -63,11 +64,11 @@ def temp_files(d: Daemon, sid: str, directory: str) -> list[str]:
         return [e.name for e in sb.files.list(directory) if e.name.startswith(".wrenn-")]
 
 
-async def open_upload(c: Client, sid: str, path: str) -> tuple[str, asyncio.StreamWriter]:
+async def open_upload(c: Client, sid: str, path: str) -> tuple[str, ClientChannel]:
     token = (await c.call("sandbox.files.upload", {"id": sid, "path": path}))["transfer"]
-    _, writer, answer = await c.open_channel(token)
-    assert answer == {"transfer": token, "direction": "upload", "offset": 0}
-    return token, writer
+    channel = await c.open_channel(token)
+    assert channel.answer == {"transfer": token, "direction": "upload", "offset": 0}
+    return token, channel
 
 
 @pytest.mark.parametrize("raw", [True, False], ids=["raw", "json"])
@@ -93,28 +94,26 @@ async def test_interrupted_raw_uploads_leave_the_old_file(running: Daemon, sandb
         sb.files.write("/root/keep.txt", b"old contents")
     # 1: the client goes away in the middle (both its connections close).
     c = await Client.connect(running.socket)
-    _, writer = await open_upload(c, sandbox, "/root/keep.txt")
-    writer.write(b"new" * 100_000)
-    await writer.drain()
-    writer.close()
+    _, ch = await open_upload(c, sandbox, "/root/keep.txt")
+    await ch.send(b"new" * 100_000)
+    ch.close()
     await c.close()
     # 2: the channel ends early, then finish claims the whole size.
     c = await Client.connect(running.socket)
-    token, writer = await open_upload(c, sandbox, "/root/keep.txt")
-    writer.write(b"new" * 1000)
-    writer.write_eof()
+    token, ch = await open_upload(c, sandbox, "/root/keep.txt")
+    await ch.send(b"new" * 1000)
+    await ch.end()
     with pytest.raises(RemoteError, match="size 6000 announced, 3000 bytes received"):
         await c.call("sandbox.files.upload.finish", {"transfer": token, "size": 6000})
-    writer.close()
+    ch.close()
     # 3: the bytes stop coming (no half-close): the idle timeout aborts the upload.
-    token, writer = await open_upload(c, sandbox, "/root/keep.txt")
-    writer.write(b"new" * 1000)
-    await writer.drain()
+    token, ch = await open_upload(c, sandbox, "/root/keep.txt")
+    await ch.send(b"new" * 1000)
     started = time.monotonic()
     with pytest.raises(RemoteError, match=f"no bytes for {IDLE} s"):
         await c.call("sandbox.files.upload.finish", {"transfer": token, "size": 3000})
     assert time.monotonic() - started < IDLE + 10
-    writer.close()
+    ch.close()
     await c.close()
 
     def clean() -> bool:
@@ -168,14 +167,14 @@ async def test_bad_used_and_expired_tokens_are_refused(running: Daemon, sandbox:
         await c.open_channel("not-a-token")
     assert malformed.value.type == "invalid_params"
     # One channel per transfer; the token is gone once the upload finished.
-    token, writer = await open_upload(c, sandbox, "/root/t.txt")
+    token, ch = await open_upload(c, sandbox, "/root/t.txt")
     with pytest.raises(RemoteError, match="already has its channel"):
         await c.open_channel(token)
-    writer.write(b"hello")
-    writer.write_eof()
+    await ch.send(b"hello")
+    await ch.end()
     done = await c.call("sandbox.files.upload.finish", {"transfer": token, "size": 5})
     assert done["sha256"] == sha(b"hello")
-    writer.close()
+    ch.close()
     with pytest.raises(RemoteError) as used:
         await c.open_channel(token)
     assert used.value.type == "not_found"
