@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -28,19 +27,18 @@ IDLE = 3  # the daemon's transfer_idle_timeout here, in seconds
 
 
 @pytest.fixture
-def running(place: Any) -> Iterator[Daemon]:
-    d = Daemon(place)
-    d.start(WRENND_TRANSFER_IDLE_TIMEOUT=str(IDLE))
+def running(daemon: Daemon) -> Iterator[Daemon]:
+    """The conftest's running daemon, with a short transfer idle timeout."""
+    daemon.start(WRENND_TRANSFER_IDLE_TIMEOUT=str(IDLE))
 
     async def ready() -> None:
-        await (await d.client()).close()
+        await (await daemon.client()).close()
 
     asyncio.run(ready())
-    yield d
-    for sb in Sandbox.list(socket=d.socket):
-        with Sandbox.connect(sb.id, socket=d.socket) as s:
+    yield daemon
+    for sb in Sandbox.list(socket=daemon.socket):
+        with Sandbox.connect(sb.id, socket=daemon.socket) as s:
             s.destroy()
-    d.stop(signal.SIGTERM)
 
 
 @pytest.fixture
