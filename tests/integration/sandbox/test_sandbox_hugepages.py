@@ -28,6 +28,7 @@ from wrennd.sandbox.errors import TemplateMismatch
 from wrennd.sandbox.hugepages import HUGE_PAGE_SIZE, NR_HUGEPAGES, POOL, HugePagesShort, Pool
 from wrennd.snapshot.store import read_header
 from wrennd_sim.fcsim.control import ControlClient
+from wrennd_sim.fdstore import FdStore
 from wrennd_sim.inproc import InProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
@@ -251,6 +252,54 @@ async def test_the_api_takes_2m_and_says_what_the_pool_lacks(
     assert (data["resource"], data["needed"]) == ("huge_pages", more), data
     assert data["available"] < more and data["free"] >= data["available"]
     assert [s["id"] for s in (await c.call("sandbox.list"))["sandboxes"]] == [sid]
+    await c.call("sandbox.destroy", {"id": sid})
+    await c.close()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not place.leaks()
+
+
+@pytest.fixture
+def stored_daemon(place: Any) -> Iterator[tuple[Daemon, FdStore]]:
+    """A daemon run as systemd runs it, with an fd store (wrennd_sim.fdstore)."""
+    store = FdStore(place.run_dir / "notify.sock")
+    daemon = Daemon(place)
+    daemon.fd_store = store
+    yield daemon, store
+    if daemon.alive():
+        daemon.stop(signal.SIGTERM)
+    store.close()
+
+
+async def test_a_filling_2m_guest_is_handed_over(
+    stored_daemon: tuple[Daemon, FdStore], place: Any, huge_pool: int
+) -> None:
+    """kill -9 while a 2 MiB guest's memory is still filling: the next daemon serves the
+    handed-over uffd with a 2 MiB engine, and the guest's memory is whole."""
+    daemon, store = stored_daemon
+    slow = {"WRENND_UFFD_FILL_RATE_BYTES": str(1 << 20)}  # 64 s for the guest: still filling
+    daemon.start(**slow)
+    c = await daemon.client()
+    sb = await c.call(
+        "sandbox.create", {"image": "base", "memory_mib": MIB, "memory_backing": "2m"}
+    )
+    sid = sb["id"]
+    await control(sb, "dirty", fraction=0.3, seed=5)
+    want = await checksum(sb)
+    await c.call("sandbox.pause", {"id": sid})
+    got = await c.call("sandbox.resume", {"id": sid})
+    assert got["engine"]["state"] == "filling", got
+    pid = got["vmm"]["pid"]
+    assert f"uffd-{sid}" in store.names()
+    await c.close()
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    daemon.start(**slow)
+    c = await daemon.client()
+    got = await c.call("sandbox.get", {"id": sid})
+    assert got["state"] == "running" and got["vmm"]["pid"] == pid, got
+    assert got["engine"]["state"] != "detached", got
+    assert await checksum(got) == want
+    assert hugetlb_mib(pid) == MIB
     await c.call("sandbox.destroy", {"id": sid})
     await c.close()
     assert daemon.stop(signal.SIGTERM) == 0
