@@ -14,7 +14,6 @@ import asyncio
 import base64
 import os
 import signal
-import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from wrennd.rpc.client import Client
 from wrennd.sandbox.sharing import KsmSettings, pages_to_scan
 from wrennd.vm import ksm
 from wrennd_sim.fcsim.control import ControlClient
+from wrennd_sim.ksm_pages import guest_ksm_pages
 
 pytestmark = [
     pytest.mark.root,
@@ -39,11 +39,9 @@ pytestmark = [
 CLONES = 10
 MEMORY_MIB = 256
 TOUCHED = 64 << 20
-PAGE = 4096
-PAGES = TOUCHED // PAGE
+PAGES = TOUCHED // 4096
 CHUNK = 4 << 20
 MERGE_DEADLINE = 240.0
-KPF_KSM = 1 << 21
 
 
 @pytest.fixture
@@ -69,31 +67,6 @@ async def control(info: dict[str, Any], op: str, **args: Any) -> Any:
         return await ctl.call(op, **args)
     finally:
         await ctl.close()
-
-
-def guest_region(pid: int, size: int) -> tuple[int, int]:
-    """(start, pages) of the VMM's anonymous mapping that holds guest memory: ``size``
-    bytes, or a little more where the kernel merged a neighbouring anonymous VMA."""
-    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-        parts = line.split()
-        start, end = (int(x, 16) for x in parts[0].split("-"))
-        if size <= end - start < size + (16 << 20) and len(parts) == 5:
-            return start, (end - start) // PAGE
-    raise AssertionError(f"no anonymous mapping of guest memory in VMM {pid}")
-
-
-def ksm_pages(pid: int, start: int, pages: int) -> int:
-    """How many of ``pages`` pages from ``start`` are KSM pages (kernel page flags)."""
-    with open(f"/proc/{pid}/pagemap", "rb") as pm:
-        pm.seek(start // PAGE * 8)
-        entries = struct.unpack(f"{pages}Q", pm.read(pages * 8))
-    merged = 0
-    with open("/proc/kpageflags", "rb") as kf:
-        for entry in entries:
-            if entry >> 63:  # present
-                kf.seek((entry & ((1 << 55) - 1)) * 8)
-                merged += bool(struct.unpack("Q", kf.read(8))[0] & KPF_KSM)
-    return merged
 
 
 async def merged_stats(c: Client, pids: set[int]) -> dict[str, Any]:
@@ -140,8 +113,7 @@ async def test_ten_clones_share_their_identical_pages(
     assert stats["pages_sharing"] > 0 and stats["profit_bytes"] > 0
     assert stats["ksmd_cpu_seconds"] is not None and stats["ksmd_cpu_seconds"] > 0
     for pid in pids:  # the merged pages are the guest's copied ones
-        start, pages = guest_region(pid, MEMORY_MIB << 20)
-        assert ksm_pages(pid, start, pages) >= 0.8 * PAGES, pid
+        assert guest_ksm_pages(pid, MEMORY_MIB << 20) >= 0.8 * PAGES, pid
     info = (await c.call("host.info"))["ksm"]
     assert info["running"] and info["managed_by_daemon"]
     assert info["turned_on_by"] == ("host" if knobs["run"] == 1 else "daemon")
