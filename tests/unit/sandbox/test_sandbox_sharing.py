@@ -61,6 +61,8 @@ def test_config_keys() -> None:
     assert config.load(path=None, env={}).ksm == "off"
     with pytest.raises(config.ConfigError, match="off, clones or all"):
         config.load(path=None, env={"WRENND_KSM": "some"})
+    example = config.load(path=Path(__file__).parents[3] / "examples" / "wrennd.toml", env={})
+    assert (example.ksm, example.ksm_manage) == ("off", False), "the example keeps the default"
 
 
 @needs_ksm
