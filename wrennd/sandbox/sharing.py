@@ -102,7 +102,13 @@ class MemorySharing:
             log.warning("ksm: a previous daemon left ksmd managed", extra=kv(**self._saved))
         if not (self.active and self.settings.manage):
             if self._saved is not None:  # and this one may not manage it: give it back
-                await asyncio.to_thread(self._restore)
+                await self._restore_logged()
+            if self.active and ksm.read_value("run", self.sysfs) != 1:
+                log.warning(
+                    "ksm: VMMs start mergeable but ksmd does not run and ksm_manage is false:"
+                    " nothing is merged until the host's admin runs it",
+                    extra=kv(mode=self.settings.mode),
+                )
             return
         self._task = asyncio.create_task(self._run())
 
@@ -162,7 +168,13 @@ class MemorySharing:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await asyncio.to_thread(self._restore)
+        await self._restore_logged()
+
+    async def _restore_logged(self) -> None:
+        try:
+            await asyncio.to_thread(self._restore)
+        except OSError as e:  # the rest of the shutdown goes on; ksm.json stays for the next
+            log.error("ksm: the knobs could not be restored", extra=kv(error=e, saved=self._saved))
 
     # --- what the API reports -------------------------------------------------------
     def info(self) -> dict[str, Any]:
