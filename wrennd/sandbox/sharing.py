@@ -97,9 +97,13 @@ class MemorySharing:
         self._vmms = vmms
         if ksm.available(self.sysfs):
             self._ksmd = await asyncio.to_thread(ksm.find_ksmd)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self._saved = json.loads(self.saved_path.read_text())
             log.warning("ksm: a previous daemon left ksmd managed", extra=kv(**self._saved))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:  # written atomically: not expected
+            log.error("ksm: unreadable saved knobs ignored", extra=kv(error=e))
         if not (self.active and self.settings.manage):
             if self._saved is not None:  # and this one may not manage it: give it back
                 await self._restore_logged()
@@ -115,25 +119,27 @@ class MemorySharing:
     async def _run(self) -> None:
         while True:
             try:
-                await asyncio.to_thread(self.retune)
-            except OSError as e:
-                log.error("ksm: setting the scan rate failed", extra=kv(error=e))
+                # The registry is read here, on the loop; sysfs is written in a thread.
+                await asyncio.to_thread(self.retune, self._vmms())
+            except Exception:  # the next tick tries again
+                log.exception("ksm: setting the scan rate failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), RETUNE_INTERVAL)
             self._kick.clear()
 
-    def mergeable(self) -> list[tuple[RunningVmm, dict[str, int | bool]]]:
-        """Running VMMs the kernel says are mergeable, with their /proc/PID/ksm_stat."""
+    @staticmethod
+    def mergeable(running: list[RunningVmm]) -> list[tuple[RunningVmm, dict[str, int | bool]]]:
+        """The VMMs the kernel says are mergeable, with their /proc/PID/ksm_stat."""
         out = []
-        for vmm in self._vmms():
+        for vmm in running:
             stat = ksm.process_stat(vmm.pid)
             if stat is not None and stat.get("ksm_merge_any"):
                 out.append((vmm, stat))
         return out
 
-    def retune(self) -> None:
+    def retune(self, running: list[RunningVmm]) -> None:
         """Run ksmd at a rate for the mergeable VMMs (blocking: sysfs writes)."""
-        vmms = [vmm for vmm, _ in self.mergeable()]
+        vmms = [vmm for vmm, _ in self.mergeable(running)]
         if not vmms:
             # Nothing to merge: the host's own settings again (ksmd keeps merged pages).
             self._restore()
@@ -208,7 +214,7 @@ class MemorySharing:
                 "merging_pages": stat.get("ksm_merging_pages", 0),
                 "profit_bytes": stat.get("ksm_process_profit"),
             }
-            for vmm, stat in self.mergeable()
+            for vmm, stat in self.mergeable(self._vmms())
         ]
         cpu = None if self._ksmd is None else ksm.cpu_seconds(self._ksmd)
         return {

@@ -70,13 +70,16 @@ async def control(info: dict[str, Any], op: str, **args: Any) -> Any:
 
 
 async def merged_stats(c: Client, pids: set[int]) -> dict[str, Any]:
-    """Poll host.stats until the clones' merged pages reach 80 % (or the deadline)."""
+    """Poll host.stats until every clone has 80 % of its copied pages' worth merged
+    (or the deadline); the last answer."""
     deadline = time.monotonic() + MERGE_DEADLINE
     while True:
         stats = (await c.call("host.stats"))["ksm"]
-        merging = sum(v["merging_pages"] for v in stats["vmms"] if v["pid"] in pids)
-        if merging >= 0.8 * CLONES * PAGES or time.monotonic() > deadline:
-            return {**stats, "clone_merging_pages": merging}
+        per = {v["pid"]: v["merging_pages"] for v in stats["vmms"] if v["pid"] in pids}
+        if len(per) == len(pids) and min(per.values()) >= 0.8 * PAGES:
+            return stats
+        if time.monotonic() > deadline:
+            return stats
         await asyncio.sleep(1.0)
 
 
@@ -108,12 +111,20 @@ async def test_ten_clones_share_their_identical_pages(
     assert not ksm.process_stat(src_pid)["ksm_merge_any"]  # type: ignore[index]
 
     stats = await merged_stats(c, pids)
-    assert stats["clone_merging_pages"] >= 0.8 * CLONES * PAGES, stats
     assert {v["pid"] for v in stats["vmms"]} == pids, "only the clones are mergeable"
+    assert sum(v["merging_pages"] for v in stats["vmms"]) >= 0.8 * CLONES * PAGES, stats
+    assert min(v["merging_pages"] for v in stats["vmms"]) >= 0.8 * PAGES, stats
     assert stats["pages_sharing"] > 0 and stats["profit_bytes"] > 0
     assert stats["ksmd_cpu_seconds"] is not None and stats["ksmd_cpu_seconds"] > 0
-    for pid in pids:  # the merged pages are the guest's copied ones
-        assert guest_ksm_pages(pid, MEMORY_MIB << 20) >= 0.8 * PAGES, pid
+    # The merged pages are the guest's copied ones (host.stats counts the VMM's heap too,
+    # so ksmd may still be on its way when that count crossed 80 %).
+    deadline = time.monotonic() + MERGE_DEADLINE
+    for pid in pids:
+        while (merged := await asyncio.to_thread(guest_ksm_pages, pid, MEMORY_MIB << 20)) < (
+            0.8 * PAGES
+        ):
+            assert time.monotonic() < deadline, f"VMM {pid}: {merged} guest pages merged"
+            await asyncio.sleep(1.0)
     info = (await c.call("host.info"))["ksm"]
     assert info["running"] and info["managed_by_daemon"]
     assert info["turned_on_by"] == ("host" if knobs["run"] == 1 else "daemon")

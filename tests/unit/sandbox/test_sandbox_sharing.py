@@ -4,7 +4,9 @@ over and giving them back (also after a crash), what host.info and host.stats sa
 Processes are real: started through wrennd-merge-exec (mergeable, as the kernel's
 /proc/PID/ksm_stat says) or directly. The knobs live in a directory standing in
 for /sys/kernel/mm/ksm, so these tests never change the host's ksmd; the real
-sysfs is driven by tests/integration/sandbox/test_sandbox_ksm.py.
+sysfs is driven by tests/integration/sandbox/test_sandbox_ksm.py. (A plain file
+can be read half written while the daemon's thread writes it, which a sysfs
+attribute cannot: the polls here use .get.)
 """
 
 from __future__ import annotations
@@ -83,13 +85,13 @@ async def test_takes_knobs_over_and_gives_them_back(
     running = [RunningVmm("sb-000000000002", plain, 256)]
     sharing = MemorySharing(KsmSettings("clones", True, 20, 4000), tmp_path, sysfs)
     await sharing.start(lambda: list(running))
-    await asyncio.to_thread(sharing.retune)  # what the background task runs
+    await asyncio.to_thread(sharing.retune, running)  # what the background task runs
     assert ksm.read_knobs(sysfs) == HOST_KNOBS, "an unmergeable VMM is not a reason to run"
     assert not (tmp_path / "ksm.json").exists()
 
     running.append(RunningVmm("sb-000000000001", merged, 2560))
     sharing.spawned()
-    await wait_for(lambda: ksm.read_knobs(sysfs)["run"] == 1, what="ksmd run at the spawn")
+    await wait_for(lambda: ksm.read_knobs(sysfs).get("run") == 1, what="ksmd run at the spawn")
     assert ksm.read_knobs(sysfs) == {"run": 1, "pages_to_scan": 656, "sleep_millisecs": 20}
     assert json.loads((tmp_path / "ksm.json").read_text()) == HOST_KNOBS
     info = sharing.info()
@@ -103,7 +105,7 @@ async def test_takes_knobs_over_and_gives_them_back(
     assert ksm.read_knobs(sysfs) == HOST_KNOBS
     running.append(RunningVmm("sb-000000000001", merged, 2560))
     sharing.spawned()
-    await wait_for(lambda: ksm.read_knobs(sysfs)["run"] == 1, what="taken over again")
+    await wait_for(lambda: ksm.read_knobs(sysfs).get("run") == 1, what="taken over again")
     await sharing.close()
     assert ksm.read_knobs(sysfs) == HOST_KNOBS and not (tmp_path / "ksm.json").exists()
 
