@@ -156,6 +156,8 @@ class MemorySharing:
         changed = {k: v for k, v in wanted.items() if current.get(k) != v}
         if changed:
             ksm.write_knobs(changed, self.sysfs)
+            if "run" in changed:  # said loudly: it changes the whole host
+                log.warning("ksm: ksmd started by wrennd (ksm_manage = true)", extra=kv(**changed))
             log.info("ksm: scan rate set", extra=kv(vmms=len(vmms), **changed))
 
     def _restore(self) -> None:
