@@ -11,7 +11,6 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,6 @@ from wrennd_sim.fcsim.control import ControlClient
 from wrennd_sim.inproc import InProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
-
-
-@pytest.fixture
-def daemon(place: Any) -> Iterator[Daemon]:
-    d = Daemon(place)
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop(signal.SIGTERM)
 
 
 SECRET = b"only root in the guest may read this\n"
