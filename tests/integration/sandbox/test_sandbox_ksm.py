@@ -53,14 +53,6 @@ def knobs() -> Iterator[dict[str, int]]:
         ksm.write_knobs(before)
 
 
-@pytest.fixture
-def daemon(place: Any) -> Iterator[Daemon]:
-    d = Daemon(place)
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop(signal.SIGTERM)
-
-
 async def control(info: dict[str, Any], op: str, **args: Any) -> Any:
     ctl = ControlClient(Path(info["vmm"]["control_socket"]))
     try:
