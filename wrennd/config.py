@@ -216,6 +216,9 @@ class Settings:
     # Seconds a guest call (exec without its own timeout, files, processes) may take
     # before it ends with guest_unavailable; an exec's own timeout extends it.
     guest_timeout: int = _setting(300, _pos_int, "a positive integer (seconds)")
+    # Seconds a file transfer may go without progress (no bytes in or out, a transfer id
+    # never used) before it is aborted and its id expires.
+    transfer_idle_timeout: int = _setting(60, _pos_int, "a positive integer (seconds)")
     # The jailed VMM's uid/gid; its chroots (None: state_dir/jail, the same filesystem
     # so files are hard-linked in); its cgroup v2 parent.
     jail_uid: int = _setting(64000, _jail_id, "a positive uid")

@@ -85,6 +85,7 @@ class HostConfig:
     ttl_action: str = "pause"
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
     guest_timeout: float = DEFAULT_GUEST_TIMEOUT
+    transfer_idle_timeout: float = 60.0  # seconds a file transfer may make no progress
     # The daemon's default is Settings.uffd_fill ("background"); a HostConfig built by
     # hand (tests and benchmarks that measure demand faults) serves lazily unless told.
     uffd_fill: str = "lazy"
@@ -110,6 +111,7 @@ class HostConfig:
             scrub_rate_bytes=settings.scrub_rate_bytes,
             ttl_action=settings.ttl_action,
             guest_timeout=float(settings.guest_timeout),
+            transfer_idle_timeout=float(settings.transfer_idle_timeout),
             uffd_fill=settings.uffd_fill,
             memory_overcommit_percent=settings.memory_overcommit_percent,
             host_netns=settings.host_netns,
