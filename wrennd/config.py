@@ -238,6 +238,11 @@ class Settings:
     # After a resume, install the rest of guest memory in the background and detach the
     # UFFD engine (the VM then outlives the daemon), or serve pages on demand only.
     uffd_fill: str = _setting("background", _choice("background", "lazy"), "background or lazy")
+    # Bytes per second that fill (and prefetch) may install; 0: as fast as it goes.
+    uffd_fill_rate_bytes: int = _setting(0, _nonneg_int, "a non-negative integer (bytes/s)")
+    # Under systemd, keep each serving engine's uffd in the service's fd store, so a
+    # sandbox still filling survives a daemon crash (wrennd.sandbox.handover).
+    uffd_handover: bool = _setting(True, _bool, "true or false")
     # The HTTP console (wrennd.web): off unless an address is given.  Only loopback
     # addresses and Unix sockets unless http_allow_remote: the console controls every
     # sandbox, and plain HTTP off the host exposes its token to the network.

@@ -20,6 +20,7 @@ from wrennd.network.errors import SlotsExhausted
 from wrennd.sandbox import diskpair, templates
 from wrennd.sandbox.environment import Deps, HostConfig, Progress
 from wrennd.sandbox.errors import GuestFailed, NoCapacity, SnapshotCorrupt, VmmFailed
+from wrennd.sandbox.handover import removal_log
 from wrennd.sandbox.jail import Jail
 from wrennd.sandbox.live import Live, guest_client
 from wrennd.sandbox.record import SandboxRecord
@@ -151,31 +152,13 @@ async def restore(
     the one its template was taken with, and a device path may change between runs."""
     assert live.net is not None
     cfg, paths = deps.cfg, deps.paths(rec.id)
-    snap = await asyncio.to_thread(open_snapshot, paths.snapshot_dir, cfg.store)
-    memory = SnapshotMemory(
-        snap.memory_size,
-        snap.block_size,
-        list(snap.header.mapping),
-        snap.generation_paths,
-        snap.prefetch,
-        checksums=snap.checksum_paths,
-        checksum_block_size=snap.block_size,
-    )
     vmstate, uffd_socket, drive_arg = str(paths.vmstate), str(paths.uffd_socket), str(drive)
     jail = await make_jail(live, cfg, rec)
     if jail is not None:
         vmstate, uffd_socket, drive_arg = await _jailed(
             jail.restore_files, paths.vmstate, drive, paths.uffd_socket
         )
-    paths.run.mkdir(parents=True, exist_ok=True)
-    live.uffd = UffdServer(
-        paths.uffd_socket,
-        memory,
-        batch_bytes=cfg.uffd_batch_bytes,
-        prefetch=prefetch,
-        verify_pages=cfg.verify_pages,
-        fill=cfg.uffd_fill == "background",
-    )
+    live.uffd = await engine_server(deps, rec.id, prefetch=prefetch, handed=False)
     await live.uffd.start()
     if jail is not None:
         jail.own(paths.uffd_socket)  # the jailed VMM connects as the jail user
@@ -202,6 +185,34 @@ async def restore(
         await vmm.checked(vmm.client.resume)
     except VmmError as e:
         raise VmmFailed(f"resuming the loaded VM of {live.sandbox_id}: {e}") from e
+
+
+async def engine_server(deps: Deps, sandbox_id: str, *, prefetch: bool, handed: bool) -> UffdServer:
+    """A UFFD server for the sandbox's snapshot; ``handed``: for a VMM a previous daemon
+    served, whose removal log is read, not emptied (wrennd.sandbox.handover)."""
+    cfg, paths = deps.cfg, deps.paths(sandbox_id)
+    snap = await asyncio.to_thread(open_snapshot, paths.snapshot_dir, cfg.store)
+    memory = SnapshotMemory(
+        snap.memory_size,
+        snap.block_size,
+        list(snap.header.mapping),
+        snap.generation_paths,
+        snap.prefetch,
+        checksums=snap.checksum_paths,
+        checksum_block_size=snap.block_size,
+    )
+    paths.run.mkdir(parents=True, exist_ok=True)
+    return UffdServer(
+        paths.uffd_socket,
+        memory,
+        batch_bytes=cfg.uffd_batch_bytes,
+        prefetch=prefetch,
+        verify_pages=cfg.verify_pages,
+        fill=cfg.uffd_fill == "background",
+        prefetch_rate=cfg.uffd_fill_rate_bytes,
+        remove_log=removal_log(paths.run),
+        fresh_log=not handed,
+    )
 
 
 async def connect_guest(live: Live, cfg: HostConfig, env: dict[str, str], *, clock: bool) -> None:

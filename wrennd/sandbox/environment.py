@@ -22,6 +22,7 @@ from wrennd import config, features
 from wrennd.log import kv
 from wrennd.network.manager import NetworkManager
 from wrennd.network.slots import SlotAllocator
+from wrennd.sandbox.handover import HandOver
 from wrennd.sandbox.jail import JailSettings
 from wrennd.sandbox.record import RecordStore, check_sandbox_id
 from wrennd.sandbox.sharing import KsmSettings, MemorySharing
@@ -89,6 +90,8 @@ class HostConfig:
     # The daemon's default is Settings.uffd_fill ("background"); a HostConfig built by
     # hand (tests and benchmarks that measure demand faults) serves lazily unless told.
     uffd_fill: str = "lazy"
+    uffd_fill_rate_bytes: int = 0  # bytes/s the background install may take; 0: no limit
+    uffd_handover: bool = True  # keep serving engines' uffds in systemd's fd store
     memory_overcommit_percent: int = 100
     # The namespace where host-reachable sandbox addresses are routed (None: ours).
     host_netns: Path | None = None
@@ -113,6 +116,8 @@ class HostConfig:
             guest_timeout=float(settings.guest_timeout),
             transfer_idle_timeout=float(settings.transfer_idle_timeout),
             uffd_fill=settings.uffd_fill,
+            uffd_fill_rate_bytes=settings.uffd_fill_rate_bytes,
+            uffd_handover=settings.uffd_handover,
             memory_overcommit_percent=settings.memory_overcommit_percent,
             host_netns=settings.host_netns,
             jail=jail_settings(settings, vmm),
@@ -231,6 +236,7 @@ class Deps:
     network: NetworkManager
     slots: SlotAllocator
     records: RecordStore
+    handover: HandOver = field(default_factory=HandOver)
     _network_started: bool = False
     _network_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     sharing: MemorySharing = field(init=False)
