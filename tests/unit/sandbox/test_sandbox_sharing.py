@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.polling import wait_for
+from tests.polling import wait_for, wait_for_blocking
 from wrennd import config, features
 from wrennd.sandbox.sharing import KsmSettings, MemorySharing, RunningVmm, pages_to_scan
 from wrennd.vm import ksm
@@ -40,6 +40,11 @@ def sleepers() -> Iterator[tuple[int, int]]:
     """(pid of a mergeable process, pid of a plain one), both real."""
     merged = subprocess.Popen(ksm.wrap(["/bin/sleep", "60"]))
     plain = subprocess.Popen(["/bin/sleep", "60"])
+
+    def marked() -> bool:  # the child runs prctl some time after Popen returns
+        return bool((ksm.process_stat(merged.pid) or {}).get("ksm_merge_any"))
+
+    wait_for_blocking(marked, what="the wrapped process marked mergeable")
     yield merged.pid, plain.pid
     for p in (merged, plain):
         p.kill()
