@@ -92,6 +92,7 @@ async def start_vmm(live: Live, deps: Deps, rec: SandboxRecord, drive: Path) -> 
         # The jailer joins the namespace itself (--netns), then drops to the jail user.
         argv, netns = live.jail.argv(args), None
         await asyncio.to_thread(live.jail.own_files, files)
+    argv = deps.sharing.wrap(argv, rec.template)  # KSM: the mark survives the jailer's exec
     rec.vmm_api_socket, rec.vmm_pid, rec.vmm_start_time = str(files.api_socket), None, None
     await save(deps, rec)
 
@@ -103,6 +104,7 @@ async def start_vmm(live: Live, deps: Deps, rec: SandboxRecord, drive: Path) -> 
         live.vmm = await Vmm.start(argv, files, netns_path=netns, on_spawn=spawned)
     except VmmError as e:
         raise VmmFailed(f"starting the VMM for {live.sandbox_id}: {e}") from e
+    deps.sharing.spawned()
     return live.vmm
 
 
