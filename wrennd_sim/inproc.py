@@ -59,8 +59,9 @@ class InProcess:
         sb = await self.service.lifecycle.resume(sandbox_id, progress, prefetch=prefetch)
         return views.sandbox(self.service, sb)
 
-    async def destroy(self, sandbox_id: str) -> None:
-        await self.service.lifecycle.destroy(sandbox_id)
+    async def destroy(self, sandbox_id: str) -> dict[str, Any]:
+        done = await self.service.lifecycle.destroy(sandbox_id)
+        return {"id": sandbox_id, "destroyed": True, "timings": views.timings({"destroy": done})}
 
     async def set_timeout(self, sandbox_id: str, timeout_s: float | None) -> dict[str, Any]:
         sb = await self.service.lifecycle.set_timeout(sandbox_id, timeout_s)
@@ -102,8 +103,8 @@ class InProcess:
     async def create_template(
         self, sandbox_id: str, name: str, progress: Progress = no_progress
     ) -> dict[str, Any]:
-        meta = await self.service.templates.create(sandbox_id, name, progress)
-        return views.template(meta, [])
+        meta, made = await self.service.templates.create(sandbox_id, name, progress)
+        return views.template(meta, [], made)
 
     async def get_template(self, name: str) -> dict[str, Any]:
         meta = await self.service.templates.get(name)

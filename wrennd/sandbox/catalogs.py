@@ -20,6 +20,7 @@ from wrennd.sandbox.lifecycle import Lifecycle
 from wrennd.sandbox.record import SandboxState
 from wrennd.sandbox.registry import Registry
 from wrennd.sandbox.rwlock import PREEMPT_AFTER
+from wrennd.sandbox.timing import TimingRecord, Timings
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,10 @@ class TemplateCatalog:
     @lifted
     async def create(
         self, sandbox_id: str, name: str, progress: Progress = no_progress
-    ) -> templates.TemplateMeta:
+    ) -> tuple[templates.TemplateMeta, TimingRecord]:
         """Freeze a running or paused sandbox under ``name``; a running one is paused for
-        it and resumed afterwards."""
+        it and resumed afterwards.  The timings are the build's (under the sandbox's
+        lock); the pause and resume around it keep their own in the sandbox's."""
         templates.check_name(name)
         sb = self.registry.get(sandbox_id)
         was_running = sb.record.state == SandboxState.RUNNING
@@ -77,11 +79,17 @@ class TemplateCatalog:
                 if rec.state != SandboxState.PAUSED:
                     raise WrongState(sandbox_id, rec.state, "create a template")
                 meta = templates.new_meta(name, rec.vcpus, rec.memory_mib, rec.image, rec.id)
-                await templates.build(self.deps, sandbox_id, meta, progress)
+                t = Timings("template_create", progress, steps=3)
+                try:
+                    await templates.build(self.deps, sandbox_id, meta, t)
+                except BaseException:
+                    t.failed(sandbox_id)
+                    raise
+                sb.timings["template_create"] = done = await t.done(sandbox_id)
         finally:
             if was_running:
                 await self.lifecycle.resume(sandbox_id)
-        return meta
+        return meta, done
 
     def users(self, name: str) -> list[str]:
         return self.registry.users_of_template(name)

@@ -34,6 +34,7 @@ from wrennd.sandbox.reaper import Reaper
 from wrennd.sandbox.record import SandboxRecord, SandboxState, new_sandbox_id
 from wrennd.sandbox.registry import Registry, Sandbox
 from wrennd.sandbox.rwlock import PREEMPT_AFTER
+from wrennd.sandbox.timing import TimingRecord, Timings
 
 log = logging.getLogger(__name__)
 S = SandboxState
@@ -130,40 +131,49 @@ class Lifecycle:
                 metadata=dict(metadata or {}),
             )
         )
+        steps = 6 if template is None else 11
+        t = Timings("create" if template is None else "clone", progress, steps=steps)
         async with sb.lock:
             await self.registry.save(sb)
             self.registry.add(sb)
             try:
                 if template is not None:
                     tdir = templates.template_dir(self.deps, template)
-                    sb.live = await bringup.clone(self.deps, sb.record, tdir, progress)
+                    sb.live = await bringup.clone(self.deps, sb.record, tdir, t)
                 else:
-                    sb.live = await bringup.create(self.deps, sb.record, path, progress)
+                    sb.live = await bringup.create(self.deps, sb.record, path, t)
             except BaseException:
+                t.failed(sb.id)
                 self.registry.discard(sb.id)
                 await asyncio.shield(asyncio.to_thread(self.registry.records.remove, sb.id))
                 raise
             await self._running(sb)
+            sb.timings["create"] = await t.done(sb.id)
         log.info("sandbox created", extra=kv(sandbox=sb.id, image=image, template=template))
         return sb
 
     @lifted
-    async def destroy(self, sandbox_id: str) -> None:
+    async def destroy(self, sandbox_id: str) -> TimingRecord:
+        """Everything the sandbox holds goes; the stage timings of its going."""
         sb = self.registry.get(sandbox_id)
         async with sb.lock.exclusive(PREEMPT_AFTER):
             self.registry.still(sb)
+            t = Timings("destroy", steps=4)
             await self.registry.move(sb, S.STOPPING, "destroy")
             self.reaper.set(sandbox_id, None)
             if sb.collapse is not None:
                 await asyncio.gather(sb.collapse, return_exceptions=True)
             try:
-                await teardown.destroy(self.deps, sb.record, sb.live)
+                await teardown.destroy(self.deps, sb.record, sb.live, t)
             except Exception as e:
+                t.failed(sandbox_id)
                 sb.live = None
                 await self.registry.settle(sb, S.ERROR, f"destroy failed: {e}")
                 raise
             self.registry.discard(sandbox_id)
+            done = await t.done(sandbox_id)
         log.info("sandbox destroyed", extra=kv(sandbox=sandbox_id))
+        return done
 
     # --- pause / resume ----------------------------------------------------------
     @lifted
@@ -173,13 +183,16 @@ class Lifecycle:
             self.registry.still(sb)
             if sb.live is None:
                 raise WrongState(sandbox_id, sb.record.state, "pause")
+            t = Timings("pause", progress, steps=10)
             await self.registry.move(sb, S.PAUSING, "pause")
             try:
-                header = await pausing.pause(self.deps, sb.record, sb.live, progress)
+                header = await pausing.pause(self.deps, sb.record, sb.live, t)
             except PauseUndone as e:
+                t.failed(sb.id)
                 await self._running(sb, str(e))
                 raise
             except BaseException as e:
+                t.failed(sb.id)
                 # The VM could not be resumed, or releasing failed after the snapshot.
                 await asyncio.shield(self._after_failed_pause(sb, e))
                 raise
@@ -188,6 +201,7 @@ class Lifecycle:
             sb.record.snapshot_build_id = str(header.build_id)
             sb.record.recovered_from = None
             await self._rest(sb, S.PAUSED)
+            sb.timings["pause"] = await t.done(sb.id, generation=header.generation)
             if header.generation >= self.deps.cfg.max_generations:
                 sb.collapse = asyncio.ensure_future(pausing.collapse(self.deps, self.registry, sb))
         return sb
@@ -216,9 +230,11 @@ class Lifecycle:
                 await asyncio.gather(sb.collapse, return_exceptions=True)
                 sb.collapse = None
             rec = sb.record
+            t = Timings("resume", progress, steps=10)
             try:
-                sb.live = await bringup.resume(self.deps, rec, progress, prefetch)
+                sb.live = await bringup.resume(self.deps, rec, t, prefetch)
             except BaseException as e:
+                t.failed(sb.id)
                 back = S.PAUSED if rec.generation is not None else S.ERROR
                 error = f"resume failed: {e}"
                 if back == S.PAUSED and rec.vmm_pid is not None:  # the VM may have run: disk too
@@ -228,6 +244,7 @@ class Lifecycle:
             if rec.timeout_s is not None:
                 rec.expires_at = self.clock() + rec.timeout_s
             await self._running(sb)
+            sb.timings["resume"] = await t.done(sb.id, **bringup.installed(sb.live))
         return sb
 
     @lifted

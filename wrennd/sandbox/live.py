@@ -126,17 +126,23 @@ class Live:
             self.jail = None
         return result
 
-    async def release(
-        self, storage: AsyncStorage, network: NetworkManager, slots: SlotAllocator
-    ) -> ServeResult | None:
-        """Stop the VMM, detach storage, remove the network, free the slot (what exists)."""
-        result = await self.stop_vmm()
+    async def detach_storage(self, storage: AsyncStorage) -> None:
         if self.storage_attached:
             await storage.detach(self.sandbox_id)
             self.storage_attached = False
+
+    async def remove_network(self, network: NetworkManager, slots: SlotAllocator) -> None:
         if self.slot is not None:
             await network.remove(self.slot)
             slots.release(self.slot)
             self.slot = None
             self.net = None
+
+    async def release(
+        self, storage: AsyncStorage, network: NetworkManager, slots: SlotAllocator
+    ) -> ServeResult | None:
+        """Stop the VMM, detach storage, remove the network, free the slot (what exists)."""
+        result = await self.stop_vmm()
+        await self.detach_storage(storage)
+        await self.remove_network(network, slots)
         return result

@@ -21,12 +21,13 @@ from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.log import kv
 from wrennd.sandbox import diskpair
 from wrennd.sandbox import jail as jailed
-from wrennd.sandbox.environment import Deps, Progress, SandboxPaths
+from wrennd.sandbox.environment import Deps, SandboxPaths
 from wrennd.sandbox.errors import PauseUndone, PauseUndoneNoSpace, VmmFailed
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.prefetching import record_prefetch_map
 from wrennd.sandbox.record import SandboxRecord
 from wrennd.sandbox.registry import Registry, Sandbox
+from wrennd.sandbox.timing import Timings
 from wrennd.snapshot import (
     ChainChangedError,
     Header,
@@ -62,21 +63,20 @@ def _ingest(kind: str, paths: SandboxPaths, deps: Deps) -> Header:
     return ingest_diff(paths.pending_memfile, paths.snapshot_dir, paths.snapshot_dir, store)
 
 
-async def _snapshot(
-    deps: Deps, rec: SandboxRecord, live: Live, progress: Progress
-) -> tuple[Header, str]:
+async def _snapshot(deps: Deps, rec: SandboxRecord, live: Live, t: Timings) -> tuple[Header, str]:
     vmm = live.require_vmm()
     paths = deps.paths(rec.id)
     kind: Literal["Full", "Diff"] = "Full" if rec.generation is None or rec.need_full else "Diff"
+    t.facts["kind"] = kind
     await asyncio.to_thread(_clear_pending, paths)
-    await progress("pause_vm", 1, 4)
-    await vmm.checked(vmm.client.pause)
-    await progress("snapshot", 2, 4)
+    async with t.stage("pause_vm", "vmm"):
+        await vmm.checked(vmm.client.pause)
     jail = live.jail
     targets = (str(paths.pending_vmstate), str(paths.pending_memfile))
     if jail is not None:
         targets = (jailed.PENDING_VMSTATE, jailed.PENDING_MEMFILE)
-    await vmm.checked(lambda: vmm.client.create_snapshot(*targets, kind))
+    async with t.stage("snapshot", "vmm"):
+        await vmm.checked(lambda: vmm.client.create_snapshot(*targets, kind))
     if jail is not None:  # written in the chroot (its filesystem): linked out, not copied
         await asyncio.to_thread(jail.take_out, jailed.PENDING_VMSTATE, paths.pending_vmstate)
         await asyncio.to_thread(jail.take_out, jailed.PENDING_MEMFILE, paths.pending_memfile)
@@ -85,10 +85,11 @@ async def _snapshot(
     rec.need_full = True
     size = paths.pending_memfile.stat().st_size
     written = paths.pending_memfile.stat().st_blocks * 512
-    await progress("ingest", 3, 4, memfile_bytes=written)
-    header = await asyncio.to_thread(_ingest, kind, paths, deps)
+    async with t.stage("ingest", "daemon", memfile_bytes=written):
+        header = await asyncio.to_thread(_ingest, kind, paths, deps)
     rec.need_full = False
-    await asyncio.to_thread(_publish_vmstate, paths)
+    async with t.stage("publish", "daemon"):
+        await asyncio.to_thread(_publish_vmstate, paths)
     log.info(
         "sandbox snapshot taken",
         extra=kv(sandbox=rec.id, kind=kind, memfile_bytes=size, generation=header.generation),
@@ -120,18 +121,23 @@ async def undo_freeze(live: Live) -> str | None:
     return None
 
 
-async def pause(deps: Deps, rec: SandboxRecord, live: Live, progress: Progress) -> Header:
-    """Take the snapshot and release the host resources; see the module doc."""
-    paths = deps.paths(rec.id)
-    await progress("prepare", 0, 4)
+async def _freeze(rec: SandboxRecord, live: Live, t: Timings) -> None:
+    """The agent syncs and freezes the guest's filesystem (thawed again on failure)."""
     try:
-        await live.require_guest().prepare_snapshot(thaw_after=PREPARE_THAW_AFTER)
+        async with t.stage("prepare", "guest"):
+            await live.require_guest().prepare_snapshot(thaw_after=PREPARE_THAW_AFTER)
     except (AgentUnavailable, GuestError) as e:
         with contextlib.suppress(AgentUnavailable, GuestError):
             await live.require_guest().thaw()
         raise PauseUndone(f"pause of {rec.id}: the guest could not be frozen: {e}") from e
+
+
+async def pause(deps: Deps, rec: SandboxRecord, live: Live, t: Timings) -> Header:
+    """Take the snapshot and release the host resources; see the module doc."""
+    paths = deps.paths(rec.id)
+    await _freeze(rec, live, t)
     try:
-        header, kind = await _snapshot(deps, rec, live, progress)
+        header, kind = await _snapshot(deps, rec, live, t)
     except (VmmError, SnapshotError, OSError) as e:
         await asyncio.to_thread(_clear_pending, paths)
         failed = await undo_freeze(live)
@@ -141,18 +147,24 @@ async def pause(deps: Deps, rec: SandboxRecord, live: Live, progress: Progress) 
             ) from e
         undone = PauseUndoneNoSpace if _no_space(e) else PauseUndone
         raise undone(f"pause of {rec.id} failed, the sandbox keeps running: {e}") from e
-    result = await live.release(deps.storage, deps.network, deps.slots)
+    async with t.stage("vmm_exit", "vmm"):
+        result = await live.stop_vmm()
+    async with t.stage("storage", "daemon"):
+        await live.detach_storage(deps.storage)
+    async with t.stage("network", "daemon"):
+        await live.remove_network(deps.network, deps.slots)
     if result is not None:
-        await asyncio.to_thread(
-            record_prefetch_map, paths.snapshot_dir, result, header, kind,
-            deps.cfg.prefetch_max_bytes,
-        )  # fmt: skip
+        async with t.stage("prefetch_map", "daemon"):
+            await asyncio.to_thread(
+                record_prefetch_map, paths.snapshot_dir, result, header, kind,
+                deps.cfg.prefetch_max_bytes,
+            )  # fmt: skip
     try:
         # The VMM is gone and the layer detached: this is the disk of this snapshot.
-        await diskpair.keep(deps, rec, header.generation)
+        async with t.stage("disk_keep", "daemon"):
+            await diskpair.keep(deps, rec, header.generation)
     except (StorageError, OSError) as e:
         log.error("disk not kept with the snapshot", extra=kv(sandbox=rec.id, error=e))
-    await progress("done", 4, 4, generation=header.generation)
     return header
 
 

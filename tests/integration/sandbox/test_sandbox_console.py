@@ -142,7 +142,7 @@ async def test_metrics_after_create_pause_resume(console: Console, place: Any) -
         if s.name.endswith("_count")
     }
     assert {("sandbox.pause", "snapshot"), ("sandbox.pause", "total")} <= stages
-    assert {("sandbox.resume", "load"), ("sandbox.create", "boot")} <= stages
+    assert {("sandbox.resume", "snapshot_load"), ("sandbox.create", "boot")} <= stages
     assert families["wrennd_uffd_fault_latency_seconds"].type == "histogram"
     pages = {s.labels["class"]: s.value for s in families["wrennd_uffd_pages"].samples}
     assert set(pages) == {"copied", "zeroed", "prefetched"} and sum(pages.values()) > 0
@@ -309,7 +309,7 @@ def test_console_page_drives_a_sandbox_lifecycle(
     page.click(f"{first} .act-resume")
     page.until(f"{first}[data-state='running']")
     page.until("#activity[data-done='sandbox.resume']")
-    assert "load" in [li.get_attribute("data-stage") for li in page.all("#activity-stages li")]
+    assert "snapshot_load" in [li.get_attribute("data-stage") for li in page.all("#activity-stages li")]
     asyncio.run(touch_memory(place, sid))
     page.wait.until(lambda _: page.find("#faults dd[data-fact='faults']").text not in ("", "0"))
     page.until("#fault-hist div")

@@ -93,7 +93,7 @@ async def test_api_end_to_end(client: Client, place: Any) -> None:
     assert wrong.value.type == "wrong_state" and wrong.value.data["state"] == "paused"
     reports.clear()
     await client.call("sandbox.resume", {"id": sid}, on_notification=lambda m, p: reports.append(p))
-    assert "load" in [r["stage"] for r in reports]
+    assert "snapshot_load" in [r["stage"] for r in reports]
     assert "pages_prefetched" in reports[-1] and reports[-1]["stage"] == "done"
     assert (await client.call("sandbox.get", {"id": sid}))["usage"]["memory_bytes"] > 0
     uffd = (await client.call("host.stats"))["uffd"]
@@ -365,7 +365,7 @@ async def _call_and_kill(
     [
         ("sandbox.create", "boot"),
         ("sandbox.pause", "ingest"),
-        ("sandbox.resume", "load"),
+        ("sandbox.resume", "snapshot_load"),
         ("template.create", "flatten"),
     ],
 )

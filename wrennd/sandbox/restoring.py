@@ -1,0 +1,163 @@
+"""Restore a VM from a snapshot: the chain opened, the UFFD engine listening, a VMM
+started and loaded with its memory served by the engine, the VM resumed.
+
+Stages (sandbox/timing.py): ``snapshot_open`` and ``engine_prepare`` are the
+daemon's; ``vmm_spawn`` the daemon's, ``vmm_start`` the VMM's; ``snapshot_load``
+and ``vm_resume`` the VMM's (the engine serves its faults meanwhile);
+``engine_ready`` is the daemon's wait for the handshake to have set the engine up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from wrennd.sandbox.environment import Deps
+from wrennd.sandbox.errors import SnapshotCorrupt, VmmFailed
+from wrennd.sandbox.live import Live
+from wrennd.sandbox.record import SandboxRecord
+from wrennd.sandbox.timing import Timings
+from wrennd.sandbox.vmstart import jailed, make_jail, start_vmm
+from wrennd.snapshot import open_snapshot
+from wrennd.uffd.server import SnapshotMemory, UffdServer
+from wrennd.vm.api import MemBackend
+from wrennd.vm.errors import VmmError
+
+GUEST_IFACE = "eth0"
+ROOT_DRIVE = "rootfs"
+# A VMM whose load returned has sent its handshake; the server may still be
+# setting the engine up (its page size comes from the handshake).
+UFFD_READY_TIMEOUT = 10.0
+
+
+def _memory(deps: Deps, rec: SandboxRecord) -> SnapshotMemory:
+    """The engine's inputs: the snapshot's mapping, generation files and prefetch map."""
+    snap = open_snapshot(deps.paths(rec.id).snapshot_dir, deps.cfg.store)
+    return SnapshotMemory(
+        snap.memory_size,
+        snap.block_size,
+        list(snap.header.mapping),
+        snap.generation_paths,
+        snap.prefetch,
+        checksums=snap.checksum_paths,
+        checksum_block_size=snap.block_size,
+    )
+
+
+async def _engine(live: Live, deps: Deps, rec: SandboxRecord, memory: SnapshotMemory,
+                  prefetch: bool) -> None:  # fmt: skip
+    """The UFFD server listening on its socket, ready for the VMM's handshake."""
+    cfg, paths = deps.cfg, deps.paths(rec.id)
+    paths.run.mkdir(parents=True, exist_ok=True)
+    live.uffd = UffdServer(
+        paths.uffd_socket,
+        memory,
+        batch_bytes=cfg.uffd_batch_bytes,
+        prefetch=prefetch,
+        verify_pages=cfg.verify_pages,
+        fill=cfg.uffd_fill == "background",
+    )
+    await live.uffd.start()
+    if live.jail is not None:
+        live.jail.own(paths.uffd_socket)  # the jailed VMM connects as the jail user
+    live.serving = asyncio.ensure_future(live.uffd.serve())
+
+
+async def restore(
+    live: Live, deps: Deps, rec: SandboxRecord, drive: Path, t: Timings, prefetch: bool = True
+) -> None:
+    """Start a VMM and load the last snapshot with the UFFD engine serving its memory.
+
+    The root drive is pointed at ``drive`` before the VM runs: a clone's disk is not
+    the one its template was taken with, and a device path may change between runs."""
+    assert live.net is not None
+    paths = deps.paths(rec.id)
+    async with t.stage("snapshot_open", "daemon"):
+        memory = await asyncio.to_thread(_memory, deps, rec)
+    vmstate, uffd_socket, drive_arg = str(paths.vmstate), str(paths.uffd_socket), str(drive)
+    async with t.stage("engine_prepare", "daemon"):
+        jail = await make_jail(live, deps.cfg, rec)
+        if jail is not None:
+            vmstate, uffd_socket, drive_arg = await jailed(
+                jail.restore_files, paths.vmstate, drive, paths.uffd_socket
+            )
+        await _engine(live, deps, rec, memory, prefetch)
+    rec.uffd_served = True  # saved with the VMM's socket, before it is spawned
+    vmm = await start_vmm(live, deps, rec, drive, t)
+    overrides = None
+    if vmm.client.requests.accepts("SnapshotLoadParams.network_overrides"):
+        overrides = {GUEST_IFACE: live.net.tap}
+    try:
+        async with t.stage("snapshot_load", "vmm"):
+            await vmm.load_snapshot(
+                vmstate,
+                MemBackend("Uffd", uffd_socket),
+                track_dirty_pages=True,
+                resume_vm=False,
+                network_overrides=overrides,
+            )
+    except VmmError as e:
+        live.vmm = None  # a failed load killed it
+        raise VmmFailed(f"loading the snapshot of {live.sandbox_id}: {e}") from e
+    async with t.stage("engine_ready", "daemon"):
+        await _uffd_serving(live)
+    try:
+        async with t.stage("vm_resume", "vmm"):
+            await vmm.checked(lambda: vmm.client.patch_drive(ROOT_DRIVE, drive_arg))
+            await vmm.checked(vmm.client.resume)
+    except VmmError as e:
+        raise VmmFailed(f"resuming the loaded VM of {live.sandbox_id}: {e}") from e
+
+
+async def _uffd_serving(live: Live) -> None:
+    """Wait until the UFFD server serves the loaded VMM, or say why it does not."""
+    assert live.uffd is not None and live.serving is not None
+    vmm = live.require_vmm()
+    ready = asyncio.ensure_future(live.uffd.ready.wait())
+    # A VMM that exits is not waited for until the deadline: it will never connect.
+    exited = asyncio.ensure_future(vmm.proc.wait())
+    waiters: set[asyncio.Future[Any]] = {ready, live.serving, exited}
+    try:
+        await asyncio.wait(waiters, timeout=UFFD_READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ready.cancel()
+        exited.cancel()
+    if live.uffd.ready.is_set():
+        return
+    if not vmm.proc.running:
+        raise VmmFailed(
+            f"{live.sandbox_id}: {vmm.proc.exited_error('the VMM exited during the resume')}"
+        )
+    serving = live.serving
+    if serving.done() and not serving.cancelled() and serving.exception() is not None:
+        raise VmmFailed(f"{live.sandbox_id}: UFFD handshake failed: {serving.exception()}")
+    raise VmmFailed(
+        f"{live.sandbox_id}: the VMM loaded but the UFFD server was not serving it"
+        f" within {UFFD_READY_TIMEOUT:.0f} s"
+    )
+
+
+def check_memory(live: Live) -> None:
+    """Raise SnapshotCorrupt if the engine met a block that fails its checksum
+    (it then installed nothing of it and the VMM was stopped)."""
+    bad = live.uffd.corruption() if live.uffd is not None else None
+    if bad is not None:
+        raise SnapshotCorrupt(
+            f"{live.sandbox_id}: snapshot memory is damaged: {bad}",
+            file=str(bad.generation),
+            block=bad.block,
+            generation=bad.generation.name,
+        )
+
+
+def corrupt_memory(live: Live, error: BaseException) -> SnapshotCorrupt | None:
+    """The SnapshotCorrupt a failed restore really is: a bad block stops the VMM,
+    which then fails the load or the guest's start with a less useful error."""
+    if isinstance(error, SnapshotCorrupt):
+        return None
+    try:
+        check_memory(live)
+    except SnapshotCorrupt as bad:
+        return bad
+    return None
