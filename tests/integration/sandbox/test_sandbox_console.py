@@ -309,7 +309,8 @@ def test_console_page_drives_a_sandbox_lifecycle(
     page.click(f"{first} .act-resume")
     page.until(f"{first}[data-state='running']")
     page.until("#activity[data-done='sandbox.resume']")
-    assert "snapshot_load" in [li.get_attribute("data-stage") for li in page.all("#activity-stages li")]
+    shown = [li.get_attribute("data-stage") for li in page.all("#activity-stages li")]
+    assert "snapshot_load" in shown
     asyncio.run(touch_memory(place, sid))
     page.wait.until(lambda _: page.find("#faults dd[data-fact='faults']").text not in ("", "0"))
     page.until("#fault-hist div")
