@@ -24,6 +24,7 @@ from wrennd.network.manager import NetworkManager
 from wrennd.network.slots import SlotAllocator
 from wrennd.sandbox.jail import JailSettings
 from wrennd.sandbox.record import RecordStore, check_sandbox_id
+from wrennd.sandbox.snapcache import OpenedSnapshots
 from wrennd.storage.aio import AsyncStorage
 from wrennd.vm.launcher import VmmFiles
 
@@ -221,6 +222,8 @@ class Deps:
     network: NetworkManager
     slots: SlotAllocator
     records: RecordStore
+    # Snapshots opened since their pause, for the next resume (sandbox/snapcache.py).
+    snapshots: OpenedSnapshots = field(default_factory=OpenedSnapshots)
     _network_started: bool = False
     _network_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -117,20 +117,7 @@ class Lifecycle:
             path = images.path_of(self.deps.cfg.images_dir, image)
         _admit(self.deps, self.registry, memory_mib or 128)
         now = self.clock()
-        sb = Sandbox(
-            SandboxRecord(
-                id=new_sandbox_id(),
-                state=S.CREATING,
-                vcpus=vcpus or 1,
-                memory_mib=memory_mib or 128,
-                image=image,
-                template=template,
-                timeout_s=timeout_s,
-                expires_at=None if timeout_s is None else now + timeout_s,
-                env=dict(env or {}),
-                metadata=dict(metadata or {}),
-            )
-        )
+        sb = Sandbox(_creating(image, template, vcpus, memory_mib, timeout_s, env, metadata, now))
         steps = 6 if template is None else 11
         t = Timings("create" if template is None else "clone", progress, steps=steps)
         async with sb.lock:
@@ -287,23 +274,49 @@ class Lifecycle:
 
     def _watch(self, sb: Sandbox, live: Live) -> None:
         """A VMM that exits by itself puts its sandbox in error, resources released."""
-        vmm = live.require_vmm()
+        live.watcher = asyncio.ensure_future(_watch(self, sb, live))
 
-        async def watch() -> None:
-            rc = await vmm.proc.wait()
-            if live.stopping:
-                return
-            reason = str(vmm.proc.exited_error("the VMM exited while running"))
-            log.error("sandbox vmm died", extra=kv(sandbox=sb.id, returncode=rc))
-            async with sb.lock.exclusive(preempt_after=0):  # the guest is gone with its VMM
-                if sb.live is not live:
-                    return
-                live.watcher = None  # this task: release must not cancel it
-                await live.release(self.deps.storage, self.deps.network, self.deps.slots)
-                sb.live = None
-                await self._rest(sb, S.ERROR, reason)
 
-        live.watcher = asyncio.ensure_future(watch())
+async def _watch(life: Lifecycle, sb: Sandbox, live: Live) -> None:
+    vmm = live.require_vmm()
+    rc = await vmm.proc.wait()
+    if live.stopping:
+        return
+    reason = str(vmm.proc.exited_error("the VMM exited while running"))
+    log.error("sandbox vmm died", extra=kv(sandbox=sb.id, returncode=rc))
+    async with sb.lock.exclusive(preempt_after=0):  # the guest is gone with its VMM
+        if sb.live is not live:
+            return
+        live.watcher = None  # this task: release must not cancel it
+        deps = life.deps
+        await live.release(deps.storage, deps.network, deps.slots)
+        sb.live = None
+        await life._rest(sb, S.ERROR, reason)
+
+
+def _creating(
+    image: str | None,
+    template: str | None,
+    vcpus: int | None,
+    memory_mib: int | None,
+    timeout_s: float | None,
+    env: dict[str, str] | None,
+    metadata: dict[str, str] | None,
+    now: float,
+) -> SandboxRecord:
+    """The record of a sandbox being created (defaults: 1 vCPU, 128 MiB)."""
+    return SandboxRecord(
+        id=new_sandbox_id(),
+        state=S.CREATING,
+        vcpus=vcpus or 1,
+        memory_mib=memory_mib or 128,
+        image=image,
+        template=template,
+        timeout_s=timeout_s,
+        expires_at=None if timeout_s is None else now + timeout_s,
+        env=dict(env or {}),
+        metadata=dict(metadata or {}),
+    )
 
 
 def _check_timeout(timeout_s: float | None) -> None:

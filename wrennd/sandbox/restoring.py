@@ -19,7 +19,6 @@ from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import SandboxRecord
 from wrennd.sandbox.timing import Timings
 from wrennd.sandbox.vmstart import jailed, make_jail, start_vmm
-from wrennd.snapshot import open_snapshot
 from wrennd.uffd.server import SnapshotMemory, UffdServer
 from wrennd.vm.api import MemBackend
 from wrennd.vm.errors import VmmError
@@ -32,14 +31,16 @@ UFFD_READY_TIMEOUT = 10.0
 
 
 def _memory(deps: Deps, rec: SandboxRecord) -> SnapshotMemory:
-    """The engine's inputs: the snapshot's mapping, generation files and prefetch map."""
-    snap = open_snapshot(deps.paths(rec.id).snapshot_dir, deps.cfg.store)
+    """The engine's inputs: the snapshot's mapping (the header's own C array, which the
+    engine copies), generation files and prefetch map."""
+    snap = deps.snapshots.open(deps.paths(rec.id).snapshot_dir, deps.cfg.store)
     return SnapshotMemory(
         snap.memory_size,
         snap.block_size,
-        list(snap.header.mapping),
+        snap.entries,
         snap.generation_paths,
         snap.prefetch,
+        entry_count=snap.entry_count,
         checksums=snap.checksum_paths,
         checksum_block_size=snap.block_size,
     )
@@ -50,13 +51,16 @@ async def _engine(live: Live, deps: Deps, rec: SandboxRecord, memory: SnapshotMe
     """The UFFD server listening on its socket, ready for the VMM's handshake."""
     cfg, paths = deps.cfg, deps.paths(rec.id)
     paths.run.mkdir(parents=True, exist_ok=True)
-    live.uffd = UffdServer(
-        paths.uffd_socket,
-        memory,
-        batch_bytes=cfg.uffd_batch_bytes,
-        prefetch=prefetch,
-        verify_pages=cfg.verify_pages,
-        fill=cfg.uffd_fill == "background",
+    # Off the loop: the fill ranges of a background fill walk the whole mapping.
+    live.uffd = await asyncio.to_thread(
+        lambda: UffdServer(
+            paths.uffd_socket,
+            memory,
+            batch_bytes=cfg.uffd_batch_bytes,
+            prefetch=prefetch,
+            verify_pages=cfg.verify_pages,
+            fill=cfg.uffd_fill == "background",
+        )
     )
     await live.uffd.start()
     if live.jail is not None:

@@ -16,6 +16,7 @@ from wrennd.storage.errors import SandboxStorageNotFound
 
 def _remove_files(deps: Deps, sandbox_id: str) -> None:
     paths = deps.paths(sandbox_id)
+    deps.snapshots.forget(paths.snapshot_dir)
     if paths.snapshot_dir.exists():
         delete_snapshot(paths.snapshot_dir, deps.cfg.store)
     shutil.rmtree(paths.run, ignore_errors=True)

@@ -67,7 +67,8 @@ def _check_ranges(ranges: Sequence[Range], memory_size: int | None, where: str) 
 def encode_prefetch_map(ranges: Sequence[Range]) -> bytes:
     """The file's bytes (PrefetchV1's layout)."""
     flat = [x for r in ranges for x in r]
-    body = PrefetchHead.build({"count": len(ranges)}) + struct.pack(f"<{len(flat)}Q", *flat)
+    head: bytes = PrefetchHead.build({"count": len(ranges)})
+    body = head + struct.pack(f"<{len(flat)}Q", *flat)
     crc: bytes = Int32ul.build(crc32c(body))
     return body + crc
 
