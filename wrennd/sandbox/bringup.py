@@ -20,7 +20,16 @@ from wrennd.sandbox.environment import Deps, HostConfig
 from wrennd.sandbox.errors import GuestFailed, NoCapacity, VmmFailed
 from wrennd.sandbox.live import Live, guest_client
 from wrennd.sandbox.record import SandboxRecord
-from wrennd.sandbox.restoring import GUEST_IFACE, ROOT_DRIVE, check_memory, corrupt_memory, restore
+from wrennd.sandbox.restoring import (
+    GUEST_IFACE,
+    ROOT_DRIVE,
+    check_memory,
+    corrupt_memory,
+    restore,
+    settle,
+    start_engine,
+    together,
+)
 from wrennd.sandbox.timing import Timings
 from wrennd.sandbox.vmstart import jailed, make_jail, save, start_vmm
 from wrennd.snapshot import delete_snapshot
@@ -109,19 +118,39 @@ async def _connect(live: Live, deps: Deps, rec: SandboxRecord, t: Timings, clock
             check_memory(live)
 
 
+async def _host_side(
+    live: Live, deps: Deps, rec: SandboxRecord, t: Timings, image: Path | None
+) -> Path:
+    """Network and storage at once (neither needs the other): the slot, namespace and
+    rules; a new layer on ``image``, or the sandbox's own attached again (None)."""
+
+    async def network() -> None:
+        async with t.stage("network", "daemon"):
+            await attach_network(live, deps, rec)
+
+    async def storage() -> Path:
+        async with t.stage("storage", "daemon"):
+            if image is None:
+                layer = await deps.storage.attach(rec.id)
+            else:
+                layer = await deps.storage.create(rec.id, image)
+            live.storage_attached = True
+            return layer.drive
+
+    _, drive = await together(network(), storage())
+    assert isinstance(drive, Path)
+    return drive
+
+
 async def create(deps: Deps, rec: SandboxRecord, image: Path, t: Timings) -> Live:
     """Storage layer, network slot, a booted VM and a healthy, initialised agent."""
     live = Live(rec.id)
-    made_layer = False
     try:
-        async with t.stage("network", "daemon"):
-            await attach_network(live, deps, rec)
-        async with t.stage("storage", "daemon"):
-            layer = await deps.storage.create(rec.id, image)
-            made_layer = live.storage_attached = True
-        await boot(live, deps, rec, layer.drive, t)
+        drive = await _host_side(live, deps, rec, t, image)
+        await boot(live, deps, rec, drive, t)
         await _connect(live, deps, rec, t, clock=False)
     except BaseException:
+        made_layer = live.storage_attached  # undo detaches it
         await _undo(deps, live)
         if made_layer:
             await asyncio.shield(deps.storage.remove(rec.id))
@@ -130,15 +159,17 @@ async def create(deps: Deps, rec: SandboxRecord, image: Path, t: Timings) -> Liv
 
 
 async def resume(deps: Deps, rec: SandboxRecord, t: Timings, prefetch: bool = True) -> Live:
-    """Slot and network, storage attached, UFFD server, VMM loaded and running, agent init."""
+    """Slot and network, storage attached and the UFFD engine prepared, all at once;
+    then the VMM loaded and running, and the agent initialised."""
     live = Live(rec.id)
+    engine = start_engine(live, deps, rec, t, prefetch)
     try:
-        async with t.stage("network", "daemon"):
-            await attach_network(live, deps, rec)
-        async with t.stage("storage", "daemon"):
-            layer = await deps.storage.attach(rec.id)
-            live.storage_attached = True
-        await restore(live, deps, rec, layer.drive, t, prefetch)
+        try:
+            drive = await _host_side(live, deps, rec, t, None)
+        except BaseException:
+            await settle(engine)
+            raise
+        await restore(live, deps, rec, drive, t, engine, prefetch)
         await _connect(live, deps, rec, t, clock=True)
     except BaseException as e:
         bad = corrupt_memory(live, e)
@@ -163,27 +194,20 @@ async def clone(deps: Deps, rec: SandboxRecord, template: Path, t: Timings) -> L
     network, and the template's memory (linked, not copied) served by the UFFD engine."""
     live = Live(rec.id)
     paths = deps.paths(rec.id)
-    made_layer = False
     try:
-        async with t.stage("network", "daemon"):
-            await attach_network(live, deps, rec)
-        async with t.stage("storage", "daemon"):
-            layer = await deps.storage.create(rec.id, templates.rootfs_of(template))
-            made_layer = live.storage_attached = True
-        async with t.stage("snapshot_copy", "daemon"):
-            header = await asyncio.to_thread(
-                templates.copy_snapshot,
-                templates.snapshot_of(template),
-                paths.snapshot_dir,
-                deps.cfg.store,
-            )
-            rec.generation, rec.snapshot_build_id = header.generation, str(header.build_id)
-            # Nothing ran on the new layer yet: it is the disk of the template's snapshot.
-            await diskpair.keep(deps, rec, header.generation)
-        await restore(live, deps, rec, layer.drive, t)
+        drive, _ = await together(
+            _host_side(live, deps, rec, t, templates.rootfs_of(template)),
+            _copy_snapshot(deps, rec, template, t),
+        )
+        assert isinstance(drive, Path) and rec.generation is not None
+        # Nothing ran on the new layer yet: it is the disk of the template's snapshot.
+        async with t.stage("disk_keep", "daemon"):
+            await diskpair.keep(deps, rec, rec.generation)
+        await restore(live, deps, rec, drive, t)
         await _connect(live, deps, rec, t, clock=True)
     except BaseException as e:
         bad = corrupt_memory(live, e)
+        made_layer = live.storage_attached  # undo detaches it
         await _undo(deps, live)
         if made_layer:
             await asyncio.shield(deps.storage.remove(rec.id))
@@ -195,3 +219,15 @@ async def clone(deps: Deps, rec: SandboxRecord, template: Path, t: Timings) -> L
             raise bad from e
         raise
     return live
+
+
+async def _copy_snapshot(deps: Deps, rec: SandboxRecord, template: Path, t: Timings) -> None:
+    """The template's snapshot linked into the clone's own directory."""
+    async with t.stage("snapshot_copy", "daemon"):
+        header = await asyncio.to_thread(
+            templates.copy_snapshot,
+            templates.snapshot_of(template),
+            deps.paths(rec.id).snapshot_dir,
+            deps.cfg.store,
+        )
+    rec.generation, rec.snapshot_build_id = header.generation, str(header.build_id)

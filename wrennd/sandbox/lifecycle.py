@@ -118,7 +118,7 @@ class Lifecycle:
         _admit(self.deps, self.registry, memory_mib or 128)
         now = self.clock()
         sb = Sandbox(_creating(image, template, vcpus, memory_mib, timeout_s, env, metadata, now))
-        steps = 6 if template is None else 11
+        steps = 6 if template is None else 12
         t = Timings("create" if template is None else "clone", progress, steps=steps)
         async with sb.lock:
             await self.registry.save(sb)

@@ -2,16 +2,20 @@
 started and loaded with its memory served by the engine, the VM resumed.
 
 Stages (sandbox/timing.py): ``snapshot_open`` and ``engine_prepare`` are the
-daemon's; ``vmm_spawn`` the daemon's, ``vmm_start`` the VMM's; ``snapshot_load``
-and ``vm_resume`` the VMM's (the engine serves its faults meanwhile);
+daemon's, and run while the network, storage and VMM are started (they do
+not depend on one another; under the jailer the engine waits for the jail);
+``vmm_spawn`` is the daemon's, ``vmm_start`` the VMM's; ``snapshot_load`` and
+``vm_resume`` the VMM's (the engine serves its faults meanwhile);
 ``engine_ready`` is the daemon's wait for the handshake to have set the engine up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from wrennd.sandbox.environment import Deps
 from wrennd.sandbox.errors import SnapshotCorrupt, VmmFailed
@@ -22,12 +26,14 @@ from wrennd.sandbox.vmstart import jailed, make_jail, start_vmm
 from wrennd.uffd.server import SnapshotMemory, UffdServer
 from wrennd.vm.api import MemBackend
 from wrennd.vm.errors import VmmError
+from wrennd.vm.vmm import Vmm
 
 GUEST_IFACE = "eth0"
 ROOT_DRIVE = "rootfs"
 # A VMM whose load returned has sent its handshake; the server may still be
 # setting the engine up (its page size comes from the handshake).
 UFFD_READY_TIMEOUT = 10.0
+T = TypeVar("T")
 
 
 def _memory(deps: Deps, rec: SandboxRecord) -> SnapshotMemory:
@@ -68,27 +74,91 @@ async def _engine(live: Live, deps: Deps, rec: SandboxRecord, memory: SnapshotMe
     live.serving = asyncio.ensure_future(live.uffd.serve())
 
 
+async def prepare_engine(live: Live, deps: Deps, rec: SandboxRecord, t: Timings,
+                         prefetch: bool) -> None:  # fmt: skip
+    """The snapshot opened and the UFFD server listening (stages ``snapshot_open``,
+    ``engine_prepare``)."""
+    async with t.stage("snapshot_open", "daemon"):
+        memory = await asyncio.to_thread(_memory, deps, rec)
+    async with t.stage("engine_prepare", "daemon"):
+        await _engine(live, deps, rec, memory, prefetch)
+
+
+def start_engine(
+    live: Live, deps: Deps, rec: SandboxRecord, t: Timings, prefetch: bool
+) -> asyncio.Future[None] | None:
+    """The engine prepared while the rest of the bring-up goes on; None under the
+    jailer, where its socket lives in the jail, made once the network exists."""
+    if deps.cfg.jail is not None:
+        return None
+    return asyncio.ensure_future(prepare_engine(live, deps, rec, t, prefetch))
+
+
+async def together(*steps: Awaitable[T]) -> list[T]:
+    """Run independent steps at once; when every one has ended, raise the first failure
+    (an undo then sees what each of them made)."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return cast(list[T], results)
+
+
+async def settle(task: asyncio.Future[None] | None) -> None:
+    """Wait for a step running beside a failed one (its own failure is the lesser)."""
+    if task is not None:
+        with contextlib.suppress(BaseException):
+            await task
+
+
 async def restore(
-    live: Live, deps: Deps, rec: SandboxRecord, drive: Path, t: Timings, prefetch: bool = True
+    live: Live,
+    deps: Deps,
+    rec: SandboxRecord,
+    drive: Path,
+    t: Timings,
+    engine: asyncio.Future[None] | None = None,
+    prefetch: bool = True,
 ) -> None:
     """Start a VMM and load the last snapshot with the UFFD engine serving its memory.
 
-    The root drive is pointed at ``drive`` before the VM runs: a clone's disk is not
-    the one its template was taken with, and a device path may change between runs."""
+    The engine is prepared while the VMM starts (``engine``: already under way), and
+    listens before the load is sent.  The root drive is pointed at ``drive`` before the
+    VM runs: a clone's disk is not the one its template was taken with, and a device
+    path may change between runs."""
     assert live.net is not None
     paths = deps.paths(rec.id)
-    async with t.stage("snapshot_open", "daemon"):
-        memory = await asyncio.to_thread(_memory, deps, rec)
     vmstate, uffd_socket, drive_arg = str(paths.vmstate), str(paths.uffd_socket), str(drive)
-    async with t.stage("engine_prepare", "daemon"):
-        jail = await make_jail(live, deps.cfg, rec)
-        if jail is not None:
+    if deps.cfg.jail is not None:
+        async with t.stage("jail", "daemon"):
+            jail = await make_jail(live, deps.cfg, rec)
+            assert jail is not None
             vmstate, uffd_socket, drive_arg = await jailed(
                 jail.restore_files, paths.vmstate, drive, paths.uffd_socket
             )
-        await _engine(live, deps, rec, memory, prefetch)
+        await prepare_engine(live, deps, rec, t, prefetch)
+    elif engine is None:
+        engine = start_engine(live, deps, rec, t, prefetch)
     rec.uffd_served = True  # saved with the VMM's socket, before it is spawned
-    vmm = await start_vmm(live, deps, rec, drive, t)
+    try:
+        vmm = await start_vmm(live, deps, rec, drive, t)
+    except BaseException:
+        await settle(engine)
+        raise
+    if engine is not None:
+        await engine
+    await _load(live, vmm, vmstate, uffd_socket, t)
+    try:
+        async with t.stage("vm_resume", "vmm"):
+            await vmm.checked(lambda: vmm.client.patch_drive(ROOT_DRIVE, drive_arg))
+            await vmm.checked(vmm.client.resume)
+    except VmmError as e:
+        raise VmmFailed(f"resuming the loaded VM of {live.sandbox_id}: {e}") from e
+
+
+async def _load(live: Live, vmm: Vmm, vmstate: str, uffd_socket: str, t: Timings) -> None:
+    """``snapshot/load`` with the Uffd backend, then the engine serving the VMM."""
+    assert live.net is not None
     overrides = None
     if vmm.client.requests.accepts("SnapshotLoadParams.network_overrides"):
         overrides = {GUEST_IFACE: live.net.tap}
@@ -106,12 +176,6 @@ async def restore(
         raise VmmFailed(f"loading the snapshot of {live.sandbox_id}: {e}") from e
     async with t.stage("engine_ready", "daemon"):
         await _uffd_serving(live)
-    try:
-        async with t.stage("vm_resume", "vmm"):
-            await vmm.checked(lambda: vmm.client.patch_drive(ROOT_DRIVE, drive_arg))
-            await vmm.checked(vmm.client.resume)
-    except VmmError as e:
-        raise VmmFailed(f"resuming the loaded VM of {live.sandbox_id}: {e}") from e
 
 
 async def _uffd_serving(live: Live) -> None:
