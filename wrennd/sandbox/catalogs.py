@@ -78,6 +78,7 @@ class TemplateCatalog:
                 rec = sb.record
                 if rec.state != SandboxState.PAUSED:
                     raise WrongState(sandbox_id, rec.state, "create a template")
+                await sb.settled()  # the snapshot's prefetch map is copied too
                 meta = templates.new_meta(name, rec.vcpus, rec.memory_mib, rec.image, rec.id)
                 t = Timings("template_create", progress, steps=3)
                 try:

@@ -68,6 +68,7 @@ class Lifecycle:
         """Stop the reaper and background work; running VMMs are left to ``pause_all``."""
         await self.reaper.stop()
         tasks = [sb.collapse for sb in self.registry if sb.collapse is not None]
+        tasks += [sb.settling for sb in self.registry if sb.settling is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def pause_all(
@@ -150,6 +151,7 @@ class Lifecycle:
             self.reaper.set(sandbox_id, None)
             if sb.collapse is not None:
                 await asyncio.gather(sb.collapse, return_exceptions=True)
+            await sb.settled()
             try:
                 await teardown.destroy(self.deps, sb.record, sb.live, t)
             except Exception as e:
@@ -170,10 +172,11 @@ class Lifecycle:
             self.registry.still(sb)
             if sb.live is None:
                 raise WrongState(sandbox_id, sb.record.state, "pause")
-            t = Timings("pause", progress, steps=10)
+            t = Timings("pause", progress, steps=7)
             await self.registry.move(sb, S.PAUSING, "pause")
             try:
-                header = await pausing.pause(self.deps, sb.record, sb.live, t)
+                header, after = await pausing.pause(self.deps, sb.record, sb.live, t)
+                sb.settling = asyncio.ensure_future(after)
             except PauseUndone as e:
                 t.failed(sb.id)
                 await self._running(sb, str(e))
@@ -216,6 +219,7 @@ class Lifecycle:
                 # The engine maps the chain's files: let a collapse finish first.
                 await asyncio.gather(sb.collapse, return_exceptions=True)
                 sb.collapse = None
+            await sb.settled()  # the prefetch map written, the disk kept, the network gone
             rec = sb.record
             t = Timings("resume", progress, steps=10)
             try:

@@ -2,9 +2,10 @@
 
 Order (DESIGN.md §4): agent prepare (sync + FIFREEZE), PATCH Paused, snapshot
 (Full the first time, Diff after a resume) to fresh paths, ingest into the
-generation store, publish the vmstate; only then stop the VMM, record the
-next prefetch map (sandbox/prefetching.py), detach storage and free the
-network slot.  A failure before the memory is committed thaws and resumes
+generation store, publish the vmstate; only then stop the VMM and detach
+storage.  The network's removal, the next prefetch map
+(sandbox/prefetching.py) and the disk kept with the snapshot follow the
+answer (sandbox/afterpause.py).  A failure before the memory is committed thaws and resumes
 the guest, so the sandbox keeps running and nothing is lost.
 """
 
@@ -14,17 +15,17 @@ import asyncio
 import contextlib
 import errno
 import logging
+from collections.abc import Coroutine
 from typing import Literal
 
 from wrennd.durable import publish
 from wrennd.guest.client import AgentUnavailable, GuestError
 from wrennd.log import kv
-from wrennd.sandbox import diskpair
+from wrennd.sandbox import afterpause
 from wrennd.sandbox import jail as jailed
 from wrennd.sandbox.environment import Deps, SandboxPaths
 from wrennd.sandbox.errors import PauseUndone, PauseUndoneNoSpace, VmmFailed
 from wrennd.sandbox.live import Live
-from wrennd.sandbox.prefetching import record_prefetch_map
 from wrennd.sandbox.record import SandboxRecord
 from wrennd.sandbox.registry import Registry, Sandbox
 from wrennd.sandbox.timing import Timings
@@ -36,7 +37,6 @@ from wrennd.snapshot import (
     ingest_diff,
     ingest_full,
 )
-from wrennd.storage.errors import StorageError
 from wrennd.vm.errors import VmmError
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,12 @@ async def _freeze(rec: SandboxRecord, live: Live, t: Timings) -> None:
         raise PauseUndone(f"pause of {rec.id}: the guest could not be frozen: {e}") from e
 
 
-async def pause(deps: Deps, rec: SandboxRecord, live: Live, t: Timings) -> Header:
-    """Take the snapshot and release the host resources; see the module doc."""
+async def pause(
+    deps: Deps, rec: SandboxRecord, live: Live, t: Timings
+) -> tuple[Header, Coroutine[None, None, None]]:
+    """Take the snapshot, stop the VMM and detach the layer; see the module doc.  The
+    rest (network, prefetch map, kept disk) is returned, to be run after the answer
+    (sandbox/afterpause.py)."""
     paths = deps.paths(rec.id)
     await _freeze(rec, live, t)
     try:
@@ -151,25 +155,13 @@ async def pause(deps: Deps, rec: SandboxRecord, live: Live, t: Timings) -> Heade
         result = await live.stop_vmm()
     async with t.stage("storage", "daemon"):
         await live.detach_storage(deps.storage)
-    async with t.stage("network", "daemon"):
-        await live.remove_network(deps.network, deps.slots)
-    if result is not None:
-        async with t.stage("prefetch_map", "daemon"):
-            await asyncio.to_thread(
-                record_prefetch_map, paths.snapshot_dir, result, header, kind,
-                deps.cfg.prefetch_max_bytes,
-            )  # fmt: skip
-    try:
-        # The VMM is gone and the layer detached: this is the disk of this snapshot.
-        async with t.stage("disk_keep", "daemon"):
-            await diskpair.keep(deps, rec, header.generation)
-    except (StorageError, OSError) as e:
-        log.error("disk not kept with the snapshot", extra=kv(sandbox=rec.id, error=e))
-    return header
+    return header, afterpause.settle(deps, rec, live, result, header, kind)
 
 
 async def collapse(deps: Deps, registry: Registry, sb: Sandbox) -> None:
-    """Collapse a long chain in the background, after the pause has answered."""
+    """Collapse a long chain in the background, after the pause has answered (and
+    settled: its prefetch map written)."""
+    await sb.settled()
     snapshot_dir = deps.paths(sb.id).snapshot_dir
     try:
         header = await collapse_in_background(snapshot_dir, deps.cfg.store)

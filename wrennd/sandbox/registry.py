@@ -30,10 +30,18 @@ class Sandbox:
     collapse: asyncio.Task[None] | None = None
     # The stage timings of the last run of each operation (create, pause, resume, ...).
     timings: dict[str, TimingRecord] = field(default_factory=dict)
+    # The last pause's work after its answer (sandbox/afterpause.py).
+    settling: asyncio.Task[None] | None = None
 
     @property
     def id(self) -> str:
         return self.record.id
+
+    async def settled(self) -> None:
+        """Wait for the last pause's background work: nothing may overtake it."""
+        if self.settling is not None:
+            await asyncio.shield(self.settling)
+            self.settling = None
 
 
 class Registry:
