@@ -31,7 +31,7 @@ from wrennd.sandbox.restoring import (
     together,
 )
 from wrennd.sandbox.timing import Timings
-from wrennd.sandbox.vmstart import jailed, make_jail, save, start_vmm
+from wrennd.sandbox.vmstart import jailed, make_jail, save, start_vmm, unheld
 from wrennd.snapshot import delete_snapshot
 from wrennd.vm.errors import VmmError
 from wrennd.vm.kernel import initrd_path
@@ -70,7 +70,7 @@ async def boot(live: Live, deps: Deps, record: SandboxRecord, drive: Path, t: Ti
         )
         initrd_arg = initrd_jailed or None
     record.uffd_served = False
-    vmm = await start_vmm(live, deps, record, drive, t)
+    vmm = await start_vmm(live, deps, record, t)
     c = vmm.client
     try:
         async with t.stage("boot", "vmm"):
@@ -135,6 +135,7 @@ async def _host_side(
             else:
                 layer = await deps.storage.create(rec.id, image)
             live.storage_attached = True
+            await unheld(layer.drive)
             return layer.drive
 
     _, drive = await together(network(), storage())

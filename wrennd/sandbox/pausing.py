@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Literal
 
 from wrennd.durable import publish
@@ -54,6 +56,15 @@ def _publish_vmstate(paths: SandboxPaths) -> None:
     publish(paths.pending_vmstate, paths.vmstate)
 
 
+def _flush(path: Path) -> None:
+    """The file's data on disk now (its publish later then has nothing left to sync)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _ingest(kind: str, paths: SandboxPaths, deps: Deps) -> Header:
     paths.snapshot_dir.mkdir(parents=True, exist_ok=True)
     store = deps.cfg.store
@@ -86,7 +97,11 @@ async def _snapshot(deps: Deps, rec: SandboxRecord, live: Live, t: Timings) -> t
     size = paths.pending_memfile.stat().st_size
     written = paths.pending_memfile.stat().st_blocks * 512
     async with t.stage("ingest", "daemon", memfile_bytes=written):
-        header = await asyncio.to_thread(_ingest, kind, paths, deps)
+        # The vmstate's data is synced beside the ingest; it is published after it.
+        header, _ = await asyncio.gather(
+            asyncio.to_thread(_ingest, kind, paths, deps),
+            asyncio.to_thread(_flush, paths.pending_vmstate),
+        )
     rec.need_full = False
     async with t.stage("publish", "daemon"):
         await asyncio.to_thread(_publish_vmstate, paths)

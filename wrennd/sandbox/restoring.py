@@ -141,7 +141,7 @@ async def restore(
         engine = start_engine(live, deps, rec, t, prefetch)
     rec.uffd_served = True  # saved with the VMM's socket, before it is spawned
     try:
-        vmm = await start_vmm(live, deps, rec, drive, t)
+        vmm = await start_vmm(live, deps, rec, t)
     except BaseException:
         await settle(engine)
         raise

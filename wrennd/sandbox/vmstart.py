@@ -46,15 +46,22 @@ async def jailed(place: Callable[..., tuple[str, ...]], *files: Path | None) -> 
         raise VmmFailed(str(e)) from e
 
 
-async def start_vmm(live: Live, deps: Deps, rec: SandboxRecord, drive: Path, t: Timings) -> Vmm:
-    """A VMM for a drive nobody holds, recorded ahead: its API socket before the spawn,
-    its pid and start time as soon as it exists.  Stages: ``vmm_spawn`` (the daemon's
-    checks, records and fork) until the process exists, then ``vmm_start`` (the VMM
+async def unheld(drive: Path) -> None:
+    """Return once nobody holds ``drive`` (a VMM or loop device left from an earlier run);
+    DriveInUse after a while.  Checked as soon as the drive is known, beside the rest
+    of the bring-up, before a VMM is started on it."""
+    await asyncio.to_thread(holders.require_unheld, drive)
+
+
+async def start_vmm(live: Live, deps: Deps, rec: SandboxRecord, t: Timings) -> Vmm:
+    """A VMM (for a drive nobody holds: ``unheld`` was checked), recorded ahead: its API
+    socket before the spawn, its pid and start time as soon as it exists (written while
+    the VMM starts up; done before its API is used).  Stages: ``vmm_spawn`` (the
+    daemon's record and fork) until the process exists, then ``vmm_start`` (the VMM
     process starting up) until its API answers."""
     assert live.net is not None
     end_spawn = await t.begin("vmm_spawn", "daemon")
     end_start: list[Callable[[], None]] = []
-    await asyncio.to_thread(holders.require_unheld, drive)
     files = deps.paths(rec.id).vmm_files
     args = FirecrackerArgs(deps.cfg.vmm.binary, live.sandbox_id.replace("-", "_"), files)
     argv = args.argv()
@@ -67,10 +74,10 @@ async def start_vmm(live: Live, deps: Deps, rec: SandboxRecord, drive: Path, t: 
     await save(deps, rec)
 
     async def spawned(pid: int) -> None:
-        rec.vmm_pid, rec.vmm_start_time = pid, start_time(pid)
-        await save(deps, rec)
         end_spawn()
         end_start.append(await t.begin("vmm_start", "vmm"))
+        rec.vmm_pid, rec.vmm_start_time = pid, start_time(pid)
+        await save(deps, rec)
 
     try:
         live.vmm = await Vmm.start(argv, files, netns_path=netns, on_spawn=spawned)
