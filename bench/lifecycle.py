@@ -171,6 +171,7 @@ async def one_cycle(
                         write=True)  # fmt: skip
     f2 = views.uffd_totals(mgr.service)["faults"]
     await mgr.pause(sid)
+    await mgr.settled(sid)  # the map is written after the pause's answer
     pmap = read_prefetch_map(mgr.service.paths(sid).snapshot_dir)
     return {
         "cycle": n,

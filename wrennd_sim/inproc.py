@@ -59,6 +59,11 @@ class InProcess:
         sb = await self.service.lifecycle.resume(sandbox_id, progress, prefetch=prefetch)
         return views.sandbox(self.service, sb)
 
+    async def settled(self, sandbox_id: str) -> None:
+        """Wait for the work a pause leaves for after its answer (network removal, prefetch
+        map, kept disk: sandbox/afterpause.py), for callers that read those directly."""
+        await self.service.registry.get(sandbox_id).settled()
+
     async def destroy(self, sandbox_id: str) -> dict[str, Any]:
         done = await self.service.lifecycle.destroy(sandbox_id)
         return {"id": sandbox_id, "destroyed": True, "timings": views.timings({"destroy": done})}

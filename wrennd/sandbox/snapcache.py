@@ -8,7 +8,9 @@ pause that wrote it and the resume that reads it, so the opened form is kept
 by snapshot directory and handed out again while the files it was read from
 are the same ones: the header and prefetch map are replaced by rename (a new
 inode), generation files are immutable.  A stale entry is never served: each
-lookup compares the files' identity first.
+lookup compares the header's and prefetch map's identity first, and checks
+that the generation and checksum files it named are still there (a checksum
+file may be removed, e.g. by an operator after a repair).
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ def stamp(snapshot_dir: Path) -> Stamp:
     return (_identity(header_path(snapshot_dir)), _identity(prefetch_path(snapshot_dir)))
 
 
+def _still_there(snap: OpenSnapshot) -> bool:
+    files = [*snap.generation_paths, *(p for p in snap.checksum_paths if p is not None)]
+    return all(p.exists() for p in files)
+
+
 class OpenedSnapshots:
     """``open(dir, store)`` as wrennd.snapshot.open_snapshot, served from memory while the
     directory's files are unchanged (blocking: call it off the loop)."""
@@ -54,7 +61,7 @@ class OpenedSnapshots:
         before = stamp(key)
         with self._lock:
             kept = self._kept.get(key)
-            if kept is not None and kept[0] == before:
+            if kept is not None and kept[0] == before and _still_there(kept[1]):
                 self._kept.move_to_end(key)
                 self.hits += 1
                 return kept[1]
