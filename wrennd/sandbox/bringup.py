@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from wrennd.guest.client import AgentUnavailable, GuestError
@@ -39,7 +40,9 @@ from wrennd.vm.kernel import initrd_path
 log = logging.getLogger(__name__)
 
 
-async def attach_network(live: Live, deps: Deps, rec: SandboxRecord) -> None:
+async def attach_network(
+    live: Live, deps: Deps, rec: SandboxRecord, on_namespace: Callable[[], None] | None = None
+) -> None:
     """A slot, written to the record before its namespace, links and rules exist."""
     try:
         live.slot = deps.slots.allocate()
@@ -47,7 +50,7 @@ async def attach_network(live: Live, deps: Deps, rec: SandboxRecord) -> None:
         raise NoCapacity("network slots", str(e)) from e
     rec.slot = live.slot
     await save(deps, rec)
-    live.net = await (await deps.network_ready()).create(live.slot)
+    live.net = await (await deps.network_ready()).create(live.slot, on_namespace)
 
 
 def boot_args(record: SandboxRecord, ip_arg: str) -> str:
@@ -72,6 +75,8 @@ async def boot(live: Live, deps: Deps, record: SandboxRecord, drive: Path, t: Ti
     record.uffd_served = False
     vmm = await start_vmm(live, deps, record, t)
     c = vmm.client
+    if live.building is not None:
+        await live.building  # the tap exists
     try:
         async with t.stage("boot", "vmm"):
             await vmm.checked(
@@ -105,6 +110,7 @@ async def connect_guest(live: Live, cfg: HostConfig, env: dict[str, str], *, clo
 
 async def _undo(deps: Deps, live: Live) -> None:
     """Release what was made; a failure here is logged, the original error goes up."""
+    await settle(live.building)  # a network still being made is removed once made
     try:
         await asyncio.shield(live.release(deps.storage, deps.network, deps.slots))
     except Exception as e:
@@ -122,11 +128,20 @@ async def _host_side(
     live: Live, deps: Deps, rec: SandboxRecord, t: Timings, image: Path | None
 ) -> Path:
     """Network and storage at once (neither needs the other): the slot, namespace and
-    rules; a new layer on ``image``, or the sandbox's own attached again (None)."""
+    rules; a new layer on ``image``, or the sandbox's own attached again (None).
+
+    Returns once the layer is ready and the namespace exists, which is all a VMM needs
+    to be started (``live.net`` names it); the links and rules are still being made
+    (``live.building``, awaited before the VMM uses its tap)."""
+    loop = asyncio.get_running_loop()
+    namespace = asyncio.Event()
+
+    def exists() -> None:  # in the building thread
+        loop.call_soon_threadsafe(namespace.set)
 
     async def network() -> None:
         async with t.stage("network", "daemon"):
-            await attach_network(live, deps, rec)
+            await attach_network(live, deps, rec, exists)
 
     async def storage() -> Path:
         async with t.stage("storage", "daemon"):
@@ -138,8 +153,18 @@ async def _host_side(
             await unheld(layer.drive)
             return layer.drive
 
-    _, drive = await together(network(), storage())
-    assert isinstance(drive, Path)
+    live.building = asyncio.ensure_future(network())
+    drive = await storage()
+    made = asyncio.ensure_future(namespace.wait())
+    try:
+        await asyncio.wait({made, live.building}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        made.cancel()
+    if live.building.done():
+        live.building.result()  # its failure, if it failed
+    if live.net is None:
+        assert live.slot is not None
+        live.net = deps.network.describe(live.slot)
     return drive
 
 

@@ -67,6 +67,9 @@ class Live:
     uffd: UffdServer | None = None
     serving: asyncio.Future[ServeResult] | None = None
     jail: Jail | None = None  # the VMM's chroot and cgroup under the jailer
+    # The network's links and rules still being made once its namespace exists (and
+    # ``net`` names it): awaited before the VMM uses the tap.
+    building: asyncio.Future[None] | None = field(default=None, repr=False)
     stopping: bool = False
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
     filler: asyncio.Task[None] | None = field(default=None, repr=False)

@@ -147,6 +147,8 @@ async def restore(
         raise
     if engine is not None:
         await engine
+    if live.building is not None:
+        await live.building  # the tap the load's network override names exists
     await _load(live, vmm, vmstate, uffd_socket, t)
     try:
         async with t.stage("vm_resume", "vmm"):

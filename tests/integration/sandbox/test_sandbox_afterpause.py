@@ -88,3 +88,34 @@ async def test_a_destroy_waits_for_the_pause_it_follows(
     assert [r.getMessage() for r in caplog.records] == ["pause settled", "pause settled"]
     assert all(r.kv["failed"] == 0 for r in caplog.records)  # type: ignore[attr-defined]
     assert not env.leaks()
+
+
+async def test_a_network_failing_after_its_namespace_leaves_nothing(
+    manager: InProcess, env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The VMM is started as soon as the namespace exists, while the links are made: a
+    link step that fails then (here after 0.3 s) still leaves nothing behind."""
+    from wrennd.network import build
+    from wrennd.network.errors import NetworkError
+
+    sid = (await manager.create("base", memory_mib=MEM_MIB))["id"]
+    await manager.pause(sid)
+    real = build._build_namespace
+
+    def failing(*args: Any) -> None:
+        time.sleep(0.3)
+        raise OSError("link step refused (test)")
+
+    monkeypatch.setattr(build, "_build_namespace", failing)
+    # (A network error is not lifted into a LifecycleError today: it goes up as is.)
+    with pytest.raises(NetworkError, match="link step refused"):
+        await manager.resume(sid)
+    assert manager.get(sid)["state"] == "paused"
+    with pytest.raises(NetworkError, match="link step refused"):
+        await manager.create("base", memory_mib=MEM_MIB)
+    assert [s["id"] for s in manager.list()] == [sid]
+    assert not env.leaks()
+    monkeypatch.setattr(build, "_build_namespace", real)
+    assert (await manager.resume(sid))["state"] == "running"
+    await manager.destroy(sid)
+    assert not env.leaks()
