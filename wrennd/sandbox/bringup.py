@@ -32,7 +32,7 @@ from wrennd.sandbox.restoring import (
     together,
 )
 from wrennd.sandbox.timing import Timings
-from wrennd.sandbox.vmstart import jailed, make_jail, save, start_vmm, unheld
+from wrennd.sandbox.vmstart import jailed, make_jail, record_ahead, save, start_vmm, unheld
 from wrennd.snapshot import delete_snapshot
 from wrennd.vm.errors import VmmError
 from wrennd.vm.kernel import initrd_path
@@ -72,7 +72,6 @@ async def boot(live: Live, deps: Deps, record: SandboxRecord, drive: Path, t: Ti
             jail.boot_files, cfg.kernel, initrd, drive
         )
         initrd_arg = initrd_jailed or None
-    record.uffd_served = False
     vmm = await start_vmm(live, deps, record, t)
     c = vmm.client
     if live.building is not None:
@@ -125,7 +124,7 @@ async def _connect(live: Live, deps: Deps, rec: SandboxRecord, t: Timings, clock
 
 
 async def _host_side(
-    live: Live, deps: Deps, rec: SandboxRecord, t: Timings, image: Path | None
+    live: Live, deps: Deps, rec: SandboxRecord, t: Timings, image: Path | None, served: bool
 ) -> Path:
     """Network and storage at once (neither needs the other): the slot, namespace and
     rules; a new layer on ``image``, or the sandbox's own attached again (None).
@@ -135,6 +134,7 @@ async def _host_side(
     (``live.building``, awaited before the VMM uses its tap)."""
     loop = asyncio.get_running_loop()
     namespace = asyncio.Event()
+    record_ahead(deps, rec, served)  # saved with the slot
 
     def exists() -> None:  # in the building thread
         loop.call_soon_threadsafe(namespace.set)
@@ -172,7 +172,7 @@ async def create(deps: Deps, rec: SandboxRecord, image: Path, t: Timings) -> Liv
     """Storage layer, network slot, a booted VM and a healthy, initialised agent."""
     live = Live(rec.id)
     try:
-        drive = await _host_side(live, deps, rec, t, image)
+        drive = await _host_side(live, deps, rec, t, image, served=False)
         await boot(live, deps, rec, drive, t)
         await _connect(live, deps, rec, t, clock=False)
     except BaseException:
@@ -191,7 +191,7 @@ async def resume(deps: Deps, rec: SandboxRecord, t: Timings, prefetch: bool = Tr
     engine = start_engine(live, deps, rec, t, prefetch)
     try:
         try:
-            drive = await _host_side(live, deps, rec, t, None)
+            drive = await _host_side(live, deps, rec, t, None, served=True)
         except BaseException:
             await settle(engine)
             raise
@@ -222,7 +222,7 @@ async def clone(deps: Deps, rec: SandboxRecord, template: Path, t: Timings) -> L
     paths = deps.paths(rec.id)
     try:
         drive, _ = await together(
-            _host_side(live, deps, rec, t, templates.rootfs_of(template)),
+            _host_side(live, deps, rec, t, templates.rootfs_of(template), served=True),
             _copy_snapshot(deps, rec, template, t),
         )
         assert isinstance(drive, Path) and rec.generation is not None

@@ -139,7 +139,6 @@ async def restore(
         await prepare_engine(live, deps, rec, t, prefetch)
     elif engine is None:
         engine = start_engine(live, deps, rec, t, prefetch)
-    rec.uffd_served = True  # saved with the VMM's socket, before it is spawned
     try:
         vmm = await start_vmm(live, deps, rec, t)
     except BaseException:

@@ -53,12 +53,19 @@ async def unheld(drive: Path) -> None:
     await asyncio.to_thread(holders.require_unheld, drive)
 
 
+def record_ahead(deps: Deps, rec: SandboxRecord, uffd_served: bool) -> None:
+    """Name the VMM in the record before it exists (its API socket; whether the UFFD
+    engine will serve it), to be saved with the slot, before the network is made."""
+    rec.vmm_api_socket = str(deps.paths(rec.id).vmm_files.api_socket)
+    rec.vmm_pid, rec.vmm_start_time, rec.uffd_served = None, None, uffd_served
+
+
 async def start_vmm(live: Live, deps: Deps, rec: SandboxRecord, t: Timings) -> Vmm:
     """A VMM (for a drive nobody holds: ``unheld`` was checked), recorded ahead: its API
-    socket before the spawn, its pid and start time as soon as it exists (written while
-    the VMM starts up; done before its API is used).  Stages: ``vmm_spawn`` (the
-    daemon's record and fork) until the process exists, then ``vmm_start`` (the VMM
-    process starting up) until its API answers."""
+    socket before the spawn (``record_ahead``, saved with the slot), its pid and start
+    time as soon as it exists (written while the VMM starts up; done before its API is
+    used).  Stages: ``vmm_spawn`` (the daemon's fork) until the process exists, then
+    ``vmm_start`` (the VMM process starting up) until its API answers."""
     assert live.net is not None
     end_spawn = await t.begin("vmm_spawn", "daemon")
     end_start: list[Callable[[], None]] = []
@@ -70,8 +77,8 @@ async def start_vmm(live: Live, deps: Deps, rec: SandboxRecord, t: Timings) -> V
         # The jailer joins the namespace itself (--netns), then drops to the jail user.
         argv, netns = live.jail.argv(args), None
         await asyncio.to_thread(live.jail.own_files, files)
-    rec.vmm_api_socket, rec.vmm_pid, rec.vmm_start_time = str(files.api_socket), None, None
-    await save(deps, rec)
+    # Saved with the slot, before the namespace the VMM is started in existed.
+    assert rec.vmm_api_socket == str(files.api_socket) and rec.vmm_pid is None
 
     async def spawned(pid: int) -> None:
         end_spawn()
