@@ -28,7 +28,6 @@ from wrennd.sandbox.restoring import (
     corrupt_memory,
     restore,
     settle,
-    start_engine,
     together,
 )
 from wrennd.sandbox.timing import Timings
@@ -185,17 +184,14 @@ async def create(deps: Deps, rec: SandboxRecord, image: Path, t: Timings) -> Liv
 
 
 async def resume(deps: Deps, rec: SandboxRecord, t: Timings, prefetch: bool = True) -> Live:
-    """Slot and network, storage attached and the UFFD engine prepared, all at once;
-    then the VMM loaded and running, and the agent initialised."""
+    """Slot and network with storage attached at once; then the UFFD engine prepared
+    while the VMM starts (restoring.restore), the VMM loaded and running, and the agent
+    initialised.  The engine's preparation (Python, holding the GIL much of the time)
+    is not run beside the namespace's creation, which the VMM's start waits for."""
     live = Live(rec.id)
-    engine = start_engine(live, deps, rec, t, prefetch)
     try:
-        try:
-            drive = await _host_side(live, deps, rec, t, None, served=True)
-        except BaseException:
-            await settle(engine)
-            raise
-        await restore(live, deps, rec, drive, t, engine, prefetch)
+        drive = await _host_side(live, deps, rec, t, None, served=True)
+        await restore(live, deps, rec, drive, t, prefetch)
         await _connect(live, deps, rec, t, clock=True)
     except BaseException as e:
         bad = corrupt_memory(live, e)

@@ -2,8 +2,8 @@
 started and loaded with its memory served by the engine, the VM resumed.
 
 Stages (sandbox/timing.py): ``snapshot_open`` and ``engine_prepare`` are the
-daemon's, and run while the network, storage and VMM are started (they do
-not depend on one another; under the jailer the engine waits for the jail);
+daemon's, and run while the VMM is started (they do not depend on one
+another; under the jailer the engine waits for the jail);
 ``vmm_spawn`` is the daemon's, ``vmm_start`` the VMM's; ``snapshot_load`` and
 ``vm_resume`` the VMM's (the engine serves its faults meanwhile);
 ``engine_ready`` is the daemon's wait for the handshake to have set the engine up.
@@ -117,15 +117,13 @@ async def restore(
     rec: SandboxRecord,
     drive: Path,
     t: Timings,
-    engine: asyncio.Future[None] | None = None,
     prefetch: bool = True,
 ) -> None:
     """Start a VMM and load the last snapshot with the UFFD engine serving its memory.
 
-    The engine is prepared while the VMM starts (``engine``: already under way), and
-    listens before the load is sent.  The root drive is pointed at ``drive`` before the
-    VM runs: a clone's disk is not the one its template was taken with, and a device
-    path may change between runs."""
+    The engine is prepared while the VMM starts, and listens before the load is sent.
+    The root drive is pointed at ``drive`` before the VM runs: a clone's disk is not
+    the one its template was taken with, and a device path may change between runs."""
     assert live.net is not None
     paths = deps.paths(rec.id)
     vmstate, uffd_socket, drive_arg = str(paths.vmstate), str(paths.uffd_socket), str(drive)
@@ -137,8 +135,7 @@ async def restore(
                 jail.restore_files, paths.vmstate, drive, paths.uffd_socket
             )
         await prepare_engine(live, deps, rec, t, prefetch)
-    elif engine is None:
-        engine = start_engine(live, deps, rec, t, prefetch)
+    engine = start_engine(live, deps, rec, t, prefetch)
     try:
         vmm = await start_vmm(live, deps, rec, t)
     except BaseException:
