@@ -33,12 +33,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from bench.lifecycle import REPO, btrfs_dir, sh
-from wrennd.rpc.client import Client, ClientError, DaemonNotRunning
+from wrennd.rpc.client import Client, ClientError
 from wrennd_sim.network_testbed import TestBed
 
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done"
@@ -76,16 +75,7 @@ class Daemon:
         self.proc = None
 
     async def client(self) -> Client:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                c = await Client.connect(self.socket)
-                await c.call("host.info")
-                return c
-            except DaemonNotRunning:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+        return await Client.connect_when_up(self.socket, 120)
 
 
 async def drive(c: Client, rng: random.Random, known: set[str]) -> None:

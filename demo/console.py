@@ -10,18 +10,12 @@ otherwise.  Prints the console's URL with its token; Ctrl-C stops the daemon
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 # demo/demo.py: the scratch daemon and its clean-up, shared with make demo.
-from demo import REPO, daemon, say
-from wrennd_sim.network_testbed import TestBed
+from demo import say, scratch_host
 
 
 def free_port() -> int:
@@ -35,44 +29,26 @@ def main() -> int:
     if os.geteuid() != 0:
         print("make console needs root (namespaces, loop devices, userfaultfd)", file=sys.stderr)
         return 2
-    say("guest image (built once, cached under /var/cache/wrennd/images)")
-    built = subprocess.run(
-        [str(REPO / "images" / "build-image"), "-"], check=True, stdout=subprocess.PIPE, text=True
-    )
-    image = Path(built.stdout.strip().splitlines()[-1])
-    tag = secrets.token_hex(2)
-    bed = TestBed(f"c{tag}")
-    state = Path(tempfile.mkdtemp(prefix="wrennd-console-", dir="/var/tmp"))
-    run = Path(tempfile.mkdtemp(prefix="wc", dir="/tmp"))
     port = free_port()
     os.environ["WRENND_HTTP_LISTEN"] = f"127.0.0.1:{port}"
-    try:
-        (state / "images").mkdir()
-        subprocess.run(["cp", "--sparse=always", image, state / "images" / "base.ext4"], check=True)
-        bed.build()
-        with daemon(state, run, bed, tag):
-            token_file = run / "http.token"
-            for _ in range(100):
-                if token_file.exists():
-                    break
-                time.sleep(0.1)
-            token = token_file.read_text().strip()
-            say("console ready")
-            print(f"  open  http://127.0.0.1:{port}/test?token={token}")
-            print(f"  from another machine: ssh -L {port}:127.0.0.1:{port} THIS-HOST, same URL")
-            print(f"  metrics: curl -H 'Authorization: Bearer {token}' 127.0.0.1:{port}/metrics")
-            print(f"  daemon log: {run / 'wrennd.log'}")
-            print("  Ctrl-C stops the daemon and removes everything", flush=True)
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                say("stopping")
-    finally:
-        bed.destroy()
-        shutil.rmtree(state, ignore_errors=True)
-        shutil.rmtree(run, ignore_errors=True)
-    say("done; everything make console made is gone")
+    with scratch_host("console", "c") as (_, run):
+        token_file = run / "http.token"
+        for _ in range(100):
+            if token_file.exists():
+                break
+            time.sleep(0.1)
+        token = token_file.read_text().strip()
+        say("console ready")
+        print(f"  open  http://127.0.0.1:{port}/test?token={token}")
+        print(f"  from another machine: ssh -L {port}:127.0.0.1:{port} THIS-HOST, same URL")
+        print(f"  metrics: curl -H 'Authorization: Bearer {token}' 127.0.0.1:{port}/metrics")
+        print(f"  daemon log: {run / 'wrennd.log'}")
+        print("  Ctrl-C stops the daemon and removes everything", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            say("stopping")
     return 0
 
 

@@ -154,30 +154,38 @@ async def _touch(control: Path) -> dict[str, object]:
         await client.close()
 
 
-def main() -> int:
-    if os.geteuid() != 0:
-        print("make demo needs root (namespaces, loop devices, userfaultfd)", file=sys.stderr)
-        return 2
+@contextlib.contextmanager
+def scratch_host(kind: str, letter: str) -> Iterator[tuple[Path, Path]]:
+    """The guest image, a scratch state dir and run dir, a test-bed network, and a wrennd
+    on them; yields (socket, run dir) and removes everything it made on the way out."""
     say("guest image (built once, cached under /var/cache/wrennd/images)")
     built = subprocess.run(
         [str(REPO / "images" / "build-image"), "-"], check=True, stdout=subprocess.PIPE, text=True
     )
     image = Path(built.stdout.strip().splitlines()[-1])
     tag = secrets.token_hex(2)
-    bed = TestBed(f"d{tag}")
-    state = Path(tempfile.mkdtemp(prefix="wrennd-demo-", dir="/var/tmp"))
-    run = Path(tempfile.mkdtemp(prefix="wd", dir="/tmp"))
+    bed = TestBed(f"{letter}{tag}")
+    state = Path(tempfile.mkdtemp(prefix=f"wrennd-{kind}-", dir="/var/tmp"))
+    run = Path(tempfile.mkdtemp(prefix=f"w{letter}", dir="/tmp"))
     try:
         (state / "images").mkdir()
         subprocess.run(["cp", "--sparse=always", image, state / "images" / "base.ext4"], check=True)
         bed.build()
         with daemon(state, run, bed, tag) as sock:
-            session(sock)
+            yield sock, run
     finally:
         bed.destroy()
         shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(run, ignore_errors=True)
-    say("done; everything the demo made is gone")
+    say(f"done; everything make {kind} made is gone")
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        print("make demo needs root (namespaces, loop devices, userfaultfd)", file=sys.stderr)
+        return 2
+    with scratch_host("demo", "d") as (sock, _):
+        session(sock)
     return 0
 
 

@@ -73,6 +73,32 @@ class Client:
             raise ClientError(f"cannot connect to {path}: {e.strerror}") from e
         return cls(reader, writer)
 
+    @classmethod
+    async def connect_when_up(
+        cls, path: str | Path, wait_s: float, alive: Callable[[], bool] | None = None
+    ) -> Client:
+        """Connect once the daemon answers ``host.info`` (it is starting or restarting).
+
+        ``alive`` is asked before each try, so a daemon that died is reported at once
+        rather than at the deadline."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            if alive is not None and not alive():
+                raise DaemonNotRunning(f"the daemon behind {path} exited while starting")
+            try:
+                client = await cls.connect(path)
+            except DaemonNotRunning:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                await client.call("host.info")
+            except BaseException:
+                await client.close()
+                raise
+            return client
+
     async def call(
         self,
         method: str,

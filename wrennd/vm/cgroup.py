@@ -16,6 +16,8 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
+from wrennd import mountinfo
+
 CPU_PERIOD_US = 100_000
 # What a VMM needs beside guest memory: Firecracker's own few MiB, fcsim's
 # Python and the processes of its stand-in guest, the page cache of the rootfs.
@@ -23,13 +25,9 @@ MEMORY_OVERHEAD_MIB = 256
 HUGE_PAGE = "2MB"
 
 
-def cgroup2_root(mountinfo: Path = Path("/proc/self/mountinfo")) -> Path | None:
+def cgroup2_root(table: Path = mountinfo.SELF) -> Path | None:
     """Where the cgroup2 hierarchy is mounted, or None."""
-    for line in mountinfo.read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        if right.split()[:1] == ["cgroup2"]:
-            return Path(left.split()[4])
-    return None
+    return mountinfo.of_type("cgroup2", mountinfo.read(table))
 
 
 def controllers(root: Path) -> frozenset[str]:

@@ -25,6 +25,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from wrennd import mountinfo
 from wrennd.vm.errors import JailerError
 
 _ID_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
@@ -206,14 +207,9 @@ def _place(host: Path, target: Path) -> None:
         raise OSError(err, f"bind mount: {os.strerror(err)}")
 
 
-def mounts_under(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Path]:
+def mounts_under(path: Path, table: Path = mountinfo.SELF) -> list[Path]:
     """Mount points at or below ``path``, deepest first (the order to unmount)."""
-    found = []
-    for line in mountinfo.read_text().splitlines():
-        point = Path(line.split()[4].replace("\\040", " "))
-        if point == path or path in point.parents:
-            found.append(point)
-    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+    return [m.target for m in mountinfo.under(path, mountinfo.read(table))]
 
 
 def remove_jail(jail_dir: Path) -> bool:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wrennd import mountinfo
 from wrennd_sim.fcsim.vmmlog import VmmLog
 
 if TYPE_CHECKING:
@@ -88,11 +89,10 @@ def guest_netns_name(own: Path) -> str:
 
 
 def _cgroup2_root() -> Path:
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        if right.split()[0] == "cgroup2":
-            return Path(left.split()[4])
-    raise OSError("no cgroup2 hierarchy is mounted: fcsim needs it to freeze the guest")
+    root = mountinfo.of_type("cgroup2", mountinfo.read())
+    if root is None:
+        raise OSError("no cgroup2 hierarchy is mounted: fcsim needs it to freeze the guest")
+    return root
 
 
 def _own_cgroup() -> str:

@@ -25,6 +25,9 @@ import socket
 import stat
 import struct
 import sys
+from pathlib import Path
+
+from wrennd import mountinfo
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -34,6 +37,7 @@ CLONE_NEWNET = 0x40000000
 MS_RDONLY = 1
 MS_REC = 1 << 14
 MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
@@ -136,6 +140,31 @@ def guest_dev(root: str) -> None:
         os.symlink(to, os.path.join(target, name))
 
 
+def foreign_loop_mounts(table: list[mountinfo.Mount], keep: str) -> list[Path]:
+    """Mount points backed by a loop device, other than ``keep`` and the mounts above it.
+
+    The guest's mount namespace starts as a private copy of the host's. A copy of
+    another filesystem's mount keeps that filesystem (and its loop device) alive
+    after the host unmounts it, for as long as this guest runs: the host could not
+    free its loop device. Deepest first, so each can be detached in turn. ``keep`` is
+    resolved first: a jailed guest's run dir is reached through a symlink."""
+    kept = Path(os.path.realpath(keep))  # mountinfo names the resolved path
+    foreign = [
+        m
+        for m in table
+        if m.source.startswith("/dev/loop") and m.target != kept and m.target not in kept.parents
+    ]
+    return [m.target for m in mountinfo.deepest_first(foreign)]
+
+
+def forget_foreign_mounts(keep: str) -> None:
+    for target in foreign_loop_mounts(mountinfo.read(), keep):
+        if _libc.umount2(os.fsencode(target), MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err not in (errno.EINVAL, errno.ENOENT):  # gone with a parent already
+                raise BootError(err, f"detach {target} from the guest: {os.strerror(err)}")
+
+
 def prepare(args: argparse.Namespace) -> None:
     """Everything up to the fork; raises BootError with what failed."""
     if args.cgroup_procs:
@@ -156,6 +185,7 @@ def prepare(args: argparse.Namespace) -> None:
     finally:
         os.close(fd)  # the mount holds the device now; autoclear detaches it after umount
     guest_dev(args.mountpoint)
+    forget_foreign_mounts(args.mountpoint)
     socket.sethostname(args.hostname)
 
 

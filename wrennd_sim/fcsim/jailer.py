@@ -47,6 +47,7 @@ from pathlib import Path
 
 import wrennd
 import wrennd_sim
+from wrennd import mountinfo
 from wrennd_sim.fcsim import FIRECRACKER_VERSION
 
 ID_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
@@ -129,11 +130,10 @@ def set_limits(values: dict[str, str]) -> None:
 
 
 def cgroup2_root() -> Path:
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        if right.split()[:1] == ["cgroup2"]:
-            return Path(left.split()[4])
-    raise JailError("no cgroup2 hierarchy is mounted")
+    root = mountinfo.of_type("cgroup2", mountinfo.read())
+    if root is None:
+        raise JailError("no cgroup2 hierarchy is mounted")
+    return root
 
 
 def setup_cgroup(parent: str, vm_id: str, values: dict[str, str]) -> None:

@@ -8,6 +8,7 @@ project's Debian guest image.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import shutil
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import wait_for
 from wrennd.network import links, nsutil, tap
 from wrennd.vm.errors import FirecrackerError
 from wrennd_sim.fcsim import harness
@@ -171,4 +173,67 @@ async def test_missing_tap_fails_the_boot_and_leaves_nothing(sandbox: str, tmp_p
         assert not leftover_cgroups(sim)
         assert f"{sandbox}-g" not in nsutil.list_named()
     finally:
+        await sim.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, todo = [], [pid]
+    while todo:
+        kids = [p for p, pp in parents.items() if pp == todo[0]]
+        found += kids
+        todo = todo[1:] + kids
+    return found
+
+
+def _mount_loop_fs(tmp_path: Path) -> tuple[Path, Path]:
+    other, mnt = tmp_path / "other.ext4", tmp_path / "other"
+    mnt.mkdir()
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(other), "8M"], check=True)
+    # mount -o loop sets autoclear: the device goes once nothing holds the filesystem.
+    subprocess.run(["mount", "-o", "loop", str(other), str(mnt)], check=True)
+    return other, mnt
+
+
+def _seen_by(pids: list[int], mnt: Path) -> list[int]:
+    seen = []
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            if str(mnt) in Path(f"/proc/{pid}/mountinfo").read_text():
+                seen.append(pid)
+    return seen
+
+
+def _umount(mnt: Path) -> None:
+    subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
+
+
+async def test_the_guest_does_not_pin_the_hosts_other_loop_mounts(
+    sandbox: str, tmp_path: Path
+) -> None:
+    """A host filesystem on a loop device (another sandbox's layer, another test's state dir)
+    must not live on in the guest's mount namespace: the host could not free its device."""
+    other, mnt = await asyncio.to_thread(_mount_loop_fs, tmp_path)
+    image = tmp_path / "rootfs.ext4"
+    await asyncio.to_thread(make_rootfs, image, tmp_path)
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"kernel")
+    sim = await harness.launch(tmp_path / "vm", "guest4", netns=nsutil.netns_path(sandbox))
+    try:
+        await boot_guest(sim, image, kernel)
+        await wait_health(sim, sandbox)
+        guest = _descendants(sim.proc.pid)
+        assert guest, "the guest's processes are fcsim's descendants"
+        assert _seen_by(guest, mnt) == []
+        await asyncio.to_thread(_umount, mnt)
+        await wait_for(lambda: not loop_devices_of(other), timeout=10, what="the loop detached")
+        assert "pid=1 " in await wait_health(sim, sandbox), "the guest runs on"
+    finally:
+        await asyncio.to_thread(_umount, mnt)
         await sim.close()

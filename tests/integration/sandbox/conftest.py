@@ -9,6 +9,7 @@ every sandbox, removes the namespaces, unmounts and detaches, also on failure.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -23,10 +24,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.sandbox.running_daemon import Daemon
+from wrennd import mountinfo
 from wrennd.network import nsutil
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import Naming
 from wrennd.sandbox.environment import HostConfig, VmmChoice
+from wrennd.sdk import Sandbox
 from wrennd.storage import loopdev
 from wrennd.storage.aio import open_storage
 from wrennd_sim.fcsim.harness import require_fcsim
@@ -135,12 +139,8 @@ def _processes_mentioning(path: Path) -> list[str]:
 
 
 def _mounts_under(paths: tuple[Path, ...]) -> list[str]:
-    out = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        target = line.split()[4]
-        if any(target.startswith(str(p)) for p in paths):
-            out.append(f"mount {target}")
-    return out
+    table = mountinfo.read()
+    return [f"mount {m.target}" for p in paths for m in mountinfo.under(p, table)]
 
 
 @dataclass
@@ -180,6 +180,30 @@ def place(btrfs_root: Path) -> Iterator[Place]:
         shutil.rmtree(state_dir, ignore_errors=True)
         shutil.rmtree(run_dir, ignore_errors=True)
         assert not [n for n in nsutil.list_named() if n.startswith(bed.prefix)]
+
+
+@pytest.fixture
+def daemon(place: Place) -> Iterator[Daemon]:
+    """A wrennd process on the place, not started yet; stopped with SIGTERM at the end."""
+    d = Daemon(place)
+    yield d
+    if d.alive():
+        d.stop(signal.SIGTERM)
+
+
+@pytest.fixture
+def running(daemon: Daemon) -> Iterator[Daemon]:
+    """A started wrennd; every sandbox left is destroyed through the SDK at the end."""
+    daemon.start()
+
+    async def ready() -> None:
+        await (await daemon.client()).close()
+
+    asyncio.run(ready())
+    yield daemon
+    for sb in Sandbox.list(socket=daemon.socket):
+        with Sandbox.connect(sb.id, socket=daemon.socket) as s:
+            s.destroy()
 
 
 @pytest.fixture

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 from wrennd.rpc.client import Client, DaemonNotRunning
@@ -49,17 +47,13 @@ class Daemon:
                 os.umask(old)
 
     async def client(self) -> Client:
-        deadline = time.monotonic() + 30
-        while True:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
-            try:
-                c = await Client.connect(self.socket)
-                await c.call("host.info")
-                return c
-            except DaemonNotRunning:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+        try:
+            return await Client.connect_when_up(self.socket, 30, alive=self.alive)
+        except DaemonNotRunning as e:
+            raise AssertionError(self.log.read_text()[-5000:]) from e
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self, sig: signal.Signals) -> int:
         assert self.proc is not None

@@ -12,8 +12,6 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +22,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.sandbox.running_daemon import Daemon
+from tests.polling import wait_for_blocking
 from wrennd.rpc.client import Client
 from wrennd_sim.fcsim.control import ControlClient
 
@@ -49,39 +49,16 @@ class Console:
         self.place = place
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = place.run_dir / "wrennd.log"
-        p = place
-        env = {
-            **os.environ,
-            "WRENND_STATE_DIR": str(p.state_dir),
-            "WRENND_RUN_DIR": str(p.run_dir),
-            "WRENND_SOCKET_GROUP": "wrennd-test-no-such-group",
-            "WRENND_FIRECRACKER_BIN": "/nonexistent/firecracker",
-            "WRENND_KERNEL": str(p.kernel),
-            "WRENND_STORAGE_BACKEND": "reflink",
-            "WRENND_NETWORK_PREFIX": p.prefix,
-            "WRENND_NFT_TABLE": p.table,
-            "WRENND_HOST_NETNS": str(p.bed.host_path),
-            "WRENND_MAX_GENERATIONS": "4",
-            "WRENND_SHUTDOWN_TIMEOUT": "60",
-            "WRENND_HTTP_LISTEN": f"127.0.0.1:{self.port}",
-            # The metrics test counts the engine's demand faults: serve them lazily (with
-            # background fill an untouched guest's engine detaches at once).
-            "WRENND_UFFD_FILL": "lazy",
-        }
-        env.pop("NOTIFY_SOCKET", None)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "wrennd.daemon"], env=env, stderr=out, stdout=out
-            )
-        deadline = time.monotonic() + 30
-        while not self._healthy():
-            assert self.proc.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, "the console did not come up"
-            time.sleep(0.1)
+        self.daemon = Daemon(place)
+        self.log = self.daemon.log
+        # The metrics test counts the engine's demand faults: serve them lazily (with
+        # background fill an untouched guest's engine detaches at once).
+        self.daemon.start(WRENND_HTTP_LISTEN=f"127.0.0.1:{self.port}", WRENND_UFFD_FILL="lazy")
+        wait_for_blocking(self._healthy, timeout=30, what="the console to come up")
         self.token = (place.run_dir / "http.token").read_text().strip()
 
     def _healthy(self) -> bool:
+        assert self.daemon.alive(), self.log.read_text()[-5000:]
         try:
             with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
                 return bool(r.status == 200)
@@ -95,9 +72,11 @@ class Console:
         with urllib.request.urlopen(req, timeout=10) as r:
             return str(r.read().decode())
 
+    def running(self) -> bool:
+        return self.daemon.alive()
+
     def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(90)
+        return self.daemon.stop(signal.SIGTERM)
 
 
 async def touch_memory(place: Any, sid: str) -> None:
@@ -119,7 +98,7 @@ async def touch_memory(place: Any, sid: str) -> None:
 def console(place: Any) -> Iterator[Console]:
     c = Console(place)
     yield c
-    if c.proc.poll() is None:
+    if c.running():
         assert c.stop() == 0, c.log.read_text()[-3000:]
     assert not (place.run_dir / "http.token").exists()
 

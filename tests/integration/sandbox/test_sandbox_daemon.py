@@ -15,7 +15,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,6 @@ from tests.integration.sandbox.running_daemon import Daemon
 from wrennd.rpc.client import Client, ClientError, RemoteError
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
-
-
-@pytest.fixture
-def daemon(place: Any) -> Iterator[Daemon]:
-    d = Daemon(place)
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop(signal.SIGTERM)
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import os
 import signal
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,6 @@ from wrennd_sim.fcsim.control import ControlClient
 from wrennd_sim.inproc import InProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
-
-
-@pytest.fixture
-def daemon(place: Any) -> Iterator[Daemon]:
-    d = Daemon(place)
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.stop(signal.SIGTERM)
 
 
 SECRET = b"only root in the guest may read this\n"
@@ -275,6 +267,13 @@ async def test_destroy_waiting_on_a_failing_create(manager: InProcess, env: Any)
     assert not env.leaks()
 
 
+def _logged_at(log: str, needle: str) -> datetime.datetime:
+    """The ts= of the last log line with ``needle``."""
+    line = [ln for ln in log.splitlines() if needle in ln][-1]
+    stamp = line.split()[0].removeprefix("ts=").replace("Z", "+00:00")
+    return datetime.datetime.fromisoformat(stamp)
+
+
 async def test_a_shutdown_cut_off_at_its_deadline_says_so(daemon: Daemon, place: Any) -> None:
     daemon.start(WRENND_SHUTDOWN_TIMEOUT="3")
     c = await daemon.client()
@@ -283,12 +282,13 @@ async def test_a_shutdown_cut_off_at_its_deadline_says_so(daemon: Daemon, place:
     vmm = made["vmm"]["pid"]
     os.kill(vmm, signal.SIGSTOP)  # its pause (PATCH /vm) now waits for an answer
     try:
-        t0 = time.monotonic()
         assert daemon.stop(signal.SIGTERM) == 1, "a cut-off shutdown is not a clean one"
-        assert time.monotonic() - t0 < 20
         text = daemon.log.read_text()
-        assert "shutdown hook ran out of time" in text
         assert "clean=False" in text
+        # Cut at its 3 s deadline, not the default 60 s: measured on the daemon's own
+        # clock (its log), as what follows the cut takes long on a loaded machine.
+        began, cut = _logged_at(text, "msg=stopping"), _logged_at(text, "ran out of time")
+        assert 2.5 < (cut - began).total_seconds() < 10
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(vmm, signal.SIGCONT)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,22 +25,6 @@ from wrennd.sdk import (
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
 REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture
-def running(place: Any) -> Iterator[Daemon]:
-    d = Daemon(place)
-    d.start()
-
-    async def ready() -> None:
-        await (await d.client()).close()
-
-    asyncio.run(ready())
-    yield d
-    for sb in Sandbox.list(socket=d.socket):
-        with Sandbox.connect(sb.id, socket=d.socket) as s:
-            s.destroy()
-    d.stop(signal.SIGTERM)
 
 
 def _file(path: Path, size: int) -> str:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
 import os
 import pty
 import select
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,22 +22,6 @@ from wrennd.rpc.client import Client
 from wrennd.sdk import Sandbox
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.uffd]
-
-
-@pytest.fixture
-def running(place: Any) -> Iterator[Daemon]:
-    d = Daemon(place)
-    d.start()
-
-    async def ready() -> None:
-        await (await d.client()).close()
-
-    asyncio.run(ready())
-    yield d
-    for sb in Sandbox.list(socket=d.socket):
-        with Sandbox.connect(sb.id, socket=d.socket) as s:
-            s.destroy()
-    d.stop(signal.SIGTERM)
 
 
 @pytest.fixture
