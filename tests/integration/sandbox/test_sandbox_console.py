@@ -278,7 +278,7 @@ def test_console_page_drives_a_sandbox_lifecycle(
     stages = [li.get_attribute("data-stage") for li in page.all("#activity-stages li")]
     assert stages[0] == "prepare" and "snapshot" in stages and "ingest" in stages, stages
     bar = page.find("#activity-bar")
-    assert bar.get_attribute("value") == bar.get_attribute("max") == "4"
+    assert bar.get_attribute("value") == bar.get_attribute("max") == "7"  # a pause: 7 stages
     assert page.find(f"{first} .t-pause").text.endswith(("ms", "s"))
 
     page.click("#exec-run")  # a paused sandbox: the page shows the API's error message
