@@ -18,6 +18,10 @@ client knew of is classified:
 Not part of CI (minutes long).  Prints one JSON line per kill and a summary:
 
     .venv/bin/python -m bench.soak_restart [--kills 20] [--sandboxes 5] [--json out.json]
+
+The daemon runs under a service manager's fd store (wrennd_sim.fdstore, as
+systemd would run it), so a sandbox whose engine still serves it is handed
+over; ``--no-fd-store`` runs it without (such a sandbox is rolled back).
 """
 
 from __future__ import annotations
@@ -38,13 +42,17 @@ from typing import Any
 
 from bench.lifecycle import REPO, btrfs_dir, sh
 from wrennd.rpc.client import Client, ClientError
+from wrennd_sim.fdstore import FdStore
 from wrennd_sim.network_testbed import TestBed
 
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done"
 
 
 class Daemon:
-    def __init__(self, state: Path, run: Path, bed: TestBed, tag: str) -> None:
+    def __init__(
+        self, state: Path, run: Path, bed: TestBed, tag: str, store: FdStore | None
+    ) -> None:
+        self.store = store
         self.env = {
             **os.environ,
             "WRENND_STATE_DIR": str(state),
@@ -63,10 +71,12 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        argv, env, fds = [sys.executable, "-m", "wrennd.daemon"], dict(self.env), ()
+        if self.store is not None:  # as systemd runs it: NOTIFY_SOCKET and the kept fds
+            argv, extra, fds = self.store.launch_argv(argv)
+            env.update(extra)
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "wrennd.daemon"], env=self.env, stdout=out, stderr=out
-            )
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=out, pass_fds=fds)
 
     def kill(self, sig: signal.Signals) -> None:
         assert self.proc is not None
@@ -167,7 +177,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         (mnt / "images").mkdir()
         sh("cp", "--sparse=always", image, mnt / "images" / "base.ext4")
         (mnt / "vmlinux").write_bytes(b"fcsim does not run the kernel")
-        d = Daemon(mnt, Path(run_dir), bed, tag)
+        store = FdStore(Path(run_dir) / "notify.sock") if args.fd_store else None
+        d = Daemon(mnt, Path(run_dir), bed, tag, store)
         try:
             bed.build()
             d.start()
@@ -191,6 +202,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             if d.proc is not None:
                 d.kill(signal.SIGKILL)
+            if store is not None:
+                store.close()
             bed.destroy()
     total = {k: sum(r[k] for r in rounds) for k in ("kept", "rolled_back", "lost", "total")}
     return {"rounds": rounds, "summary": total}
@@ -202,6 +215,12 @@ def main() -> int:
     parser.add_argument("--sandboxes", type=int, default=5)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--fd-store",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the daemon under a service manager's fd store (the hand-over)",
+    )
     args = parser.parse_args()
     result = asyncio.run(run(args))
     s = result["summary"]

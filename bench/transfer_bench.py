@@ -2,15 +2,27 @@
 """File transfer throughput through the daemon against the guest agent directly, side by side.
 
 Runs as root: a real wrennd process (fcsim VMs) on a test bed network and a
-btrfs state dir, one sandbox.  For each repetition, alternating, the same
-random file is uploaded into the guest's /tmp and downloaded back
+btrfs state dir, one sandbox.  For each repetition the same random file is
+uploaded into the guest's /tmp and downloaded back three ways, in a rotating
+order so that no way always runs first or last:
 
-- through the daemon: the SDK (``wrennd.sdk``) over the Unix socket, chunked
-  JSON-RPC calls (base64), the daemon streaming to the agent;
-- directly: ``GuestClient`` against the agent's HTTP API (raw bodies), run in
-  the test bed's host network namespace where the sandbox's address routes;
+- ``raw``: the SDK's default path, the file's bytes raw over a second
+  connection to the Unix socket (``sandbox.files.stream``), the daemon
+  streaming them to the agent;
+- ``json``: the SDK's compatibility path, chunked JSON-RPC calls (base64)
+  and ``chunk`` notifications on the one connection;
+- ``direct``: ``GuestClient`` against the agent's HTTP API (raw bodies), run in
+  the test bed's host network namespace where the sandbox's address routes.
 
-and prints the median MiB/s of each and the daemon's share of the direct speed.
+Page cache: warm for all three; the local file is written just before the
+runs, and each download reads the guest file its own upload has just written.
+No way writes the downloaded bytes to a host file (the SDK's ``download``
+would also fsync them): the daemon paths hash them and check size and sha256
+against the daemon's answer and the local file, the direct half only counts
+them.  Uploads read the local file in 1 MiB blocks every way; the SDK also
+hashes them.
+Prints the median MiB/s of each way and each daemon path's share of the
+direct speed.
 
     .venv/bin/python bench/transfer_bench.py [--size-mib 256] [--reps 3] [--json out.json]
 """
@@ -20,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -38,7 +51,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from lifecycle import btrfs_dir, sh  # noqa: E402
 
-from wrennd.sdk import AsyncSandbox  # noqa: E402
+from wrennd.rpc.client import Client  # noqa: E402
+from wrennd.sdk import AsyncSandbox, transfer  # noqa: E402
 from wrennd_sim.fcsim.harness import require_fcsim  # noqa: E402
 from wrennd_sim.network_testbed import TestBed  # noqa: E402
 
@@ -68,17 +82,35 @@ async def direct(url: str, local: Path, reps: int) -> dict[str, list[float]]:
     return {"upload_s": up, "download_s": down}
 
 
-async def through_daemon(socket: Path, sid: str, local: Path, out: Path) -> tuple[float, float]:
-    sb = await AsyncSandbox.connect(sid, socket=socket)
+async def through_daemon(
+    socket: Path, sid: str, local: Path, digest: str, raw: bool
+) -> tuple[float, float]:
+    client = await Client.connect(socket)
+    remote = "/tmp/raw.bin" if raw else "/tmp/json.bin"
     try:
         start = time.perf_counter()
-        await sb.files.upload(local, "/tmp/daemon.bin")
+        sent = await transfer.upload(client, sid, remote, transfer.file_chunks(local), raw=raw)
         up = time.perf_counter() - start
         start = time.perf_counter()
-        await sb.files.download("/tmp/daemon.bin", out)
-        return up, time.perf_counter() - start
+        # Checked (size and sha256 on both sides) but not written: like the direct half.
+        got = await transfer.download_to(client, sid, remote, lambda _: None, raw=raw)
+        down = time.perf_counter() - start
     finally:
-        await sb.close()
+        await client.close()
+    if sent["sha256"] != digest or got["sha256"] != digest:
+        raise RuntimeError(f"sha256 mismatch: sent {sent['sha256']}, got {got['sha256']}")
+    return up, down
+
+
+async def direct_once(bed: TestBed, url: str, local: Path) -> tuple[float, float]:
+    cmd = ["ip", "netns", "exec", bed.host, sys.executable, __file__]
+    cmd += ["--direct", url, "--file", str(local)]
+    child = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE)
+    stdout, _ = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"the direct half failed with {child.returncode}")
+    got = json.loads(stdout)
+    return got["upload_s"][0], got["download_s"][0]
 
 
 @contextlib.contextmanager
@@ -115,42 +147,47 @@ def mib_s(size: int, seconds: list[float]) -> float:
     return size / MIB / statistics.median(seconds)
 
 
+WAYS = ("raw", "json", "direct")
+
+
 async def measure(
     socket: Path, bed: TestBed, args: argparse.Namespace, tmp: Path
 ) -> dict[str, Any]:
     size = args.size_mib * MIB
     local = tmp / "payload.bin"
+    sha = hashlib.sha256()
     with local.open("wb") as f:
         for _ in range(args.size_mib):
-            f.write(os.urandom(MIB))
+            block = os.urandom(MIB)
+            sha.update(block)
+            f.write(block)
+    times: dict[str, dict[str, list[float]]] = {w: {"up": [], "down": []} for w in WAYS}
     async with await AsyncSandbox.create("base", socket=socket, memory_mib=128) as sb:
         url = f"http://{sb.info.raw['host_address']}:49983"
-        d_up, d_down, g_up, g_down = [], [], [], []
-        for _ in range(args.reps):  # alternating: the two paths see the same machine state
-            up, down = await through_daemon(socket, sb.id, local, tmp / "back.bin")
-            d_up.append(up)
-            d_down.append(down)
-            cmd = ["ip", "netns", "exec", bed.host, sys.executable, __file__]
-            cmd += ["--direct", url, "--file", str(local)]
-            child = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE)
-            stdout, _ = await child.communicate()
-            if child.returncode != 0:
-                raise RuntimeError(f"the direct half failed with {child.returncode}")
-            got = json.loads(stdout)
-            g_up += got["upload_s"]
-            g_down += got["download_s"]
-    result = {
+        for rep in range(args.reps):
+            order = WAYS[rep % 3 :] + WAYS[: rep % 3]  # rotating: the same machine state
+            for way in order:
+                if way == "direct":
+                    up, down = await direct_once(bed, url, local)
+                else:
+                    digest = sha.hexdigest()
+                    up, down = await through_daemon(socket, sb.id, local, digest, way == "raw")
+                times[way]["up"].append(up)
+                times[way]["down"].append(down)
+    result: dict[str, Any] = {
         "size_mib": args.size_mib,
         "reps": args.reps,
-        "daemon_upload_mib_s": round(mib_s(size, d_up), 1),
-        "direct_upload_mib_s": round(mib_s(size, g_up), 1),
-        "daemon_download_mib_s": round(mib_s(size, d_down), 1),
-        "direct_download_mib_s": round(mib_s(size, g_down), 1),
+        "page_cache": "warm (local file just written; each download reads its own upload)",
+        "loadavg_1m": os.getloadavg()[0],
     }
-    result["upload_ratio"] = round(result["daemon_upload_mib_s"] / result["direct_upload_mib_s"], 3)
-    result["download_ratio"] = round(
-        result["daemon_download_mib_s"] / result["direct_download_mib_s"], 3
-    )
+    for way in WAYS:
+        for leg, name in (("up", "upload"), ("down", "download")):
+            result[f"{way}_{name}_mib_s"] = round(mib_s(size, times[way][leg]), 1)
+            result[f"{way}_{name}_s"] = [round(t, 3) for t in times[way][leg]]
+    for way in ("raw", "json"):
+        for name in ("upload", "download"):
+            ratio = result[f"{way}_{name}_mib_s"] / result[f"direct_{name}_mib_s"]
+            result[f"{way}_{name}_ratio"] = round(ratio, 3)
     return result
 
 

@@ -60,23 +60,52 @@ method below; the SDK (docs/sdk.md) wraps them.
 
 ## Files of any size
 
-Upload: `sandbox.files.upload {id, path, mode?}` answers a `transfer` id and
-the `chunk_size` to use. Send the bytes in order with
+Two ways carry a file's bytes: raw over a second connection (fast; what the
+SDK and `wrennctl cp` use), or base64 in JSON calls on one connection
+(compatibility, and clients that cannot open a second connection). Both are
+bound to a `transfer` id: a one-time token that admits one raw channel and
+expires with `finish`, `abort`, a failure, the opening connection closing, or
+`transfer_idle_timeout` (default 60 s) without progress.
+
+**Raw channel.** Open a second connection to the same socket and send, as its
+first and only JSON line, `{"jsonrpc": "2.0", "id": 1, "method":
+"sandbox.files.stream", "params": {"transfer": ID}}`. The daemon answers one
+line: an error (unknown, used or expired id; the call anywhere but first on its
+connection) after which it closes the connection, or
+`{"transfer", "direction": "upload"|"download"}`, after which the connection
+carries raw bytes only, in that direction:
+
+- upload: `sandbox.files.upload {id, path, mode?}` on the first connection
+  answers the id; write the bytes on the channel, then half-close it
+  (`shutdown(SHUT_WR)`); the daemon closes the channel once it took the last
+  byte. Then `sandbox.files.upload.finish {transfer, size, sha256?}` on the
+  first connection: the daemon checks the size and the sha256 of what it
+  received, and only then does the agent rename its temporary file over
+  `path`; the answer is the new file's stat plus `sha256`. If the daemon cuts
+  the channel (the guest failed), `sandbox.files.upload.abort` answers why.
+- download: `sandbox.files.download.open {id, path}` answers the id and the
+  file's current `size` (a missing file fails here). Read the channel to EOF,
+  then `sandbox.files.download.finish {transfer}` answers `{path, size,
+  sha256}`, or the error that cut the stream short; compare both with what
+  arrived.
+
+Flow control is the sockets': the daemon reads an upload's channel only as fast
+as the guest writes (it buffers at most a few MiB per transfer) and writes a
+download only as fast as the client reads.
+
+**JSON.** Upload: after `sandbox.files.upload`, send the bytes in order with
 `sandbox.files.upload.chunk {transfer, offset, data}` (`offset` = bytes sent
 before this chunk, `data` base64, at most `max_chunk` bytes decoded); keep a
 few chunk calls in flight (the SDK keeps 4): each is answered once the daemon
 buffered it, and the daemon buffers at most 4 MiB per transfer, so a slow
 guest slows the client, never the daemon's memory. End with
-`sandbox.files.upload.finish {transfer, size, sha256?}`: the daemon checks the
-size and the sha256 of what it received, and only then does the agent rename
-its temporary file over `path`; the answer is the new file's stat plus
-`sha256`. A mismatch, `sandbox.files.upload.abort`, the opening connection
-closing, or 60 s without a chunk abort the transfer: the temporary file is
-removed and the old file is untouched.
+`sandbox.files.upload.finish` as above. Download: `sandbox.files.download {id,
+path, chunk_size?}` sends `chunk` notifications (`offset`, base64 `data`) as
+the guest reads the file and answers `{path, size, sha256}`.
 
-Download: `sandbox.files.download {id, path, chunk_size?}` sends `chunk`
-notifications (`offset`, base64 `data`) as the guest reads the file and
-answers `{path, size, sha256}`; check both against what arrived.
+Either way a mismatch, `sandbox.files.upload.abort`, the opening connection
+closing, or the idle timeout abort an upload: the temporary file is removed and
+the old file is untouched.
 
 ## Interactive commands
 

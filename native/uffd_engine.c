@@ -1,6 +1,7 @@
 /* The engine's life cycle and its fault thread (DESIGN.md §5). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <signal.h>
@@ -131,7 +132,7 @@ int wr_engine_create(const struct wr_engine_config *cfg, const struct wr_map_ent
     e->max_units = maxu;
     e->base_page = base;
     e->nunits = cfg->memory_size / cfg->page_size;
-    e->uffd = e->ctl_fd = e->done_fd = -1;
+    e->uffd = e->ctl_fd = e->done_fd = e->remove_log_fd = -1;
     e->nentries = nentries;
     e->nsources = nsources;
     pthread_mutex_init(&e->lock, NULL);
@@ -205,6 +206,44 @@ int wr_engine_set_prefetch(struct wr_engine *e, const struct wr_range *ranges, u
     e->prefetch = copy;
     e->nprefetch = n;
     return wr_prefetch_sort(e);
+}
+
+int wr_engine_set_remove_log(struct wr_engine *e, int fd)
+{
+    if (e->fault_started)
+        return -EBUSY;
+    int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0)
+        return -errno;
+    if (e->remove_log_fd >= 0)
+        close(e->remove_log_fd);
+    e->remove_log_fd = dup;
+    return 0;
+}
+
+int wr_engine_mark_removed(struct wr_engine *e, const struct wr_range *ranges, uint64_t n)
+{
+    if (e->fault_started)
+        return -EBUSY;
+    uint64_t ps = e->cfg.page_size;
+    for (uint64_t i = 0; i < n; i++)
+        if (ranges[i].offset > e->cfg.memory_size ||
+            ranges[i].length > e->cfg.memory_size - ranges[i].offset)
+            return -EINVAL;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t first = ranges[i].offset / ps;
+        uint64_t last = (ranges[i].offset + ranges[i].length + ps - 1) / ps;
+        memset(e->state + first, ST_REMOVED, last - first);
+    }
+    return 0;
+}
+
+int wr_engine_set_prefetch_rate(struct wr_engine *e, uint64_t bytes_per_s)
+{
+    if (e->fault_started)
+        return -EBUSY;
+    e->prefetch_rate = bytes_per_s;
+    return 0;
 }
 
 static int queue_push(struct wr_engine *e, uint64_t addr, uint64_t t)
@@ -411,6 +450,7 @@ void wr_engine_stats(const struct wr_engine *e, struct wr_engine_stats *o)
     LOAD(bounce_batches);
     LOAD(window_grows);
     LOAD(verified_blocks);
+    LOAD(remove_log_errors);
     LOAD(lat_count);
     LOAD(lat_sum_ns);
     LOAD(lat_max_ns);
@@ -494,8 +534,8 @@ void wr_engine_destroy(struct wr_engine *e)
             munmap(e->crc_maps[i], e->crc_lens[i]);
     if (e->bounce)
         munmap(e->bounce, e->bounce_len + e->zeros_len);
-    int fds[3] = {e->uffd, e->ctl_fd, e->done_fd};
-    for (int i = 0; i < 3; i++)
+    int fds[4] = {e->uffd, e->ctl_fd, e->done_fd, e->remove_log_fd};
+    for (int i = 0; i < 4; i++)
         if (fds[i] >= 0)
             close(fds[i]);
     pthread_mutex_destroy(&e->lock);

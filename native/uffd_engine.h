@@ -94,6 +94,7 @@ struct wr_engine_stats {
     int32_t corrupt_source;
     uint32_t reserved;
     uint64_t corrupt_offset;
+    uint64_t remove_log_errors; /* REMOVE records the removal log could not take */
 };
 
 struct wr_engine;
@@ -120,6 +121,25 @@ int wr_engine_set_checksums(struct wr_engine *e, uint32_t source, int fd, uint64
 
 /* Ranges to install in the background, in order (before wr_engine_start). */
 int wr_engine_set_prefetch(struct wr_engine *e, const struct wr_range *ranges, uint64_t n);
+
+/* The removal log (before wr_engine_start): every UFFD_EVENT_REMOVE is
+ * appended to `fd` as it is read, one record per region piece: two u64 in
+ * host byte order, the memory offset and length of the units it marks
+ * removed.  The engine keeps a dup of `fd` (O_APPEND expected); a failed
+ * write counts in stats.remove_log_errors.  A later engine serving the same
+ * VM marks those ranges again (wr_engine_mark_removed), so a page the guest
+ * gave back is never installed from the snapshot.  0, -EBUSY or -errno. */
+int wr_engine_set_remove_log(struct wr_engine *e, int fd);
+
+/* Mark memory ranges removed (before wr_engine_start): each unit they touch
+ * comes back as zeros when it faults, and no window or prefetch installs it.
+ * 0, -EBUSY, or -EINVAL for a range outside memory. */
+int wr_engine_mark_removed(struct wr_engine *e, const struct wr_range *ranges, uint64_t n);
+
+/* At most `bytes_per_s` bytes per second installed by the prefetch thread
+ * (0: no limit; before wr_engine_start): the background fill's share of the
+ * host's CPU and I/O.  Demand faults are never limited.  0 or -EBUSY. */
+int wr_engine_set_prefetch_rate(struct wr_engine *e, uint64_t bytes_per_s);
 
 /* Start serving `uffd` for the handshake's regions, which must be
  * page-aligned, contiguous in offset from 0 and sum to memory_size.  On

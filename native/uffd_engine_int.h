@@ -21,7 +21,7 @@ struct stats_atomic {
     _Atomic uint64_t faults, copy_pages, copy_bytes, zero_pages, zero_bytes, batches;
     _Atomic uint64_t prefetch_pages, prefetch_batches, prefetch_yields;
     _Atomic uint64_t eexist, eagain, removes, removed_pages, removed_faults, wakes;
-    _Atomic uint64_t bounce_batches, window_grows, verified_blocks;
+    _Atomic uint64_t bounce_batches, window_grows, verified_blocks, remove_log_errors;
     _Atomic uint64_t lat_count, lat_sum_ns, lat_max_ns;
     _Atomic uint64_t lat_hist[WR_LAT_BUCKETS];
 };
@@ -78,6 +78,8 @@ struct wr_engine {
     uint64_t nunits;
 
     int uffd;
+    int remove_log_fd; /* -1: REMOVEs are not logged */
+    uint64_t prefetch_rate; /* bytes per second the prefetch thread installs; 0: no limit */
     int ctl_fd;  /* eventfd: stop request */
     int done_fd; /* eventfd: fault thread ended */
     pthread_t fault_thread, prefetch_thread;

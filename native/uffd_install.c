@@ -399,6 +399,22 @@ int wr_install_absent(struct wr_engine *e, uint64_t off, uint64_t end, uint64_t 
     return 0;
 }
 
+/* Append one removal record; the kernel has the bytes once write() returns,
+ * so they outlive this process (the log is on run_dir, not fsynced: it
+ * matters only while the VM runs, which a host reboot ends). */
+static void log_removed(struct wr_engine *e, uint64_t offset, uint64_t length)
+{
+    if (e->remove_log_fd < 0)
+        return;
+    uint64_t rec[2] = {offset, length};
+    ssize_t n;
+    do
+        n = write(e->remove_log_fd, rec, sizeof rec);
+    while (n < 0 && errno == EINTR);
+    if (n != (ssize_t)sizeof rec)
+        STAT_ADD(e, remove_log_errors, 1);
+}
+
 void wr_mark_removed(struct wr_engine *e, uint64_t start, uint64_t end)
 {
     uint64_t ps = e->cfg.page_size;
@@ -412,5 +428,6 @@ void wr_mark_removed(struct wr_engine *e, uint64_t start, uint64_t end)
         uint64_t last = (r->offset + (hi - r->base) + ps - 1) / ps;
         mark(e, first, last - first, ST_REMOVED);
         STAT_ADD(e, removed_pages, last - first);
+        log_removed(e, first * ps, (last - first) * ps);
     }
 }

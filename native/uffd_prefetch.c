@@ -32,9 +32,25 @@ static void yield_to_faults(struct wr_engine *e)
     }
 }
 
+/* With a rate set: sleep until `installed` bytes are due since `t0`, in short
+ * steps so that a stop is not kept waiting. */
+static void keep_rate(struct wr_engine *e, uint64_t t0, uint64_t installed)
+{
+    if (e->prefetch_rate == 0)
+        return;
+    uint64_t due = t0 + (uint64_t)((double)installed * 1e9 / (double)e->prefetch_rate);
+    for (uint64_t now = wr_now_ns(); now < due && !atomic_load(&e->stopping);
+         now = wr_now_ns()) {
+        uint64_t left = due - now < 50000000u ? due - now : 50000000u;
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)left};
+        nanosleep(&ts, NULL);
+    }
+}
+
 /* One range, batch by batch; EAGAIN (a REMOVE in flight) retries the batch
- * once the fault thread has read it. */
-static int prefetch_range(struct wr_engine *e, struct wr_range r)
+ * once the fault thread has read it.  *installed: bytes so far (the rate). */
+static int prefetch_range(struct wr_engine *e, struct wr_range r, uint64_t t0,
+                          uint64_t *installed)
 {
     uint64_t ps = e->cfg.page_size;
     uint64_t pos = r.offset - r.offset % ps;
@@ -57,6 +73,8 @@ static int prefetch_range(struct wr_engine *e, struct wr_range r)
         }
         if (rc < 0)
             return rc;
+        *installed += done * ps;
+        keep_rate(e, t0, *installed);
         pos = stop;
     }
     return 0;
@@ -133,8 +151,9 @@ void *wr_prefetch_main(void *arg)
     struct wr_engine *e = arg;
     pthread_setname_np(pthread_self(), "wr-uffd-pf");
     int rc = 0;
+    uint64_t t0 = wr_now_ns(), installed = 0;
     for (uint64_t i = 0; i < e->nprefetch && rc == 0 && !atomic_load(&e->stopping); i++)
-        rc = prefetch_range(e, e->prefetch[i]);
+        rc = prefetch_range(e, e->prefetch[i], t0, &installed);
     atomic_store(&e->prefetch_error, rc);
     atomic_store(&e->prefetch_running, 0);
     return NULL;

@@ -215,6 +215,9 @@ class Settings:
     # Seconds a guest call (exec without its own timeout, files, processes) may take
     # before it ends with guest_unavailable; an exec's own timeout extends it.
     guest_timeout: int = _setting(300, _pos_int, "a positive integer (seconds)")
+    # Seconds a file transfer may go without progress (no bytes in or out, a transfer id
+    # never used) before it is aborted and its id expires.
+    transfer_idle_timeout: int = _setting(60, _pos_int, "a positive integer (seconds)")
     # The jailed VMM's uid/gid; its chroots (None: state_dir/jail, the same filesystem
     # so files are hard-linked in); its cgroup v2 parent.
     jail_uid: int = _setting(64000, _jail_id, "a positive uid")
@@ -234,6 +237,11 @@ class Settings:
     # After a resume, install the rest of guest memory in the background and detach the
     # UFFD engine (the VM then outlives the daemon), or serve pages on demand only.
     uffd_fill: str = _setting("background", _choice("background", "lazy"), "background or lazy")
+    # Bytes per second that fill (and prefetch) may install; 0: as fast as it goes.
+    uffd_fill_rate_bytes: int = _setting(0, _nonneg_int, "a non-negative integer (bytes/s)")
+    # Under systemd, keep each serving engine's uffd in the service's fd store, so a
+    # sandbox still filling survives a daemon crash (wrennd.sandbox.handover).
+    uffd_handover: bool = _setting(True, _bool, "true or false")
     # The HTTP console (wrennd.web): off unless an address is given.  Only loopback
     # addresses and Unix sockets unless http_allow_remote: the console controls every
     # sandbox, and plain HTTP off the host exposes its token to the network.

@@ -35,7 +35,7 @@ from wrennd.rpc.methods import CallContext, MethodTable
 from wrennd.rpc.server import Limits, RpcServer
 from wrennd.sandbox.service import SandboxService
 from wrennd.storage.errors import StorageError
-from wrennd.systemd import Notifier, watchdog_interval
+from wrennd.systemd import ActivationError, Notifier, inherited_fds, watchdog_interval
 from wrennd.vm.kernel import describe as describe_kernel
 from wrennd.web.server import WebConsole
 
@@ -99,6 +99,8 @@ class Daemon:
         self._background: set[asyncio.Future[Any]] = set()
         # At stop: leave running sandboxes to the next daemon (on_stop = "keep", host.restart).
         self.keep_sandboxes = False
+        # What systemd's fd store gave back at start, by FDNAME (the uffd hand-over).
+        self.handed_fds: dict[str, int] = {}
 
     def on_shutdown(self, name: str, hook: ShutdownHook) -> None:
         """Run ``hook`` on SIGTERM after lifecycle calls finished, before the daemon exits."""
@@ -242,7 +244,7 @@ def wire(daemon: Daemon) -> None:
     host.register(
         daemon.methods, facts, daemon.server, daemon.lag, daemon.info, daemon.stats, daemon.started
     )
-    sandboxes = SandboxService.from_settings(settings)
+    sandboxes = SandboxService.from_settings(settings, daemon.notifier, daemon.handed_fds)
     sandbox_methods.register(daemon.methods, sandboxes)
     daemon.stats.add("sandboxes", sandboxes.registry.counts_by_state)
     daemon.stats.add("uffd", lambda: views.uffd_totals(sandboxes))
@@ -302,11 +304,13 @@ def main(argv: Sequence[str] | None = None, extend: Callable[[Daemon], None] | N
     permissions.private_umask()
     notifier = Notifier.from_env()
     try:
-        listener = open_listener(settings.socket_path, settings.socket_group)
-    except ListenerError as e:
+        inherited = inherited_fds()
+        listener = open_listener(settings.socket_path, settings.socket_group, inherited.sockets)
+    except (ListenerError, ActivationError) as e:
         logger.error("cannot start", extra=kv(error=e))
         return 1
     daemon = Daemon(settings, listener, notifier, args.config)
+    daemon.handed_fds = inherited.stored
     # Blocking probes (VMM --version, storage backend) run here, before the loop and READY=1.
     try:
         permissions.make_state_dir(settings.state_dir)

@@ -106,9 +106,11 @@ def create(path: Path, group: str) -> Listener:
     return Listener(sock, str(path), activated=False, identity=_identity(path))
 
 
-def open_listener(path: Path, group: str) -> Listener:
+def open_listener(path: Path, group: str, sockets: list[int] | None = None) -> Listener:
+    """systemd's socket (``sockets``: the activation fds; None: read the environment),
+    else a socket of our own at ``path``."""
     try:
-        passed = systemd.listen_socket()
+        passed = systemd.listen_socket() if sockets is None else systemd.socket_of(sockets)
     except systemd.ActivationError as e:
         raise ListenerError(str(e)) from e
     if passed is not None:

@@ -1,4 +1,4 @@
-"""The two systemd protocols the daemon speaks: socket activation and sd_notify.
+"""The systemd protocols the daemon speaks: socket activation, sd_notify and its fd store.
 
 Both are small, stable, documented wire protocols (sd_listen_fds(3),
 sd_notify(3)); implementing them directly avoids linking libsystemd
@@ -7,6 +7,7 @@ sd_notify(3)); implementing them directly avoids linking libsystemd
 
 from __future__ import annotations
 
+import array
 import errno
 import logging
 import os
@@ -14,6 +15,7 @@ import socket
 import stat
 import time
 from collections.abc import MutableMapping
+from dataclasses import dataclass, field
 
 from wrennd.log import kv
 
@@ -25,24 +27,67 @@ class ActivationError(RuntimeError):
     """The sockets systemd passed are not what the daemon can serve on."""
 
 
-def listen_socket(env: MutableMapping[str, str] | None = None) -> socket.socket | None:
-    """The listening AF_UNIX stream socket passed by systemd, or None when not activated.
+# FDNAMEs the daemon gives what it keeps in systemd's fd store (one fd per name);
+# every other passed fd is a socket of socket activation.
+STORED_PREFIXES = ("uffd-", "uffdpeer-")
+
+
+@dataclass
+class Inherited:
+    """The fds systemd passed: listening sockets, and fd-store fds by FDNAME."""
+
+    sockets: list[int] = field(default_factory=list)
+    stored: dict[str, int] = field(default_factory=dict)
+
+
+def inherited_fds(env: MutableMapping[str, str] | None = None) -> Inherited:
+    """Parse LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES (sd_listen_fds_with_names(3)) once.
 
     LISTEN_PID must name this process (the variables may have been inherited
     by accident); the variables are removed so child processes do not see them.
-    """
+    Every passed fd is made close-on-exec: VMMs must not inherit them."""
     env = os.environ if env is None else env
     pid, count = env.get("LISTEN_PID"), env.get("LISTEN_FDS")
-    if pid is None or count is None:
-        return None
+    names_raw = env.get("LISTEN_FDNAMES")
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         env.pop(name, None)
+    out = Inherited()
+    if pid is None or count is None:
+        return out
     if not pid.isdigit() or int(pid) != os.getpid():
         log.warning("ignoring LISTEN_FDS meant for another process", extra=kv(listen_pid=pid))
+        return out
+    if not count.isdigit():
+        raise ActivationError(f"LISTEN_FDS={count!r} is not a number")
+    n = int(count)
+    names = names_raw.split(":") if names_raw else []
+    for i in range(n):
+        fd = LISTEN_FDS_START + i
+        name = names[i] if i < len(names) else ""
+        if not name.startswith(STORED_PREFIXES):
+            out.sockets.append(fd)
+            continue
+        try:
+            os.set_inheritable(fd, False)
+        except OSError as e:
+            log.warning("stored fd not open", extra=kv(fd=fd, name=name, error=e.strerror))
+            continue
+        out.stored[name] = fd
+    return out
+
+
+def listen_socket(env: MutableMapping[str, str] | None = None) -> socket.socket | None:
+    """The listening AF_UNIX stream socket passed by systemd, or None when not activated."""
+    return socket_of(inherited_fds(env).sockets)
+
+
+def socket_of(fds: list[int]) -> socket.socket | None:
+    """The one listening AF_UNIX stream socket among the activation fds (none: None)."""
+    if not fds:
         return None
-    if count != "1":
-        raise ActivationError(f"LISTEN_FDS={count}: wrennd serves exactly one socket")
-    fd = LISTEN_FDS_START
+    if len(fds) != 1:
+        raise ActivationError(f"LISTEN_FDS={len(fds)}: wrennd serves exactly one socket")
+    fd = fds[0]
     try:
         mode = os.fstat(fd).st_mode
     except OSError as e:
@@ -94,6 +139,26 @@ class Notifier:
             # Non-blocking: a full or vanished systemd socket must not stall the daemon.
             level = logging.DEBUG if e.errno == errno.EAGAIN else logging.WARNING
             log.log(level, "sd_notify failed", extra=kv(error=e.strerror, message=message))
+            return False
+        return True
+
+    def store_fd(self, name: str, fd: int) -> bool:
+        """Keep ``fd`` in the service's fd store under ``name`` (FDSTORE=1; the unit needs
+        FileDescriptorStoreMax=): a restarted daemon gets it back in LISTEN_FDS."""
+        return self._send_fds(f"FDSTORE=1\nFDNAME={name}".encode(), [fd])
+
+    def remove_stored(self, name: str) -> bool:
+        """Drop what the fd store keeps under ``name`` (FDSTOREREMOVE=1)."""
+        return self._send_fds(f"FDSTOREREMOVE=1\nFDNAME={name}".encode(), [])
+
+    def _send_fds(self, message: bytes, fds: list[int]) -> bool:
+        if self._sock is None:
+            return False
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        try:
+            self._sock.sendmsg([message], rights, 0, self._target)
+        except OSError as e:
+            log.warning("sd_notify failed", extra=kv(error=e.strerror, message=message))
             return False
         return True
 

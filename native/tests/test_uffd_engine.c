@@ -125,6 +125,59 @@ static void test_serve_in_process(int g0, int g1)
     CHECK_EQ(wr_vmm_unmap(addr, NPAGES * page), 0);
 }
 
+/* The removal log and a second engine on the same uffd (the hand-over): a page
+ * given back under the first comes back as zeros from the second, never as
+ * snapshot data; other pages are the snapshot's. */
+static void test_removal_log_hand_over(int g0)
+{
+    uint64_t addr = 0;
+    CHECK_EQ(wr_vmm_map(NPAGES * page, page, 0, &addr), 0);
+    int uffd = wr_uffd_create(NULL);
+    CHECK(uffd >= 0);
+    CHECK_EQ(wr_uffd_register(uffd, addr, NPAGES * page, NULL), 0);
+    int kept = dup(uffd); /* what the fd store keeps */
+    char path[] = "/tmp/wr-removal-XXXXXX";
+    int log = mkstemp(path);
+    CHECK(log >= 0 && kept >= 0);
+    unlink(path);
+    struct wr_map_entry ent = {.offset = 0, .length = NPAGES * page, .source = 0};
+    struct wr_engine_config cfg = {.memory_size = NPAGES * page, .page_size = page,
+                                   .batch_bytes = page, .prefetch_batch_bytes = 8 * page};
+    struct wr_region reg = {.base = addr, .size = NPAGES * page, .offset = 0};
+    struct wr_engine *e = NULL;
+    CHECK_EQ(wr_engine_create(&cfg, &ent, 1, &g0, 1, &e), 0);
+    CHECK_EQ(wr_engine_set_remove_log(e, log), 0);
+    CHECK_EQ(wr_engine_start(e, uffd, &reg, 1), 0);
+    CHECK_EQ(wr_engine_set_remove_log(e, log), -EBUSY);
+    CHECK_EQ(wr_engine_set_prefetch_rate(e, 1), -EBUSY);
+    const volatile uint8_t *mem = (const volatile uint8_t *)(uintptr_t)addr;
+    CHECK_EQ(mem[5 * page], (uint8_t)(5 * 7 + 1));
+    CHECK_EQ(wr_vmm_discard(addr + 5 * page, 2 * page), 0);
+    wr_engine_destroy(e); /* the daemon is gone; `kept` holds the uffd */
+
+    uint64_t rec[2] = {0, 0};
+    CHECK_EQ(pread(log, rec, sizeof rec, 0), (ssize_t)sizeof rec);
+    CHECK_EQ(rec[0], 5 * page);
+    CHECK_EQ(rec[1], 2 * page);
+    CHECK_EQ(wr_engine_create(&cfg, &ent, 1, &g0, 1, &e), 0);
+    struct wr_range outside = {.offset = NPAGES * page, .length = page};
+    CHECK_EQ(wr_engine_mark_removed(e, &outside, 1), -EINVAL);
+    struct wr_range removed = {.offset = rec[0], .length = rec[1]};
+    CHECK_EQ(wr_engine_mark_removed(e, &removed, 1), 0);
+    CHECK_EQ(wr_engine_start(e, kept, &reg, 1), 0);
+    CHECK_EQ(mem[5 * page], 0);
+    CHECK_EQ(mem[6 * page + 1], 0);
+    CHECK_EQ(mem[7 * page], (uint8_t)(7 * 7 + 1));
+    struct wr_engine_stats s;
+    CHECK_EQ(wr_engine_stop(e), 0);
+    wr_engine_stats(e, &s);
+    CHECK_EQ(s.removed_faults, 2);
+    CHECK_EQ(s.remove_log_errors, 0);
+    wr_engine_destroy(e);
+    close(log);
+    CHECK_EQ(wr_vmm_unmap(addr, NPAGES * page), 0);
+}
+
 /* A page the kernel has but the state map does not (installed behind the
  * engine's back): the run that covers it meets EEXIST, marks it and goes on. */
 static void test_eexist_is_marked_and_skipped(int g0)
@@ -407,6 +460,7 @@ int main(void)
         close(probe);
         test_serve_in_process(g0, g1);
         test_eexist_is_marked_and_skipped(g0);
+        test_removal_log_hand_over(g0);
         for (uint32_t mode = WR_COPY_AUTO; mode <= WR_COPY_BOUNCE; mode++)
             test_window_across_entries(g0, g1, mode);
         test_fault_and_prefetch_threads_race();

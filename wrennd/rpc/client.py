@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from wrennd.rpc import protocol
+from wrennd.rpc.client_channel import ChannelError, ChannelRefused, ClientChannel
 
 NotificationHandler = Callable[[str, dict[str, Any]], None]
 READ_LIMIT = 64 << 20
@@ -48,8 +49,32 @@ class RemoteError(Exception):
         return str(self.data.get("type", ""))
 
 
+async def open_socket(
+    path: str | Path, limit: int = READ_LIMIT
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the daemon's socket, or the error that says why there is none."""
+    try:
+        return await asyncio.open_unix_connection(str(path), limit=limit)
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        raise DaemonNotRunning(f"wrennd is not running (no one listens on {path})") from e
+    except PermissionError as e:
+        raise PermissionDenied(
+            f"permission denied on {path}: join the socket's group (wrennd) or use root"
+        ) from e
+    except OSError as e:
+        if e.errno == errno.ENOTSOCK:
+            raise DaemonNotRunning(f"{path} is not a socket") from e
+        raise ClientError(f"cannot connect to {path}: {e.strerror}") from e
+
+
 class Client:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        path: Path | None = None,
+    ) -> None:
+        self.path = path  # the socket, for a second connection (a raw transfer channel)
         self._reader = reader
         self._writer = writer
         self._ids = itertools.count(1)
@@ -59,19 +84,8 @@ class Client:
 
     @classmethod
     async def connect(cls, path: str | Path) -> Client:
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(path), limit=READ_LIMIT)
-        except (FileNotFoundError, ConnectionRefusedError) as e:
-            raise DaemonNotRunning(f"wrennd is not running (no one listens on {path})") from e
-        except PermissionError as e:
-            raise PermissionDenied(
-                f"permission denied on {path}: join the socket's group (wrennd) or use root"
-            ) from e
-        except OSError as e:
-            if e.errno == errno.ENOTSOCK:
-                raise DaemonNotRunning(f"{path} is not a socket") from e
-            raise ClientError(f"cannot connect to {path}: {e.strerror}") from e
-        return cls(reader, writer)
+        reader, writer = await open_socket(path)
+        return cls(reader, writer, Path(path))
 
     @classmethod
     async def connect_when_up(
@@ -120,6 +134,19 @@ class Client:
         finally:
             self._pending.pop(rid, None)
             self._listeners.pop(rid, None)
+
+    async def open_channel(self, transfer: str) -> ClientChannel:
+        """A second connection upgraded to the raw channel of ``transfer`` (docs/api.md,
+        "Files of any size"); ``.answer`` is the daemon's answer to the stream call."""
+        if self.path is None:
+            raise ClientError("this client has no socket path for a second connection")
+        try:
+            return await ClientChannel.open(self.path, transfer)
+        except ChannelRefused as e:
+            err = e.error
+            raise RemoteError(err["code"], err["message"], err.get("data")) from None
+        except ChannelError as e:
+            raise ClientError(str(e)) from e
 
     async def _read_loop(self) -> None:
         error: Exception = ClientError("the daemon closed the connection")

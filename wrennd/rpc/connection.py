@@ -12,6 +12,10 @@ Limits that keep one client from starving the others:
 
 Lifecycle calls are not owned by the connection: they run as server tasks and
 finish even when the client disconnects.
+
+A connection whose first message calls a ``stream`` method becomes a raw byte
+channel after it (wrennd.rpc.channel): line framing and the limits above stop,
+the channel's own flow control takes over.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from wrennd.log import kv
 from wrennd.rpc import dispatch, protocol
+from wrennd.rpc.channel import Channel
 from wrennd.rpc.errors import (
     InvalidRequest,
     MessageTooLarge,
@@ -52,15 +57,52 @@ def peer_credentials(sock: socket.socket | None) -> PeerCred:
     return PeerCred(pid, uid, gid)
 
 
+def peer_hung_up(transport: asyncio.Transport | None) -> bool:
+    """Whether the peer closed its socket (POLLHUP), rather than only shut its writing.
+
+    Both read as EOF; only a full close hangs up an AF_UNIX stream socket.
+    """
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None:
+        return True
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
+
+
+def upgrade(conn: Connection, call: dispatch.Call, single: bool) -> bytes | None:
+    """Make ``conn`` a raw channel for a stream call, or the error the call gets anywhere
+    but alone as its connection's first message."""
+    if single and conn.messages == 1 and not call.request.is_notification:
+        assert conn.transport is not None
+        conn.channel = Channel(conn.transport, conn.wait_writable)
+        return None
+    conn.server.counters["errors"] += 1
+    reason = f"{call.method.name} must be the first call on its own connection"
+    return protocol.encode(protocol.error_response(call.request.id, InvalidRequest(reason=reason)))
+
+
+def batch_answer(answers: list[bytes]) -> bytes:
+    return b"[" + b",".join(answers) + b"]"
+
+
+def too_large(server: RpcServer) -> MessageTooLarge:
+    server.counters["messages_too_large"] += 1
+    return MessageTooLarge(max_bytes=server.limits.max_message_bytes)
+
+
 class Context:
     """The CallContext handed to a handler (see wrennd.rpc.methods.CallContext)."""
 
-    __slots__ = ("_conn", "_request", "kind")
+    __slots__ = ("_conn", "_request", "channel", "kind")
 
-    def __init__(self, conn: Connection, request: Request, kind: Kind) -> None:
+    def __init__(
+        self, conn: Connection, request: Request, kind: Kind, channel: Channel | None = None
+    ) -> None:
         self._conn = conn
         self._request = request
         self.kind = kind
+        self.channel = channel  # set for a stream call: the raw side of its connection
 
     @property
     def method(self) -> str:
@@ -116,6 +158,8 @@ class Connection(asyncio.Protocol):
         self._writable.set()
         self._eof = False
         self._reads: set[asyncio.Task[Any]] = set()  # read calls: cancelled with the client
+        self.messages = 0  # lines handled: a stream call must be the first
+        self.channel: Channel | None = None  # set once upgraded to a raw channel
         self._batches: set[asyncio.Task[Any]] = set()  # batches collecting their answers
 
     # -- transport callbacks -------------------------------------------------
@@ -138,6 +182,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         log.debug("client disconnected", extra=kv(conn=self.id, error=exc))
+        if self.channel is not None:
+            self.channel.lost()
         self._writable.set()  # wake streams waiting to write: they find the client gone
         for task in [*self._reads, *self._batches]:
             task.cancel()
@@ -154,6 +200,9 @@ class Connection(asyncio.Protocol):
         self._process_buffer()
 
     def data_received(self, data: bytes) -> None:
+        if self.channel is not None:
+            self.channel.feed(data)
+            return
         if self._discarding:
             newline = data.find(b"\n")
             if newline < 0:
@@ -164,7 +213,10 @@ class Connection(asyncio.Protocol):
         self._process_buffer()
 
     def eof_received(self) -> bool:
-        if self._peer_closed():
+        if self.channel is not None:
+            self.channel.feed_eof()
+            return True  # the daemon may still be writing a download
+        if peer_hung_up(self.transport):
             # The client is gone, not just done sending: its read work stops now.
             return False
         # Half-close: a last message may lack its newline; answer everything, then close.
@@ -174,19 +226,6 @@ class Connection(asyncio.Protocol):
         self._process_buffer()
         return True
 
-    def _peer_closed(self) -> bool:
-        """Whether the peer closed its socket (POLLHUP), rather than only shut its writing.
-
-        Both read as EOF; only a full close hangs up an AF_UNIX stream socket.
-        """
-        assert self.transport is not None
-        sock = self.transport.get_extra_info("socket")
-        if sock is None:
-            return True
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLOUT)
-        return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
-
     def _close_if_done(self) -> None:
         if self._eof and self.inflight == 0 and not self._batches and not self._buf:
             assert self.transport is not None
@@ -195,6 +234,8 @@ class Connection(asyncio.Protocol):
     # -- framing and limits --------------------------------------------------
 
     def _process_buffer(self) -> None:
+        if self.channel is not None:
+            return
         buf = self._buf
         start = 0
         # Bytes before _scanned hold no newline: a message arriving in many reads is
@@ -210,9 +251,14 @@ class Connection(asyncio.Protocol):
             line = bytes(buf[start:newline])
             start = newline + 1
             if len(line) > self.limits.max_message_bytes:
-                self._send_error(None, self._too_large())
+                self._send_error(None, too_large(self.server))
             elif line.strip():
                 self._handle_line(line)
+                if self.channel is not None:
+                    # Upgraded: what follows the stream call is raw, not lines.
+                    self.channel.feed(bytes(buf[start:]))
+                    buf.clear()
+                    return
         del buf[:start]
         self._scanned = max(0, scan - start)
         if self._scanned == len(buf) and len(buf) > self.limits.max_message_bytes:
@@ -220,16 +266,12 @@ class Connection(asyncio.Protocol):
             buf.clear()
             self._scanned = 0
             self._discarding = True
-            self._send_error(None, self._too_large())
+            self._send_error(None, too_large(self.server))
         self._update_reading()
         self._close_if_done()
 
-    def _too_large(self) -> MessageTooLarge:
-        self.server.counters["messages_too_large"] += 1
-        return MessageTooLarge(max_bytes=self.limits.max_message_bytes)
-
     def _update_reading(self) -> None:
-        if self.transport is None or self.closed:
+        if self.transport is None or self.closed or self.channel is not None:
             return
         pause = self.writing_paused or self.inflight >= self.limits.max_inflight
         if pause and not self.reading_paused:
@@ -258,6 +300,7 @@ class Connection(asyncio.Protocol):
     # -- dispatch ------------------------------------------------------------
 
     def _handle_line(self, line: bytes) -> None:
+        self.messages += 1
         try:
             message = protocol.decode(line)
         except ParseError as e:
@@ -285,7 +328,7 @@ class Connection(asyncio.Protocol):
         if not parts:
             return  # all notifications: nothing at all is returned
         if all(isinstance(p, bytes) for p in parts):
-            self._send_batch([p for p in parts if isinstance(p, bytes)])
+            self.send(batch_answer([p for p in parts if isinstance(p, bytes)]))
             return
         task = asyncio.ensure_future(self._finish_batch(parts))
         self._batches.add(task)
@@ -299,23 +342,20 @@ class Connection(asyncio.Protocol):
     async def _finish_batch(self, parts: list[bytes | Awaitable[bytes | None]]) -> None:
         answers = [a for a in [p if isinstance(p, bytes) else await p for p in parts] if a]
         if answers:
-            self._send_batch(answers)
-
-    def _send_batch(self, answers: list[bytes]) -> None:
-        self.send(b"[" + b",".join(answers) + b"]")
+            self.send(batch_answer(answers))
 
     def _dispatch(self, item: object, single: bool) -> bytes | asyncio.Future[bytes | None] | None:
-        """Start one call: an immediate answer, a future one (in a batch), or None.
-
-        A single call started here sends its own answer when it finishes.
-        """
+        """Start one call: an immediate answer, a future one (in a batch), or None; a single
+        call started here sends its own answer when it finishes."""
         call = dispatch.prepare(self.server, item, self.peer)
         if not isinstance(call, dispatch.Call):
             return call
+        if call.method.stream and (refusal := upgrade(self, call, single)) is not None:
+            return refusal
         return self._start_call(call, single)
 
     def _start_call(self, call: dispatch.Call, single: bool) -> asyncio.Future[bytes | None]:
-        context = Context(self, call.request, call.method.kind)
+        context = Context(self, call.request, call.method.kind, self.channel)
         task = asyncio.ensure_future(self._run(call, context, single))
         self.inflight += 1
         task.add_done_callback(self._call_done)
@@ -336,6 +376,8 @@ class Connection(asyncio.Protocol):
         answer = await dispatch.answer(self.server, call, context)
         if single and answer is not None:
             self.send(answer)
+            if context.channel is not None:
+                context.channel.answered()
             return None
         return answer
 

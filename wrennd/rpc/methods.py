@@ -14,6 +14,8 @@ A method is declared once with:
   streams, exec) is cancelled when its client goes away.
 - ``mutating``: the call changes host state; the server logs it with the
   caller's SO_PEERCRED.
+- ``stream``: the call upgrades its connection to a raw byte channel
+  (wrennd.rpc.channel); it is valid only as the first message of a connection.
 
 Validation uses ``jsonschema``: schemas are checked when registered, so a bad
 schema fails at startup, and a validator is compiled once per method.
@@ -100,6 +102,7 @@ class Method:
     positional: tuple[str, ...] = ()
     rest: str | None = None
     doc: str = ""
+    stream: bool = False
     validator: Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -201,13 +204,15 @@ class MethodTable:
         positional: tuple[str, ...] = (),
         rest: str | None = None,
         doc: str = "",
+        stream: bool = False,
     ) -> Callable[[Handler], Handler]:
         """Decorator form of ``add``."""
 
         def decorate(handler: Handler) -> Handler:
             # Without ``doc`` the handler's docstring describes the method (host.methods, docs).
             text = doc or " ".join((handler.__doc__ or "").split())
-            self.add(Method(name, handler, params, kind, mutating, positional, rest, text))
+            method = Method(name, handler, params, kind, mutating, positional, rest, text, stream)
+            self.add(method)
             return handler
 
         return decorate

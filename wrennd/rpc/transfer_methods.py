@@ -1,48 +1,41 @@
-"""Files of any size through the socket: chunked uploads bound to a transfer id, streamed downloads.
+"""Files of any size through the socket: transfers bound to an id, over JSON or a raw channel.
 
 Upload: ``sandbox.files.upload`` opens a transfer (the guest agent starts
-writing a temporary file beside the target); ``sandbox.files.upload.chunk``
-carries the bytes in order (``offset`` = bytes sent before it; a client may
-keep several chunk calls in flight); ``sandbox.files.upload.finish`` checks
-the size and, if given, the sha256, then the agent renames the file into
-place.  ``sandbox.files.upload.abort``, a mismatch, the client's connection
-closing or ``IDLE_TIMEOUT_S`` without a chunk abort it: the temporary file is
-removed and the old file is untouched.
+writing a temporary file beside the target).  Its bytes come either as
+``sandbox.files.upload.chunk`` calls (base64, in order, ``offset`` = bytes sent
+before it; a client may keep several in flight) or, fast, raw over a second
+connection that calls ``sandbox.files.stream`` first (wrennd.rpc.channel) and
+then half-closes at the end of the bytes.  ``sandbox.files.upload.finish``
+checks the size and, if given, the sha256, then the agent renames the file into
+place.  ``sandbox.files.upload.abort``, a mismatch, the opening connection
+closing or the idle timeout abort it: the temporary file is removed and the
+old file is untouched.
 
-Flow control: the daemon keeps at most ``BUFFER_BYTES`` of a transfer; a chunk
-call is answered only once its bytes are buffered, so a client whose window of
-calls is full waits for the guest, and the daemon's memory does not grow with
-the file.
-
-Download: ``sandbox.files.download`` sends ``chunk`` notifications
-(``offset``, base64 ``data``) as the guest reads the file, and answers with the
-size and sha256.  Notifications wait for a client that does not read.
+Download, raw: ``sandbox.files.download.open`` answers a transfer id, a second
+connection calls ``sandbox.files.stream`` and reads the bytes to EOF, then
+``sandbox.files.download.finish`` answers the size and sha256 (or why the
+stream ended early).  Download over JSON: ``sandbox.files.download`` sends
+``chunk`` notifications (``offset``, base64 ``data``) and answers the size and
+sha256.  Either way the daemon sends only as fast as the client reads.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import collections
-import contextlib
 import hashlib
 import math
-import secrets
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from wrennd.rpc import errors as rpc
+from wrennd.rpc.connection import Context
 from wrennd.rpc.exec_methods import b64
 from wrennd.rpc.methods import CallContext, MethodTable
 from wrennd.rpc.schemas import ID, PATH, obj, translated
+from wrennd.rpc.transfers import Transfers
 from wrennd.sandbox import SandboxService
 
 MAX_CHUNK = 2 << 20
 DEFAULT_CHUNK = 1 << 20
-BUFFER_BYTES = 4 << 20
-IDLE_TIMEOUT_S = 60.0
 _TRANSFER = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 _SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 
@@ -68,162 +61,8 @@ DOWNLOAD = obj(
     path=PATH,
     chunk_size={"type": "integer", "minimum": 4096, "maximum": MAX_CHUNK},
 )
-
-
-class Aborted(Exception):
-    """Ends the body the agent reads: it then drops the temporary file."""
-
-
-@dataclass
-class Upload:
-    token: str
-    ctx: CallContext
-    buffer: collections.deque[bytes] = field(default_factory=collections.deque)
-    buffered: int = 0
-    accepted: int = 0
-    eof: bool = False
-    failed: str | None = None
-    by_client: bool = False
-    touched: float = field(default_factory=time.monotonic)
-    sha: Any = field(default_factory=hashlib.sha256)
-    cond: asyncio.Condition = field(default_factory=asyncio.Condition)
-    task: asyncio.Task[Any] | None = None
-    watcher: asyncio.Task[None] | None = None
-
-    async def put(self, offset: int, data: bytes) -> int:
-        """Buffer one chunk in its place in the stream; waits for its turn and for room.
-
-        Only the chunk at the stream's end may enter, and it is accepted, hashed and
-        queued without giving up the lock: a later chunk can never overtake it (chunk
-        calls run concurrently, and wake-ups do not keep their order)."""
-        async with self.cond:
-            await self.cond.wait_for(
-                lambda: (
-                    self.failed is not None
-                    or self.accepted > offset
-                    or (self.accepted == offset and self.buffered < BUFFER_BYTES)
-                )
-            )
-            self._check()
-            if offset != self.accepted:
-                raise rpc.InvalidParams(
-                    f"chunk at offset {offset}: {self.accepted} bytes were already received",
-                    errors=[{"path": "/offset", "message": "duplicate or overlapping chunk"}],
-                )
-            self.accepted += len(data)
-            self.buffer.append(data)
-            self.buffered += len(data)
-            self.sha.update(data)
-            self.touched = time.monotonic()
-            self.cond.notify_all()
-        return offset + len(data)
-
-    def _check(self) -> None:
-        if self.failed is None:
-            return
-        task = self.task
-        if not self.by_client and task is not None and task.done() and not task.cancelled():
-            error = task.exception()
-            if isinstance(error, rpc.RpcError):
-                raise error  # the guest's own reason (no space, no such directory, ...)
-        raise rpc.InvalidParams(f"transfer {self.token} failed: {self.failed}")
-
-    async def body(self) -> AsyncIterator[bytes]:
-        """The bytes, in order, as the agent reads them."""
-        while True:
-            async with self.cond:
-                await self.cond.wait_for(lambda: bool(self.buffer) or self.eof or bool(self.failed))
-                if self.failed is not None:
-                    raise Aborted(self.failed)
-                if not self.buffer:
-                    return
-                chunk = self.buffer.popleft()
-                self.buffered -= len(chunk)
-                self.cond.notify_all()
-            yield chunk
-
-    async def fail(self, why: str, by_client: bool = True) -> None:
-        async with self.cond:
-            if self.failed is None:
-                self.failed = why
-                self.by_client = by_client
-            self.cond.notify_all()
-
-    async def close(self) -> None:
-        async with self.cond:
-            self.eof = True
-            self.cond.notify_all()
-
-
-class Transfers:
-    def __init__(self, service: SandboxService) -> None:
-        self.service = service
-        self.uploads: dict[str, Upload] = {}
-
-    def get(self, token: str) -> Upload:
-        try:
-            return self.uploads[token]
-        except KeyError:
-            raise rpc.NotFound("no such transfer (finished or aborted?)", transfer=token) from None
-
-    async def begin(self, ctx: CallContext, p: dict[str, Any]) -> Upload:
-        with translated():
-            self.service.registry.running(p["id"], "write a file")
-        up = Upload(secrets.token_hex(16), ctx)
-        self.uploads[up.token] = up
-        up.task = asyncio.ensure_future(self._write(up, p))
-        up.task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        up.watcher = asyncio.ensure_future(self._watch(up))
-        return up
-
-    async def _write(self, up: Upload, p: dict[str, Any]) -> dict[str, Any]:
-        try:
-            with translated():
-                # Files of any size: no deadline (a pause or a stopped VMM still ends it).
-                async with self.service.guest(p["id"], math.inf) as guest:
-                    info = await guest.write_file(p["path"], up.body(), mode=p.get("mode"))
-            return info.to_json()
-        except BaseException as e:
-            await up.fail(str(e) or type(e).__name__, by_client=False)
-            # Kept a while so that chunk calls still in flight learn why.
-            asyncio.get_running_loop().call_later(IDLE_TIMEOUT_S, self.uploads.pop, up.token, None)
-            raise
-        self.uploads.pop(up.token, None)
-
-    async def _watch(self, up: Upload) -> None:
-        assert up.task is not None
-        while not up.task.done():
-            await asyncio.wait([up.task], timeout=1.0)
-            if not up.ctx.connected:
-                await up.fail("the client that opened the transfer went away")
-            elif time.monotonic() - up.touched > IDLE_TIMEOUT_S and not up.eof:
-                await up.fail(f"no chunk for {IDLE_TIMEOUT_S:.0f} s")
-
-    async def finish(self, up: Upload, size: int, sha256: str | None) -> dict[str, Any]:
-        digest = up.sha.hexdigest()
-        if up.accepted != size:
-            await up.fail(f"size {size} announced, {up.accepted} bytes received")
-        elif sha256 is not None and sha256 != digest:
-            await up.fail(f"sha256 {sha256} announced, {digest} received")
-        else:
-            await up.close()
-        assert up.task is not None
-        try:
-            info = await up.task
-        except Exception as e:
-            if up.by_client:
-                raise rpc.InvalidParams(f"transfer {up.token} failed: {up.failed}") from e
-            raise
-        finally:
-            self.uploads.pop(up.token, None)
-        return {**info, "sha256": digest, "size": up.accepted}
-
-    async def abort(self, up: Upload) -> None:
-        await up.fail("aborted by the client")
-        assert up.task is not None
-        with contextlib.suppress(Exception):
-            await up.task
-        self.uploads.pop(up.token, None)
+DOWNLOAD_OPEN = obj(["id", "path"], id=ID, path=PATH)
+STREAM = obj(["transfer"], transfer=_TRANSFER)
 
 
 async def download(service: SandboxService, ctx: CallContext, p: dict[str, Any]) -> Any:
@@ -251,11 +90,34 @@ async def download(service: SandboxService, ctx: CallContext, p: dict[str, Any])
 
 
 def register(methods: MethodTable, service: SandboxService) -> None:
-    transfers = Transfers(service)
+    transfers = Transfers(service, service.cfg.transfer_idle_timeout)
+    _register_json(methods, service, transfers)
 
+    @methods.register("sandbox.files.stream", params=STREAM, stream=True)
+    async def stream(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """First call of a second connection: after its answer the connection carries the
+        transfer's raw bytes (upload: send them, then half-close; download: read to EOF)."""
+        channel = ctx.channel if isinstance(ctx, Context) else None
+        if channel is None:
+            raise rpc.InvalidRequest(reason="a raw channel needs the Unix socket")
+        return transfers.attach(p["transfer"], channel)
+
+    @methods.register("sandbox.files.download.open", params=DOWNLOAD_OPEN)
+    async def download_open(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """Open a raw download of ``path``: read it on a sandbox.files.stream connection."""
+        return await transfers.open_download(ctx, p)
+
+    @methods.register("sandbox.files.download.finish", params=STREAM)
+    async def download_finish(ctx: CallContext, p: dict[str, Any]) -> Any:
+        """After reading a raw download to EOF: its size and sha256, or why it ended early."""
+        return await transfers.finish_download(transfers.get_download(p["transfer"]))
+
+
+def _register_json(methods: MethodTable, service: SandboxService, transfers: Transfers) -> None:
     @methods.register("sandbox.files.upload", params=UPLOAD, mutating=True)
     async def upload(ctx: CallContext, p: dict[str, Any]) -> Any:
-        """Open an upload to ``path``; send its bytes with sandbox.files.upload.chunk."""
+        """Open an upload to ``path``; send its bytes with sandbox.files.upload.chunk calls or
+        raw on a sandbox.files.stream connection."""
         up = await transfers.begin(ctx, p)
         return {"transfer": up.token, "chunk_size": DEFAULT_CHUNK, "max_chunk": MAX_CHUNK}
 
@@ -265,7 +127,10 @@ def register(methods: MethodTable, service: SandboxService) -> None:
         data = b64(p["data"], "data")
         if len(data) > MAX_CHUNK:
             raise rpc.InvalidParams(f"a chunk holds at most {MAX_CHUNK} bytes")
-        return {"received": await transfers.get(p["transfer"]).put(p["offset"], data)}
+        up = transfers.get(p["transfer"])
+        if up.channel is not None:
+            raise rpc.InvalidParams(f"transfer {up.token} is fed by its raw channel")
+        return {"received": await up.put(p["offset"], data)}
 
     @methods.register("sandbox.files.upload.finish", params=FINISH, mutating=True)
     async def finish(ctx: CallContext, p: dict[str, Any]) -> Any:

@@ -22,6 +22,7 @@ from wrennd import config, features
 from wrennd.log import kv
 from wrennd.network.manager import NetworkManager
 from wrennd.network.slots import SlotAllocator
+from wrennd.sandbox.handover import HandOver
 from wrennd.sandbox.jail import JailSettings
 from wrennd.sandbox.record import RecordStore, check_sandbox_id
 from wrennd.sandbox.snapcache import OpenedSnapshots
@@ -85,9 +86,12 @@ class HostConfig:
     ttl_action: str = "pause"
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
     guest_timeout: float = DEFAULT_GUEST_TIMEOUT
+    transfer_idle_timeout: float = 60.0  # seconds a file transfer may make no progress
     # The daemon's default is Settings.uffd_fill ("background"); a HostConfig built by
     # hand (tests and benchmarks that measure demand faults) serves lazily unless told.
     uffd_fill: str = "lazy"
+    uffd_fill_rate_bytes: int = 0  # bytes/s the background install may take; 0: no limit
+    uffd_handover: bool = True  # keep serving engines' uffds in systemd's fd store
     memory_overcommit_percent: int = 100
     # The namespace where host-reachable sandbox addresses are routed (None: ours).
     host_netns: Path | None = None
@@ -109,7 +113,10 @@ class HostConfig:
             scrub_rate_bytes=settings.scrub_rate_bytes,
             ttl_action=settings.ttl_action,
             guest_timeout=float(settings.guest_timeout),
+            transfer_idle_timeout=float(settings.transfer_idle_timeout),
             uffd_fill=settings.uffd_fill,
+            uffd_fill_rate_bytes=settings.uffd_fill_rate_bytes,
+            uffd_handover=settings.uffd_handover,
             memory_overcommit_percent=settings.memory_overcommit_percent,
             host_netns=settings.host_netns,
             jail=jail_settings(settings, vmm),
@@ -222,6 +229,7 @@ class Deps:
     network: NetworkManager
     slots: SlotAllocator
     records: RecordStore
+    handover: HandOver = field(default_factory=HandOver)
     # Snapshots opened since their pause, for the next resume (sandbox/snapcache.py).
     snapshots: OpenedSnapshots = field(default_factory=OpenedSnapshots)
     _network_started: bool = False

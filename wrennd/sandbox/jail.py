@@ -174,12 +174,22 @@ class Jail:
             log.info("jail removed", extra=kv(jail=self.spec.jail_dir))
 
 
+def marker(vm_id: str) -> str:
+    """The word the jailer puts on its VMM's command line: who that VMM is."""
+    return f"--id={vm_id}"
+
+
+def existing(settings: JailSettings, vm_id: str) -> Jail:
+    """The jail of a VMM that outlived the daemon that made it (to release it later)."""
+    return Jail(settings.spec(vm_id), cgroup.cgroup2_root())
+
+
 def kill_jailed(vm_id: str) -> list[int]:
     """SIGKILL every process the jailer started with this id (``--id=<id>``).
 
     The jailer passes the id to the VMM in that one-word form; a process that
     exited meanwhile is skipped."""
-    needle = os.fsencode(f"--id={vm_id}")
+    needle = os.fsencode(marker(vm_id))
     killed = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():

@@ -62,6 +62,7 @@ class Lifecycle:
             self.reaper.set(rec.id, rec.expires_at if rec.state == S.RUNNING else None)
             if sb.live is not None:
                 self._watch(sb, sb.live)
+                filling.start(self.registry, sb, sb.live)  # a handed-over engine fills on
         self.reaper.start()
 
     async def close(self) -> None:
@@ -266,6 +267,7 @@ class Lifecycle:
         if sb.live is not None:
             self._watch(sb, sb.live)
             filling.start(self.registry, sb, sb.live)
+            await self.deps.handover.keep_while_served(self.deps.paths(sb.id).run, sb.live)
 
     async def _expired(self, sandbox_id: str) -> None:
         sb = self.registry.find(sandbox_id)

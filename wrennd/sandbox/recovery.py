@@ -1,12 +1,15 @@
 """Startup recovery: read every state.json and bring each record to a resting state.
 
 A running sandbox whose VMM outlived the previous daemon is adopted
-(``adoption``) and keeps running.  Any other VMM of a previous daemon is
-stopped (identified by its API socket on its command line, never by pid
-alone).  A sandbox whose VMM is gone goes back to its last snapshot (paused)
-when it has one, else to error with the reason; an unfinished create or
-destroy is completed as a destroy.  Then every stale network, storage device
-and snapshot temporary not owned by an adopted sandbox is cleaned.
+(``adoption``) and keeps running; so is one whose pause the crash interrupted
+before the memory header (the commit point) was written: its VM is resumed and
+its guest thawed, as a failed pause does.  A pause past that point is completed.
+Any other VMM of a previous daemon is stopped (identified by its API socket on
+its command line, never by pid alone).  A sandbox whose VMM is gone goes back
+to its last snapshot (paused) when it has one, else to error with the reason;
+an unfinished create or destroy is completed as a destroy.  Then every stale
+network, storage device and snapshot temporary not owned by an adopted sandbox
+is cleaned.
 """
 
 from __future__ import annotations
@@ -165,9 +168,21 @@ async def _reap_simulated_guests(fcsim: Path) -> None:
 async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
     """Every record brought to rest, and the live resources of those adopted."""
     records, bad = await asyncio.to_thread(deps.records.load_all)
+    adopted: dict[str, Live] = {}
+    paused: set[str] = set()  # pauses the crash interrupted after their commit point
+    for rec in records:
+        # A pause past its commit point is completed below; one before it is undone.
+        paths = deps.paths(rec.id)
+        if rec.state == S.PAUSING and await asyncio.to_thread(finish_interrupted_pause, paths, rec):
+            paused.add(rec.id)
+            continue
+        live = await adoption.adopt(deps, rec)
+        if live is not None:
+            adopted[rec.id] = live
     if deps.cfg.jail is not None:
-        # First: a jailed VMM is found by its jail (its command line has jail paths).
-        jails = await asyncio.to_thread(jail.cleanup_stale, deps.cfg.jail)
+        # Before anything else touches their disks: every jailed VMM not adopted is
+        # stopped (found by its jail: its command line has jail paths).
+        jails = await asyncio.to_thread(jail.cleanup_stale, deps.cfg.jail, frozenset(adopted))
         if jails:
             log.warning("stale jails removed", extra=kv(sandboxes=",".join(jails)))
     kept: list[SandboxRecord] = []
@@ -176,13 +191,10 @@ async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
         log.error("unreadable sandbox record: shown as damaged", extra=kv(error=err))
         if err.sandbox_id is not None:
             kept.append(SandboxRecord.damaged(err.sandbox_id, str(err)))
-    adopted: dict[str, Live] = {}
     # Records whose disk goes back to their snapshot's (a reason) or is kept with it (None).
     disks: list[tuple[SandboxRecord, str | None]] = []
     for rec in records:
-        live = await adoption.adopt(deps, rec)
-        if live is not None:
-            adopted[rec.id] = live
+        if rec.id in adopted:
             kept.append(rec)
             continue
         paths = deps.paths(rec.id)
@@ -194,7 +206,7 @@ async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
                 log.warning("stale vmm stopped", extra=kv(sandbox=rec.id, pid=pid))
         before = rec.state
         completed = False
-        if rec.state == S.PAUSING and await asyncio.to_thread(finish_interrupted_pause, paths, rec):
+        if rec.id in paused:
             log.info("interrupted pause completed", extra=kv(sandbox=rec.id))
             rec.state, completed = S.PAUSED, True
         if _settle(rec) is None and rec.state in (S.CREATING, S.STOPPING):
@@ -208,6 +220,7 @@ async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
         await asyncio.to_thread(deps.records.save, rec)
         log.info("sandbox recovered", extra=kv(sandbox=rec.id, was=before, now=rec.state))
         kept.append(rec)
+    deps.handover.discard_unclaimed()  # their VMMs are gone or were stopped
     # Always, records or not: a VMM killed after its record was removed (or a record
     # that cannot be read) can leave namespaces behind that would poison their slot.
     slots = [live.slot for live in adopted.values() if live.slot is not None]

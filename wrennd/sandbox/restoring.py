@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 
 from wrennd.sandbox.environment import Deps
 from wrennd.sandbox.errors import SnapshotCorrupt, VmmFailed
+from wrennd.sandbox.handover import removal_log
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import SandboxRecord
 from wrennd.sandbox.timing import Timings
@@ -36,10 +37,10 @@ UFFD_READY_TIMEOUT = 10.0
 T = TypeVar("T")
 
 
-def _memory(deps: Deps, rec: SandboxRecord) -> SnapshotMemory:
+def _memory(deps: Deps, sandbox_id: str) -> SnapshotMemory:
     """The engine's inputs: the snapshot's mapping (the header's own C array, which the
     engine copies), generation files and prefetch map."""
-    snap = deps.snapshots.open(deps.paths(rec.id).snapshot_dir, deps.cfg.store)
+    snap = deps.snapshots.open(deps.paths(sandbox_id).snapshot_dir, deps.cfg.store)
     return SnapshotMemory(
         snap.memory_size,
         snap.block_size,
@@ -52,13 +53,15 @@ def _memory(deps: Deps, rec: SandboxRecord) -> SnapshotMemory:
     )
 
 
-async def _engine(live: Live, deps: Deps, rec: SandboxRecord, memory: SnapshotMemory,
-                  prefetch: bool) -> None:  # fmt: skip
-    """The UFFD server listening on its socket, ready for the VMM's handshake."""
-    cfg, paths = deps.cfg, deps.paths(rec.id)
+async def engine_server(deps: Deps, sandbox_id: str, *, prefetch: bool, handed: bool) -> UffdServer:
+    """A UFFD server for the sandbox's snapshot (opened through the cache of opened
+    snapshots; built off the loop: the fill ranges of a background fill walk the whole
+    mapping); ``handed``: for a VMM a previous daemon served, whose removal log is
+    read, not emptied (wrennd.sandbox.handover)."""
+    cfg, paths = deps.cfg, deps.paths(sandbox_id)
+    memory = await asyncio.to_thread(_memory, deps, sandbox_id)
     paths.run.mkdir(parents=True, exist_ok=True)
-    # Off the loop: the fill ranges of a background fill walk the whole mapping.
-    live.uffd = await asyncio.to_thread(
+    return await asyncio.to_thread(
         lambda: UffdServer(
             paths.uffd_socket,
             memory,
@@ -66,12 +69,11 @@ async def _engine(live: Live, deps: Deps, rec: SandboxRecord, memory: SnapshotMe
             prefetch=prefetch,
             verify_pages=cfg.verify_pages,
             fill=cfg.uffd_fill == "background",
+            prefetch_rate=cfg.uffd_fill_rate_bytes,
+            remove_log=removal_log(paths.run),
+            fresh_log=not handed,
         )
     )
-    await live.uffd.start()
-    if live.jail is not None:
-        live.jail.own(paths.uffd_socket)  # the jailed VMM connects as the jail user
-    live.serving = asyncio.ensure_future(live.uffd.serve())
 
 
 async def prepare_engine(live: Live, deps: Deps, rec: SandboxRecord, t: Timings,
@@ -79,9 +81,15 @@ async def prepare_engine(live: Live, deps: Deps, rec: SandboxRecord, t: Timings,
     """The snapshot opened and the UFFD server listening (stages ``snapshot_open``,
     ``engine_prepare``)."""
     async with t.stage("snapshot_open", "daemon"):
-        memory = await asyncio.to_thread(_memory, deps, rec)
+        # Opened now (a cache hit after a settled pause), so the next stage is the server's.
+        await asyncio.to_thread(deps.snapshots.open, deps.paths(rec.id).snapshot_dir,
+                                deps.cfg.store)  # fmt: skip
     async with t.stage("engine_prepare", "daemon"):
-        await _engine(live, deps, rec, memory, prefetch)
+        live.uffd = await engine_server(deps, rec.id, prefetch=prefetch, handed=False)
+        await live.uffd.start()
+        if live.jail is not None:  # the jailed VMM connects as the jail user
+            live.jail.own(deps.paths(rec.id).uffd_socket)
+        live.serving = asyncio.ensure_future(live.uffd.serve())
 
 
 def start_engine(

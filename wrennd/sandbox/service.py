@@ -27,6 +27,7 @@ from wrennd.sandbox import filling
 from wrennd.sandbox.catalogs import ImageCatalog, TemplateCatalog
 from wrennd.sandbox.environment import Deps, HostConfig, SandboxPaths, choose_vmm
 from wrennd.sandbox.guestcall import guest_call
+from wrennd.sandbox.handover import FdStore, HandOver
 from wrennd.sandbox.lifecycle import Lifecycle
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import RecordStore
@@ -50,7 +51,13 @@ class Deadline(Protocol):
 
 
 class SandboxService:
-    def __init__(self, cfg: HostConfig, storage: AsyncStorage, network: NetworkManager) -> None:
+    def __init__(
+        self,
+        cfg: HostConfig,
+        storage: AsyncStorage,
+        network: NetworkManager,
+        handover: HandOver | None = None,
+    ) -> None:
         self.cfg = cfg
         self.storage = storage
         self.deps = Deps(
@@ -59,6 +66,7 @@ class SandboxService:
             network,
             SlotAllocator(network.plan.capacity),
             RecordStore(cfg.sandboxes_dir),
+            handover or HandOver(),
         )
         self.registry = Registry(self.deps.records)
         self.lifecycle = Lifecycle(self.deps, self.registry)
@@ -67,7 +75,14 @@ class SandboxService:
         self.scrubber = Scrubber(self.deps, self.registry)
 
     @classmethod
-    def from_settings(cls, settings: config.Settings) -> SandboxService:
+    def from_settings(
+        cls,
+        settings: config.Settings,
+        fd_store: FdStore | None = None,
+        handed: dict[str, int] | None = None,
+    ) -> SandboxService:
+        """``fd_store``: systemd's, for the hand-over (unused with uffd_handover false);
+        ``handed``: the fds it gave back at start, by name."""
         vmm = choose_vmm(settings.firecracker_bin)
         cfg = HostConfig.from_settings(settings, vmm)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +93,8 @@ class SandboxService:
             host_netns=settings.host_netns,
             tap_owner=None if cfg.jail is None else cfg.jail.uid,
         )
-        return cls(cfg, storage, network)
+        store = fd_store if settings.uffd_handover else None
+        return cls(cfg, storage, network, HandOver(store, handed))
 
     async def start(self) -> None:
         await self.lifecycle.start()

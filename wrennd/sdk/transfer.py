@@ -1,7 +1,10 @@
-"""Uploads and downloads over the daemon's chunked transfer methods (docs/api.md, "Files").
+"""Uploads and downloads through the daemon (docs/api.md, "Files of any size").
 
-Uploads keep ``WINDOW`` chunk calls in flight: the daemon answers a chunk once
-it is buffered, so the window is the flow control and memory stays at a few
+The bytes go raw over a second connection to the socket (``sandbox.files.stream``):
+no base64, no JSON, the sockets' own flow control.  A daemon without raw
+channels gets chunked JSON calls instead: uploads keep ``WINDOW`` chunk calls in
+flight (the daemon answers a chunk once it is buffered, so the window is the flow
+control), downloads arrive as ``chunk`` notifications.  Memory stays at a few
 chunks on both sides whatever the file's size.
 """
 
@@ -17,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from wrennd import durable
-from wrennd.rpc.client import Client
+from wrennd.rpc import errors as codes
+from wrennd.rpc.client import Client, RemoteError
 from wrennd.sdk.errors import TransferFailed
 
 CHUNK = 1 << 20
@@ -31,6 +35,43 @@ def file_chunks(path: Path, size: int = CHUNK) -> Iterable[bytes]:
             yield chunk
 
 
+def _old_daemon(e: RemoteError) -> bool:
+    return e.code == codes.METHOD_NOT_FOUND
+
+
+async def _send_raw(
+    client: Client,
+    token: str,
+    chunks: Iterable[bytes],
+    progress: Progress | None,
+    total: int | None,
+) -> tuple[int, str] | None:
+    """The chunks over the transfer's raw channel: (bytes sent, their sha256), or None from a
+    daemon without raw channels (nothing was sent)."""
+    try:
+        channel = await client.open_channel(token)
+    except RemoteError as e:
+        if _old_daemon(e):
+            return None
+        raise
+    sha, offset = hashlib.sha256(), 0
+    try:
+        for chunk in chunks:
+            await channel.send(chunk)
+            sha.update(chunk)
+            offset += len(chunk)
+            if progress is not None:
+                progress(offset, total)
+        await channel.end()  # the daemon closes once it took the last byte
+    except ConnectionError as e:
+        # The daemon ended the transfer: abort answers why (or the bytes were cut short).
+        await client.call("sandbox.files.upload.abort", {"transfer": token})
+        raise TransferFailed(f"the transfer channel closed after {offset} bytes") from e
+    finally:
+        channel.close()
+    return offset, sha.hexdigest()
+
+
 async def upload(
     client: Client,
     sandbox_id: str,
@@ -40,12 +81,24 @@ async def upload(
     mode: int | None = None,
     total: int | None = None,
     progress: Progress | None = None,
+    raw: bool = True,
 ) -> dict[str, Any]:
-    """Send ``chunks`` to ``remote``; the file replaces the old one only if all arrived."""
+    """Send ``chunks`` to ``remote``; the file replaces the old one only if all arrived.
+    ``raw=False`` sends chunked JSON calls even where a raw channel is possible."""
     params: dict[str, Any] = {"id": sandbox_id, "path": remote}
     if mode is not None:
         params["mode"] = mode
     token = (await client.call("sandbox.files.upload", params))["transfer"]
+    if raw and client.path is not None:
+        try:
+            sent = await _send_raw(client, token, chunks, progress, total)
+        except BaseException:
+            with contextlib.suppress(Exception):  # gone already if the daemon ended it
+                await client.call("sandbox.files.upload.abort", {"transfer": token})
+            raise
+        if sent is not None:
+            done = {"transfer": token, "size": sent[0], "sha256": sent[1]}
+            return dict(await client.call("sandbox.files.upload.finish", done))
     window = asyncio.Semaphore(WINDOW)
     inflight: set[asyncio.Task[Any]] = set()
     sha, offset = hashlib.sha256(), 0
@@ -92,7 +145,9 @@ class _Sink:
         if params.get("offset") != self.offset:
             self.error = TransferFailed(f"chunk at {params.get('offset')}, expected {self.offset}")
             return
-        data = base64.b64decode(params["data"])
+        data = params["data"]
+        if isinstance(data, str):  # a JSON chunk notification
+            data = base64.b64decode(data)
         self.write(data)
         self.sha.update(data)
         self.offset += len(data)
@@ -109,14 +164,43 @@ class _Sink:
             )
 
 
+async def _download_raw(
+    client: Client, sandbox_id: str, remote: str, sink: _Sink
+) -> dict[str, Any] | None:
+    """The file over a raw channel into ``sink``; None from a daemon without raw channels."""
+    try:
+        params = {"id": sandbox_id, "path": remote}
+        opened = await client.call("sandbox.files.download.open", params)
+    except RemoteError as e:
+        if _old_daemon(e):
+            return None
+        raise
+    token = opened["transfer"]
+    channel = await client.open_channel(token)
+    try:
+        while data := await channel.recv():
+            sink("chunk", {"offset": sink.offset, "data": data})
+    except ConnectionError:
+        pass  # cut short: finish says why
+    finally:
+        channel.close()
+    return dict(await client.call("sandbox.files.download.finish", {"transfer": token}))
+
+
 async def download_to(
     client: Client,
     sandbox_id: str,
     remote: str,
     write: Callable[[bytes], None],
     progress: Progress | None = None,
+    raw: bool = True,
 ) -> dict[str, Any]:
     sink = _Sink(write, progress)
+    if raw and client.path is not None:
+        got = await _download_raw(client, sandbox_id, remote, sink)
+        if got is not None:
+            sink.check(got)
+            return got
     params = {"id": sandbox_id, "path": remote, "chunk_size": CHUNK}
     result = dict(await client.call("sandbox.files.download", params, on_notification=sink))
     sink.check(result)
@@ -131,11 +215,12 @@ async def download(
     *,
     mode: int = 0o644,
     progress: Progress | None = None,
+    raw: bool = True,
 ) -> dict[str, Any]:
     """Fetch ``remote`` into ``local``: written beside it, renamed into place when complete."""
     with durable.replacing(local, mode) as fd:
         return await download_to(
-            client, sandbox_id, remote, lambda b: durable.write_all(fd, b), progress
+            client, sandbox_id, remote, lambda b: durable.write_all(fd, b), progress, raw
         )
 
 

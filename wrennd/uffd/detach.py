@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 # _IOR(UFFDIO=0xAA, _UFFDIO_UNREGISTER=0x01, struct uffdio_range { u64 start, len; })
 UFFDIO_UNREGISTER = (2 << 30) | (16 << 16) | (0xAA << 8) | 0x01
+# _IOR(UFFDIO=0xAA, _UFFDIO_WAKE=0x02, struct uffdio_range)
+UFFDIO_WAKE = (2 << 30) | (16 << 16) | (0xAA << 8) | 0x02
 _RANGE = struct.Struct("=QQ")
 
 
@@ -52,6 +54,13 @@ def unregister(uffd: int, regions: Sequence[Region]) -> None:
     """Unregister every guest memory region from ``uffd`` (wakes any waiting fault)."""
     for r in regions:
         fcntl.ioctl(uffd, UFFDIO_UNREGISTER, _RANGE.pack(r.base_host_virt_addr, r.size))
+
+
+def wake(uffd: int, regions: Sequence[Region]) -> None:
+    """Wake every thread waiting on a fault in the regions: after a hand-over, faults
+    the dead handler had read but not served are retried and fault again."""
+    for r in regions:
+        fcntl.ioctl(uffd, UFFDIO_WAKE, _RANGE.pack(r.base_host_virt_addr, r.size))
 
 
 class Detacher:

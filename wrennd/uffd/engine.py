@@ -84,6 +84,7 @@ class EngineStats:
     verified_blocks: int = 0  # blocks checked against their checksums before install
     corrupt_source: int = -1  # the generation of the first bad block (-1: none) ...
     corrupt_offset: int = 0  # ... and its storage offset; the engine stopped with EBADMSG
+    remove_log_errors: int = 0  # REMOVE records the removal log could not take
 
     def latency_percentile_ns(self, q: float) -> int:
         """Upper bound of the log2 bucket holding the q-quantile (0 < q <= 1); 0 if no data."""
@@ -246,6 +247,22 @@ class Engine:
                 f"prefetch map refused ({os.strerror(-rc)}): ranges must lie inside"
                 f" the {memory_size} bytes of memory"
             )
+
+    def set_remove_log(self, fd: int) -> None:
+        """Append every REMOVE to ``fd`` (wrennd.uffd.removals); the engine keeps a dup."""
+        self._check(lib.wr_engine_set_remove_log(self._live(), fd), "setting the removal log")
+
+    def mark_removed(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """Memory a previous engine saw given back: zeros on the next fault, never data."""
+        arr, n = _ranges(ranges)
+        if n:
+            self._check(lib.wr_engine_mark_removed(self._live(), arr, n), "marking removed ranges")
+
+    def set_prefetch_rate(self, bytes_per_s: int) -> None:
+        """Limit the prefetch thread (prefetch map and fill) to this many bytes/s; 0: none."""
+        if bytes_per_s < 0:
+            raise EngineConfigError(f"prefetch rate {bytes_per_s} is negative")
+        self._check(lib.wr_engine_set_prefetch_rate(self._live(), bytes_per_s), "setting the rate")
 
     def _set_checksums(self, sums: Checksummed, sizes: Sequence[int]) -> None:
         for i, path in enumerate(sums.files):

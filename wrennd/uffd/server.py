@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wrennd.log import kv
-from wrennd.uffd import handshake, integrity
-from wrennd.uffd.detach import Detacher
+from wrennd.uffd import handshake, integrity, removals
+from wrennd.uffd.detach import Detacher, wake
 from wrennd.uffd.engine import (
     BASE_PAGE_SIZE,
     DEFAULT_BATCH_BYTES,
@@ -49,12 +49,11 @@ from wrennd.uffd.engine import (
 )
 from wrennd.uffd.handshake import HandshakeError, Region
 from wrennd.uffd.integrity import Corruption
+from wrennd.uffd.peer import ServeStopped, accept, peer_pid, wait_end
+
+__all__ = ["ServeResult", "ServeStopped", "SnapshotMemory", "UffdServer", "listen"]
 
 log = logging.getLogger(__name__)
-
-
-class ServeStopped(Exception):
-    """stop() was called before any peer connected: nothing was served."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +104,40 @@ def listen(path: Path) -> socket.socket:
     return sock
 
 
+def _result(engine: Engine, reason: str, prefetch: Sequence[tuple[int, int]]) -> ServeResult:
+    stats = engine.stats()
+    return ServeResult(
+        reason=reason,
+        stats=stats,
+        working_set=engine.working_set(),
+        stop_error=os.strerror(-stats.stop_error) if stats.stop_error else "",
+        prefetch_map=list(prefetch),
+        present=engine.present(),
+        removed=engine.removed(),
+    )
+
+
+def _check_files(m: SnapshotMemory) -> None:
+    sizes = [p.stat().st_size for p in m.generations]
+    check_snapshot(m.memory_size, BASE_PAGE_SIZE, m.entries, sizes, m.entry_count)
+
+
+async def _receive_handshake(
+    conn: socket.socket, memory: SnapshotMemory
+) -> tuple[list[Region], int]:
+    regions, uffd = await handshake.receive(conn)
+    try:
+        page_size = memory.page_size or regions[0].page_size
+        try:
+            check_regions(regions, memory.memory_size, page_size)
+        except EngineConfigError as e:
+            raise HandshakeError(f"regions do not match the snapshot: {e}") from None
+    except BaseException:
+        os.close(uffd)
+        raise
+    return regions, uffd
+
+
 class UffdServer:
     """Accepts one peer speaking Firecracker's uffd protocol and serves it."""
 
@@ -121,9 +154,20 @@ class UffdServer:
         copy_mode: str = "auto",
         verify_pages: bool = True,
         fill: bool = False,
+        prefetch_rate: int = 0,
+        remove_log: Path | None = None,
+        fresh_log: bool = True,
     ) -> None:
         """`verify_pages`: check each block against its generation's checksum as
-        it is installed (generations without checksums are served unchecked)."""
+        it is installed (generations without checksums are served unchecked).
+        `prefetch_rate`: bytes/s the background install may take (0: no limit).
+        `remove_log`: where REMOVEs are recorded (wrennd.uffd.removals); with
+        `fresh_log` false its ranges are first marked removed (a hand-over)."""
+        self.prefetch_rate = prefetch_rate
+        self.remove_log = remove_log
+        self.fresh_log = fresh_log
+        self._uffd = -1
+        self._peer: socket.socket | None = None
         self.socket_path = socket_path
         self.verify_pages = verify_pages
         self.memory = memory
@@ -140,19 +184,24 @@ class UffdServer:
         self._listener: socket.socket | None = None
         self._stop = asyncio.Event()
         self._final: EngineStats | None = None
+        self._started = False
         self.detaching = Detacher(memory, fill)
 
-    async def start(self) -> None:
+    async def start(self, listen_socket: bool = True) -> None:
         """Map the snapshot (or, with the page size still unknown, check its
-        files) and listen.  Blocking file work runs off the loop."""
-        if self._listener is not None:
+        files) and listen (not for a hand-over: its VMM is connected already).
+        Blocking file work runs off the loop."""
+        if self._listener is not None or self._started:
             raise RuntimeError("server already started")
+        self._started = True
         loop = asyncio.get_running_loop()
         m = self.memory
         if m.page_size is not None:
             self._engine = await loop.run_in_executor(None, self._make_engine, m.page_size)
         else:
-            await loop.run_in_executor(None, self._check_files)
+            await loop.run_in_executor(None, _check_files, m)
+        if not listen_socket:
+            return
         try:
             self._listener = listen(self.socket_path)
         except BaseException:
@@ -160,6 +209,17 @@ class UffdServer:
             raise
 
     def _make_engine(self, page_size: int) -> Engine:
+        engine = self._new_engine(page_size)
+        try:
+            engine.set_prefetch_rate(self.prefetch_rate)
+            if self.remove_log is not None:
+                removals.attach(engine, self.remove_log, self.fresh_log)
+        except BaseException:
+            engine.close()
+            raise
+        return engine
+
+    def _new_engine(self, page_size: int) -> Engine:
         m = self.memory
         return Engine(
             memory_size=m.memory_size,
@@ -182,11 +242,6 @@ class UffdServer:
         """The bad block the engine met, if any (then it stopped serving)."""
         return integrity.corruption_of(self.memory, self.stats())
 
-    def _check_files(self) -> None:
-        m = self.memory
-        sizes = [p.stat().st_size for p in m.generations]
-        check_snapshot(m.memory_size, BASE_PAGE_SIZE, m.entries, sizes, m.entry_count)
-
     @property
     def engine(self) -> Engine | None:
         return self._engine
@@ -201,127 +256,104 @@ class UffdServer:
         """Accept one peer, serve it until it goes away; see the module doc."""
         if self._listener is None:
             raise RuntimeError("start() the server first")
-        loop = asyncio.get_running_loop()
-        conn = await self._accept()
+        conn = await accept(self._listener, self._stop)
         try:
-            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-            self.peer_pid = int.from_bytes(creds[:4], "little")
+            self.peer_pid = peer_pid(conn)
             try:
                 async with asyncio.timeout(self.handshake_timeout):
-                    regions, uffd = await self._receive_handshake(conn)
+                    regions, uffd = await _receive_handshake(conn, self.memory)
             except TimeoutError:
                 raise HandshakeError(
                     f"no handshake within {self.handshake_timeout} s of connecting"
                 ) from None
-            try:
-                if self._engine is None:
-                    page_size = regions[0].page_size
-                    self._engine = await loop.run_in_executor(None, self._make_engine, page_size)
-                self.detaching.keep(uffd)
-                self._engine.start(uffd, regions)
-            except EngineConfigError as e:
-                os.close(uffd)
-                raise HandshakeError(f"regions do not match the snapshot: {e}") from None
-            except BaseException:
-                os.close(uffd)
-                raise
-            self.regions = regions
-            self.ready.set()
-            log.info(
-                "uffd serving",
-                extra=kv(socket=self.socket_path, peer_pid=self.peer_pid, regions=len(regions)),
-            )
-            reason = await self._wait_end(conn)
-            integrity.stop_peer_if_corrupt(self.corruption(), self.peer_pid, self.socket_path)
-        finally:
+            await self._begin(uffd, regions)
+        except BaseException:
             conn.close()
-        return await self._finish(reason)
+            raise
+        return await self._serve_peer(conn)
 
-    async def _accept(self) -> socket.socket:
-        """The peer's connection, unless stop() comes first (ServeStopped)."""
-        assert self._listener is not None
-        accept = asyncio.ensure_future(asyncio.get_running_loop().sock_accept(self._listener))
-        stop_wait = asyncio.ensure_future(self._stop.wait())
+    async def serve_handed(
+        self, uffd: int, peer: socket.socket, regions: Sequence[Region]
+    ) -> ServeResult:
+        """Serve a VMM another process served until it died (the hand-over): its
+        uffd, the peer socket of its handshake and the regions that handshake
+        announced.  Faults that process read and never answered are woken, so
+        they fault again and reach this engine.  Takes both fds."""
+        if not self._started or self._listener is not None:
+            os.close(uffd)
+            peer.close()
+            raise RuntimeError("start(listen_socket=False) the server first")
         try:
-            await asyncio.wait([accept, stop_wait], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop_wait.cancel()
-            if not accept.done():
-                accept.cancel()
-                await asyncio.wait([accept])
-        if accept.cancelled():
-            raise ServeStopped("stopped before a VMM connected")
-        conn, _ = accept.result()
-        return conn
-
-    async def _receive_handshake(self, conn: socket.socket) -> tuple[list[Region], int]:
-        regions, uffd = await handshake.receive(conn)
-        try:
-            page_size = self.memory.page_size or regions[0].page_size
+            self.peer_pid = peer_pid(peer)
             try:
-                check_regions(regions, self.memory.memory_size, page_size)
-            except EngineConfigError as e:
-                raise HandshakeError(f"regions do not match the snapshot: {e}") from None
+                check_regions(regions, self.memory.memory_size, regions[0].page_size)
+            except (EngineConfigError, IndexError) as e:
+                os.close(uffd)
+                raise HandshakeError(f"handed regions do not match the snapshot: {e}") from None
+            await self._begin(uffd, list(regions))
+            wake(uffd, self.regions)
+        except BaseException:
+            peer.close()
+            raise
+        return await self._serve_peer(peer)
+
+    async def _begin(self, uffd: int, regions: list[Region]) -> None:
+        """Start the engine on ``uffd`` (taken: closed on failure) and set ready."""
+        try:
+            if self._engine is None:
+                loop = asyncio.get_running_loop()
+                self._engine = await loop.run_in_executor(
+                    None, self._make_engine, regions[0].page_size
+                )
+            self.detaching.keep(uffd)
+            self._engine.start(uffd, regions)
+        except EngineConfigError as e:
+            os.close(uffd)
+            raise HandshakeError(f"regions do not match the snapshot: {e}") from None
         except BaseException:
             os.close(uffd)
             raise
-        return regions, uffd
+        self._uffd = uffd
+        self.regions = regions
+        self.ready.set()
+        log.info(
+            "uffd serving",
+            extra=kv(socket=self.socket_path, peer_pid=self.peer_pid, regions=len(regions)),
+        )
 
-    async def _wait_end(self, conn: socket.socket) -> str:
-        """Until the peer closes, the engine stops by itself, or stop() is called."""
-        assert self._engine is not None
-        loop = asyncio.get_running_loop()
-        ended = loop.create_future()
-
-        def on_peer() -> None:
-            try:
-                data = conn.recv(4096)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data = b""
-            if not data and not ended.done():  # Firecracker sends nothing more: EOF
-                ended.set_result("peer-closed")
-
-        def on_engine() -> None:
-            if not ended.done():
-                ended.set_result("engine-stopped")
-
-        conn.setblocking(False)
-        loop.add_reader(conn.fileno(), on_peer)
-        loop.add_reader(self._engine.done_fd, on_engine)
-        stop_wait = asyncio.ensure_future(self._stop.wait())
+    async def _serve_peer(self, conn: socket.socket) -> ServeResult:
+        self._peer = conn
         try:
-            await asyncio.wait([ended, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            assert self._engine is not None
+            reason = await wait_end(conn, self._engine.done_fd, self._stop)
+            integrity.stop_peer_if_corrupt(self.corruption(), self.peer_pid, self.socket_path)
         finally:
-            loop.remove_reader(conn.fileno())
-            loop.remove_reader(self._engine.done_fd)
-            stop_wait.cancel()
-        return ended.result() if ended.done() else "stopped"
+            self._peer = None
+            conn.close()
+        return await self._finish(reason)
+
+    def handover_fds(self) -> tuple[int, int] | None:
+        """The served uffd and the peer socket's fd while serving (for the fd store:
+        valid until control returns to the loop), else None."""
+        engine = self._engine
+        if self._peer is None or engine is None or not engine.started or self._final is not None:
+            return None
+        return self._uffd, self._peer.fileno()
 
     async def _finish(self, reason: str) -> ServeResult:
         engine = self._engine
         assert engine is not None
         await asyncio.get_running_loop().run_in_executor(None, engine.stop)
         reason = self.detaching.finish(self.regions, reason)
-        stats = engine.stats()
-        self._final = stats
-        result = ServeResult(
-            reason=reason,
-            stats=stats,
-            working_set=engine.working_set(),
-            stop_error=os.strerror(-stats.stop_error) if stats.stop_error else "",
-            prefetch_map=list(self.memory.prefetch),
-            present=engine.present(),
-            removed=engine.removed(),
-        )
+        result = _result(engine, reason, self.memory.prefetch)
+        self._final = result.stats
         log.info(
             "uffd served",
             extra=kv(
                 socket=self.socket_path,
                 reason=reason,
-                faults=stats.faults,
-                pages=stats.copy_pages + stats.zero_pages,
+                faults=result.stats.faults,
+                pages=result.stats.copy_pages + result.stats.zero_pages,
                 error=result.stop_error,
             ),
         )

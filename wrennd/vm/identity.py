@@ -37,11 +37,16 @@ def start_time(pid: int) -> int | None:
 
 
 def cmdline_names(pid: int, path: Path) -> bool:
+    return cmdline_has(pid, str(path))
+
+
+def cmdline_has(pid: int, word: str) -> bool:
+    """``word`` is one whole argument of the process's command line."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return os.fsencode(str(path)) in argv
+    return os.fsencode(word) in argv
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,9 @@ class VmmIdentity:
     pid: int
     start_time: int
     api_socket: Path
+    # A jailed VMM names its socket by its path inside the chroot, the same in every
+    # jail: it is known by this word of its command line instead (``--id=<sandbox>``).
+    marker: str | None = None
 
     @classmethod
     def of(cls, pid: int, api_socket: Path) -> VmmIdentity | None:
@@ -60,5 +68,9 @@ class VmmIdentity:
         return (
             start_time(self.pid) == self.start_time
             and process_state(self.pid) not in (None, "Z", "X")
-            and cmdline_names(self.pid, self.api_socket)
+            and (
+                cmdline_names(self.pid, self.api_socket)
+                if self.marker is None
+                else cmdline_has(self.pid, self.marker)
+            )
         )

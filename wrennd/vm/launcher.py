@@ -184,15 +184,18 @@ class VmmProcess:
         return proc
 
     @classmethod
-    def adopt(cls, pid: int, started: int, files: VmmFiles) -> VmmProcess | None:
+    def adopt(
+        cls, pid: int, started: int, files: VmmFiles, marker: str | None = None
+    ) -> VmmProcess | None:
         """The running VMM ``pid`` if it is the very process recorded (its start time)
-        and serves ``files.api_socket`` (its command line); None otherwise.  The pidfd is
+        and serves ``files.api_socket`` (its command line; a jailed one: has the word
+        ``marker``); None otherwise.  The pidfd is
         opened first, so the checks cannot be fooled by a pid recycled in between."""
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
             return None
-        if not VmmIdentity(pid, started, files.api_socket).alive():
+        if not VmmIdentity(pid, started, files.api_socket, marker).alive():
             os.close(pidfd)
             return None
         return cls(None, files, pid=pid, pidfd=pidfd)

@@ -5,6 +5,8 @@ One JSON object per line in each direction. Requests: ``{"op": ...}`` with
 - ``write`` (offset, data: base64) and ``read`` (offset, length);
 - ``checksum``: sha256 of the whole guest memory;
 - ``dirty`` (fraction, seed): write seed-derived bytes into that fraction of pages;
+- ``discard`` (offset, length): madvise(MADV_DONTNEED) whole pages, as a balloon
+  inflation (the UFFD handler gets a REMOVE);
 - ``touch`` (count, order: sequential|random|strided, arg: the random seed or the
   stride, write): touch pages once each with the native toucher; answers pages,
   seconds and the p50/p99/max latency of one touch in ns.
@@ -110,6 +112,11 @@ class ControlServer:
                     raise ControlError(f"data: expected base64: {e}") from e
                 await asyncio.to_thread(mem.write, _int(req, "offset"), data)
                 return {"written": len(data)}
+            if op == "discard":
+                mem = self._memory(running=True)
+                offset, length = _int(req, "offset"), _int(req, "length")
+                await asyncio.to_thread(mem.discard, offset, length)
+                return {"discarded": length}
             if op == "dirty":
                 mem = self._memory(running=True)
                 fraction = req.get("fraction")

@@ -123,9 +123,11 @@ def pairs(values: list[str], what: str) -> dict[str, str]:
 
 def set_limits(values: dict[str, str]) -> None:
     values = {"no-file": str(DEFAULT_NOFILE), **values}
-    for key, value in values.items():
+    # Every name is checked before any limit is set: a bad one changes nothing.
+    for key in values:
         if key not in RLIMITS:
             raise JailError(f"--resource-limit {key}: expected one of {', '.join(RLIMITS)}")
+    for key, value in values.items():
         resource.setrlimit(RLIMITS[key], (int(value), int(value)))
 
 

@@ -70,6 +70,8 @@ def test_the_service_is_what_the_daemon_expects(installed: Path) -> None:
     assert service["Restart"] == "on-failure"
     assert service["RestartPreventExitStatus"] == "2"  # wrennd's configuration error status
     assert int(service["WatchdogSec"].rstrip("s")) > 0
+    # Room in the fd store for the hand-over of filling engines (two fds per sandbox).
+    assert int(service["FileDescriptorStoreMax"]) >= 2 * 1024
     # systemd must not kill the daemon while it is still pausing sandboxes.
     assert int(service["TimeoutStopSec"].rstrip("s")) > Settings().shutdown_timeout
     caps = set(service["CapabilityBoundingSet"].split())

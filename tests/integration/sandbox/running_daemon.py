@@ -17,6 +17,12 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = place.run_dir / "wrennd.log"
         self.socket = place.run_dir / "wrennd.sock"
+        # A service manager's fd store (wrennd_sim/fdstore.py): when set,
+        # the daemon is started as systemd would, with NOTIFY_SOCKET and the kept fds.
+        self.fd_store: Any = None
+        # The daemon's command (default: this Python's wrennd.daemon); an installed
+        # package's ``wrennd`` console script for upgrade tests.
+        self.program: list[str] = [sys.executable, "-m", "wrennd.daemon"]
 
     def start(self, *args: str, umask: int | None = None, **extra: str) -> None:
         p = self.place
@@ -36,11 +42,16 @@ class Daemon:
             **extra,
         }
         env.pop("NOTIFY_SOCKET", None)
+        argv = [*self.program, *args]
+        pass_fds: tuple[int, ...] = ()
+        if self.fd_store is not None:
+            argv, extra_env, pass_fds = self.fd_store.launch_argv(argv)
+            env.update(extra_env)
         old = None if umask is None else os.umask(umask)
         try:
             with self.log.open("ab") as out:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "wrennd.daemon", *args], env=env, stderr=out, stdout=out
+                    argv, env=env, stderr=out, stdout=out, pass_fds=pass_fds
                 )
         finally:
             if old is not None:

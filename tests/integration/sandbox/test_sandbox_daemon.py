@@ -385,9 +385,14 @@ async def test_kill9_during_lifecycle_call(
         assert listed == [], "an unfinished create is removed"
     else:
         (got,) = listed
-        assert got["state"] == "paused", got
+        if method == "sandbox.pause":
+            # Killed before the memory was committed: the pause is undone, nothing lost.
+            assert got["state"] == "running" and got["error"] is None, got
+            await c.call("sandbox.pause", {"id": sid})
+        else:
+            assert got["state"] == "paused", got
         # Paused by the template call itself (cleanly), else recovered with a note.
-        assert got["error"] or method == "template.create", got
+        assert got["error"] or method in ("template.create", "sandbox.pause"), got
         assert (await c.call("template.list"))["templates"] == []
         assert not list((place.state_dir / "templates").glob(".*")), "no half-built template"
         await c.call("sandbox.resume", {"id": sid})

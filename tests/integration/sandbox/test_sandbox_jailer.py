@@ -238,7 +238,10 @@ def jailed_daemon(place: Place) -> Any:
         remove_parent_cgroup(jail)
 
 
-async def test_daemon_crash_leaves_no_jail(jailed_daemon: Any, place: Place) -> None:
+async def test_daemon_crash_keeps_the_jailed_vmm(jailed_daemon: Any, place: Place) -> None:
+    """A jailed VMM outlives kill -9 of the daemon and is adopted (known by its jail's
+    ``--id``: its socket path is the same inside every chroot); destroy then removes
+    the jail.  A jailed VMM no record can adopt is stopped and its jail removed."""
     daemon, jail, env = jailed_daemon
     daemon.start(**env)
     c = await daemon.client()
@@ -248,16 +251,25 @@ async def test_daemon_crash_leaves_no_jail(jailed_daemon: Any, place: Place) -> 
     assert (jail.root_of(sid) / "rootfs").exists()
     host = await c.call("host.info")
     assert host["config"]["use_jailer"] is True
+    doomed = (await c.call("sandbox.create", {"image": "base", "memory_mib": MEM_MIB}))["id"]
+    doomed_pid = (await c.call("sandbox.get", {"id": doomed}))["vmm"]["pid"]
     await c.close()
 
     daemon.stop(signal.SIGKILL)
     assert alive(pid), "the jailed VMM outlived the daemon"
+    # doomed's record says it is being destroyed: the next daemon must not adopt it.
+    record = place.state_dir / "sandboxes" / doomed / "state.json"
+    record.write_text(record.read_text().replace('"running"', '"stopping"'))
     daemon.start(**env)
     c = await daemon.client()
-    await wait_for(lambda: not alive(pid), 10, what="the stale VMM to be stopped")
-    assert jail_leftovers(jail) == []
     got = await c.call("sandbox.get", {"id": sid})
-    assert got["state"] == "error", "no snapshot: the crash lost the VM"
+    assert got["state"] == "running" and got["vmm"]["pid"] == pid, got
+    ran = await c.call("sandbox.exec", {"id": sid, "shell": "echo jailed", "encoding": "text"})
+    assert ran["stdout"] == "jailed\n"
+    await wait_for(lambda: not alive(doomed_pid), 10, what="the unowned jailed VMM to stop")
+    assert not jail.root_of(doomed).exists()
+    await c.call("sandbox.pause", {"id": sid})
+    await c.call("sandbox.resume", {"id": sid})
     await c.call("sandbox.destroy", {"id": sid})
     await c.close()
     daemon.stop(signal.SIGTERM)

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from wrennd.rpc import transfer_methods
-from wrennd.rpc.transfer_methods import Upload
+from wrennd.rpc import upload
+from wrennd.rpc.upload import Upload
 
 CHUNK = 1024
 
 
 async def test_concurrent_chunks_keep_their_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transfer_methods, "BUFFER_BYTES", 2 * CHUNK)  # full after two chunks
+    monkeypatch.setattr(upload, "BUFFER_BYTES", 2 * CHUNK)  # full after two chunks
     rng = random.Random(7)
     chunks = [rng.randbytes(CHUNK) for _ in range(64)]
     up = Upload("t", ctx=Any)  # type: ignore[arg-type]  # put/body never use the context

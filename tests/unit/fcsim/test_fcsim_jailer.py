@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -54,8 +55,10 @@ def test_pairs_and_limits_are_checked() -> None:
     }
     with pytest.raises(jailer.JailError, match="<name>=<value>"):
         jailer.pairs(["no-file"], "resource-limit")
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
     with pytest.raises(jailer.JailError, match="expected one of"):
         jailer.set_limits({"cores": "1"})
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == before, "a bad name sets nothing"
 
 
 def test_python_dirs_cover_the_interpreter_and_packages_without_overlap() -> None:
