@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-NATIVE_SRC := $(wildcard native/*.c native/*.h native/sim/*.c native/sim/*.h) \
+NATIVE_SRC := $(wildcard native/*.c native/*.h native/sim/*.c native/sim/*.h native/exec/*.c) \
               native/cffi_common.py native/build_native.py native/sim/build_sim.py
 NATIVE_STAMP := wrennd/.native-built
 C_FLAGS := -std=c11 -O1 -g -Wall -Wextra -Werror -fno-omit-frame-pointer

@@ -23,6 +23,7 @@ ENV_PREFIX = "WRENND_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 STORAGE_BACKENDS = ("auto", "devicemapper", "reflink", "copy")
 TTL_ACTIONS = ("pause", "destroy")
+KSM_MODES = ("off", "clones", "all")
 
 
 class ConfigError(ValueError):
@@ -249,6 +250,14 @@ class Settings:
         "", _http_listen, "empty, 127.0.0.1:PORT, [::1]:PORT (any IP literal) or unix:/path"
     )
     http_allow_remote: bool = _setting(False, _bool, "true or false")
+    # Memory sharing between VMMs (docs/operations.md, "Memory sharing (KSM)"): which VMMs
+    # start with their memory mergeable; whether the daemon may run ksmd and set its scan
+    # rate (else the host's admin does); the seconds one full scan of the mergeable VMMs'
+    # memory should take, and a ceiling on pages per 20 ms batch (ksmd's CPU).
+    ksm: str = _setting("off", _choice(*KSM_MODES), "off, clones or all")
+    ksm_manage: bool = _setting(False, _bool, "true or false")
+    ksm_scan_period_s: int = _setting(20, _pos_int, "a positive integer (seconds)")
+    ksm_max_pages_to_scan: int = _setting(4000, _pos_int, "a positive integer (pages)")
 
     # Derived paths (DESIGN.md §3).
     @property

@@ -250,6 +250,8 @@ def wire(daemon: Daemon) -> None:
     daemon.stats.add("uffd", lambda: views.uffd_totals(sandboxes))
     daemon.stats.add("scrub", sandboxes.scrubber.stats)
     daemon.stats.add("engines", lambda: views.engine_states(sandboxes))
+    daemon.stats.add("ksm", sandboxes.sharing.stats)
+    daemon.info.add("ksm", sandboxes.sharing.info)
     chosen = sandboxes.storage.backend.name
     daemon.info.add("storage", lambda: {"configured": settings.storage_backend, "backend": chosen})
     kernel_facts = describe_kernel(settings.kernel_path)  # where make kernel got it; read once

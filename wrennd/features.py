@@ -183,8 +183,40 @@ def kvm() -> Feature:
     return _missing("kvm", "neither kvm_intel nor kvm_amd is loaded")
 
 
+# wrennd-merge-exec, built by setup.py beside this package (native/exec/merge_exec.c).
+MERGE_EXEC = Path(__file__).resolve().parent / "wrennd-merge-exec"
+KSM_RUN = Path("/sys/kernel/mm/ksm/run")
+
+
+@functools.cache
+def ksm() -> Feature:
+    """KSM with per-process merging that survives exec: a process started through
+    wrennd-merge-exec must show ``ksm_merge_any: yes`` in its own /proc/self/ksm_stat."""
+    if not KSM_RUN.exists():
+        return _missing("ksm", "the kernel has no KSM (CONFIG_KSM): /sys/kernel/mm/ksm is absent")
+    if not os.access(MERGE_EXEC, os.X_OK):
+        return _missing("ksm", f"{MERGE_EXEC} is not built (make install)")
+    try:
+        done = subprocess.run(
+            [str(MERGE_EXEC), "/bin/cat", "/proc/self/ksm_stat"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return _missing("ksm", f"{MERGE_EXEC} could not run: {e}")
+    if done.returncode != 0:
+        why = (done.stderr or done.stdout).strip()
+        return _missing("ksm", f"PR_SET_MEMORY_MERGE is not usable (Linux >= 6.7 needed): {why}")
+    if "ksm_merge_any: yes" not in done.stdout:
+        return _missing("ksm", "PR_SET_MEMORY_MERGE does not survive exec on this kernel")
+    return _ok("ksm")
+
+
 def all_features() -> list[Feature]:
-    return [root(), userfaultfd(), netns(), device_mapper(), kvm()]
+    return [root(), userfaultfd(), netns(), device_mapper(), kvm(), ksm()]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from wrennd.network.slots import SlotAllocator
 from wrennd.sandbox.handover import HandOver
 from wrennd.sandbox.jail import JailSettings
 from wrennd.sandbox.record import RecordStore, check_sandbox_id
+from wrennd.sandbox.sharing import KsmSettings, MemorySharing
 from wrennd.sandbox.snapcache import OpenedSnapshots
 from wrennd.storage.aio import AsyncStorage
 from wrennd.vm.launcher import VmmFiles
@@ -97,6 +98,7 @@ class HostConfig:
     host_netns: Path | None = None
     # Every VMM under the jailer (use_jailer), else started directly.
     jail: JailSettings | None = None
+    ksm: KsmSettings = field(default_factory=KsmSettings)
 
     @classmethod
     def from_settings(cls, settings: config.Settings, vmm: VmmChoice) -> HostConfig:
@@ -120,6 +122,12 @@ class HostConfig:
             memory_overcommit_percent=settings.memory_overcommit_percent,
             host_netns=settings.host_netns,
             jail=jail_settings(settings, vmm),
+            ksm=KsmSettings(
+                settings.ksm,
+                settings.ksm_manage,
+                settings.ksm_scan_period_s,
+                settings.ksm_max_pages_to_scan,
+            ),
         )
 
     @property
@@ -234,6 +242,10 @@ class Deps:
     snapshots: OpenedSnapshots = field(default_factory=OpenedSnapshots)
     _network_started: bool = False
     _network_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sharing: MemorySharing = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sharing = MemorySharing(self.cfg.ksm, self.cfg.run_dir)
 
     async def network_ready(self) -> NetworkManager:
         """The network manager, started on first use: a daemon that never runs a

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from wrennd import config
+from wrennd import config, features
 from wrennd.guest.client import GuestClient
 from wrennd.guest.protocol import CommandSpec
 from wrennd.log import kv
@@ -33,6 +33,7 @@ from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import RecordStore
 from wrennd.sandbox.registry import Registry, Sandbox
 from wrennd.sandbox.scrub import Scrubber
+from wrennd.sandbox.sharing import MemorySharing, RunningVmm
 from wrennd.sandbox.usage import usage
 from wrennd.storage.aio import AsyncStorage
 from wrennd.storage.choose import choose_backend
@@ -85,6 +86,8 @@ class SandboxService:
         ``handed``: the fds it gave back at start, by name."""
         vmm = choose_vmm(settings.firecracker_bin)
         cfg = HostConfig.from_settings(settings, vmm)
+        if cfg.ksm.mode != "off" and not features.ksm().available:
+            raise ValueError(f"ksm = {cfg.ksm.mode!r} cannot work here: {features.ksm().reason}")
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         storage = AsyncStorage(choose_backend(settings.storage_backend, settings.state_dir))
         network = NetworkManager(
@@ -99,12 +102,27 @@ class SandboxService:
     async def start(self) -> None:
         await self.lifecycle.start()
         self.scrubber.start()
+        await self.sharing.start(self.running_vmms)
 
     async def close(self) -> None:
         """Stop background work and the storage workers (running VMMs are left alone)."""
+        await self.sharing.close()
         await self.scrubber.stop()
         await self.lifecycle.close()
         await self.storage.aclose()
+
+    @property
+    def sharing(self) -> MemorySharing:
+        return self.deps.sharing
+
+    def running_vmms(self) -> list[RunningVmm]:
+        """Every VMM of a sandbox with one running, for the KSM policy's counts."""
+        out = []
+        for sb in self.registry:
+            vmm = None if sb.live is None else sb.live.vmm
+            if vmm is not None and vmm.proc.running:
+                out.append(RunningVmm(sb.id, vmm.proc.pid, sb.record.memory_mib))
+        return out
 
     async def shutdown(self, ctx: Deadline, keep: bool = False) -> None:
         """Pause every running sandbox (bounded concurrency), then stop background work.

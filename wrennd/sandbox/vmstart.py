@@ -77,6 +77,7 @@ async def start_vmm(live: Live, deps: Deps, rec: SandboxRecord, t: Timings) -> V
         # The jailer joins the namespace itself (--netns), then drops to the jail user.
         argv, netns = live.jail.argv(args), None
         await asyncio.to_thread(live.jail.own_files, files)
+    argv = deps.sharing.wrap(argv, rec.template)  # KSM: the mark survives the jailer's exec
     # Saved with the slot, before the namespace the VMM is started in existed.
     assert rec.vmm_api_socket == str(files.api_socket) and rec.vmm_pid is None
 
@@ -94,4 +95,5 @@ async def start_vmm(live: Live, deps: Deps, rec: SandboxRecord, t: Timings) -> V
         end_spawn()
         for end in end_start:
             end()
+    deps.sharing.spawned()
     return live.vmm

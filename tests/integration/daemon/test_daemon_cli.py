@@ -46,7 +46,7 @@ def test_host_info_table_and_json(daemon: Any) -> None:
     raw = wrennctl(daemon.socket_path, "--json", "host", "info")
     info = json.loads(raw.stdout)
     assert info["socket"]["path"] == str(daemon.socket_path)
-    assert set(info["features"]) == {"root", "uffd", "netns", "dm", "kvm"}
+    assert set(info["features"]) == {"root", "uffd", "netns", "dm", "kvm", "ksm"}
     # The backend really chosen for this state dir, not just the configured "auto".
     assert info["storage"]["configured"] == "auto"
     probed = choose_backend("auto", Path(info["config"]["state_dir"]))

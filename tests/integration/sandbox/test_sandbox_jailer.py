@@ -22,14 +22,16 @@ import pytest
 from tests.integration.sandbox.conftest import Env, Place
 from tests.integration.sandbox.test_sandbox_daemon import Daemon
 from tests.polling import wait_for
+from wrennd import features
 from wrennd.guest.protocol import CommandSpec
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import Naming
 from wrennd.sandbox.environment import HostConfig, VmmChoice
 from wrennd.sandbox.errors import VmmFailed
 from wrennd.sandbox.jail import JailSettings
+from wrennd.sandbox.sharing import KsmSettings
 from wrennd.storage.aio import open_storage
-from wrennd.vm import cgroup
+from wrennd.vm import cgroup, ksm
 from wrennd_sim.fcsim.control import ControlClient
 from wrennd_sim.fcsim.harness import require_fcsim
 from wrennd_sim.inproc import InProcess
@@ -103,6 +105,8 @@ async def jailed(place: Place, request: pytest.FixtureRequest) -> AsyncIterator[
         boot_timeout=30,
         host_netns=place.bed.host_path,
         jail=jail,
+        # Clones' VMMs through wrennd-merge-exec, then the jailer (where the kernel can).
+        ksm=KsmSettings("clones" if features.ksm().available else "off"),
     )
     network = NetworkManager(
         naming=Naming(prefix=place.prefix, table=place.table),
@@ -199,6 +203,10 @@ async def test_jailed_create_exec_pause_resume_clone_destroy(jailed: Env) -> Non
     assert live is not None and live.net is not None
     assert_jailed(clone["vmm"]["pid"], jail, clone["id"], live.net.netns_path, secret)
     assert await mgr.guest(clone["id"]).read_bytes("/root/note") == b"kept\n"
+    if features.ksm().available:  # the KSM mark survives the jailer's exec
+        assert ksm.process_stat(clone["vmm"]["pid"])["ksm_merge_any"] is True  # type: ignore[index]
+        source = mgr.get(sid)["vmm"]["pid"]  # resumed after the template was taken
+        assert ksm.process_stat(source)["ksm_merge_any"] is False  # type: ignore[index]
 
     for s in (clone["id"], sid):
         await mgr.destroy(s)
