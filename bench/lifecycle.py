@@ -17,6 +17,11 @@ dir in a loop file (reflink layers), never the machine's own network.
                                         [--fanout 1 5 20] [--json out.json]
                                         [--plot out.png]
 
+--stages prints the stage table (bench/lifecycle_stages.py): the daemon, vmm and
+guest shares of create, pause (Full, Diff at 10 %) and resume (3-generation
+chain), medians of --reps (use 5), from each operation's ``timings`` record;
+with --baseline DIR, alternating with an older wrennd tree, side by side.
+
 --cycles N measures only the prefetch map across pause/resume cycles: a
 sandbox is created and paused (Full), then N times resumed, a stable working
 set touched (--ws-mib, in --ws-order) and --new-pages pages never touched
@@ -42,6 +47,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import lifecycle_stages
 
 from wrennd.network.manager import NetworkManager
 from wrennd.network.plan import Naming
@@ -164,6 +171,7 @@ async def one_cycle(
                         write=True)  # fmt: skip
     f2 = views.uffd_totals(mgr.service)["faults"]
     await mgr.pause(sid)
+    await mgr.settled(sid)  # the map is written after the pause's answer
     pmap = read_prefetch_map(mgr.service.paths(sid).snapshot_dir)
     return {
         "cycle": n,
@@ -230,7 +238,16 @@ async def fanout(mgr: InProcess, sid: str, sizes: list[int]) -> dict[str, Any]:
     return result
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def stage_reps(mgr: InProcess, args: argparse.Namespace) -> Any:
+    reps = [await lifecycle_stages.one_rep(mgr, args.memory_mib, control) for _ in range(args.reps)]
+    if args.stages_child:
+        return reps
+    result = {"memory_mib": args.memory_mib, "reps": args.reps, "loadavg": os.getloadavg(),
+              "candidate": lifecycle_stages.summary(reps)}  # fmt: skip
+    return result
+
+
+async def run(args: argparse.Namespace) -> Any:
     image = sh(REPO / "images" / "build-image", "-").strip().splitlines()[-1]
     tag = secrets.token_hex(2)
     bed = TestBed(f"lb{tag}")
@@ -255,6 +272,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             bed.build()
             async with InProcess.started(cfg, storage, network) as mgr:
+                if args.stages_child or args.stages:
+                    return await stage_reps(mgr, args)
                 return await (cycles(mgr, args) if args.cycles else measure(mgr, args))
         finally:
             bed.destroy()
@@ -298,15 +317,24 @@ def main() -> int:
         "--prefetch-max-mib", type=int, default=0,
         help="the prefetch_max_bytes setting, in MiB (default 0: the memory size)",
     )  # fmt: skip
+    parser.add_argument("--stages", action="store_true", help="print the stage table")
+    parser.add_argument("--stages-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", type=Path, help="--stages: an older wrennd tree to compare")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
-    result = asyncio.run(run(args))
+    if args.stages and args.baseline:
+        result = lifecycle_stages.compare(args)
+    else:
+        result = asyncio.run(run(args))
+    if args.stages_child:
+        print(json.dumps(result))
+        return 0
     text = json.dumps(result, indent=2)
-    print(text)
+    print(lifecycle_stages.table(result) if args.stages else text)
     if args.json:
         args.json.write_text(text + "\n")
-    if args.plot and not args.cycles:
+    if args.plot and not args.cycles and not args.stages:
         plot(result, args.plot)
     return 0
 

@@ -59,8 +59,14 @@ class InProcess:
         sb = await self.service.lifecycle.resume(sandbox_id, progress, prefetch=prefetch)
         return views.sandbox(self.service, sb)
 
-    async def destroy(self, sandbox_id: str) -> None:
-        await self.service.lifecycle.destroy(sandbox_id)
+    async def settled(self, sandbox_id: str) -> None:
+        """Wait for the work a pause leaves for after its answer (network removal, prefetch
+        map, kept disk: sandbox/afterpause.py), for callers that read those directly."""
+        await self.service.registry.get(sandbox_id).settled()
+
+    async def destroy(self, sandbox_id: str) -> dict[str, Any]:
+        done = await self.service.lifecycle.destroy(sandbox_id)
+        return {"id": sandbox_id, "destroyed": True, "timings": views.timings({"destroy": done})}
 
     async def set_timeout(self, sandbox_id: str, timeout_s: float | None) -> dict[str, Any]:
         sb = await self.service.lifecycle.set_timeout(sandbox_id, timeout_s)
@@ -106,8 +112,8 @@ class InProcess:
         progress: Progress = no_progress,
         memory_backing: str | None = None,
     ) -> dict[str, Any]:
-        meta = await self.service.templates.create(sandbox_id, name, progress, memory_backing)
-        return views.template(meta, [])
+        meta, made = await self.service.templates.create(sandbox_id, name, progress, memory_backing)
+        return views.template(meta, [], made)
 
     async def get_template(self, name: str) -> dict[str, Any]:
         meta = await self.service.templates.get(name)

@@ -105,8 +105,12 @@ def _build_namespace(nipr: Any, nnft: Nft, host: HostContext, addrs: SlotAddress
     nnft.run(ruleset.sandbox_table(host.naming.table, addrs.host_address))
 
 
-def create(host: HostContext, addrs: SlotAddresses) -> None:
-    """Make everything of the slot, or nothing: a failure rolls back what was made."""
+def create(
+    host: HostContext, addrs: SlotAddresses, on_namespace: Callable[[], None] | None = None
+) -> None:
+    """Make everything of the slot, or nothing: a failure rolls back what was made.
+    ``on_namespace()`` is called (in this thread) as soon as the namespace exists: a
+    process may be started in it while its links and rules are made."""
     slot, naming = addrs.slot, host.naming
     ns, veth = naming.netns(slot), naming.host_veth(slot)
     with host_fd(host) as hfd:
@@ -116,7 +120,7 @@ def create(host: HostContext, addrs: SlotAddresses) -> None:
             _refuse_collisions(hipr, host, slot, hfd)
             undo = _Undo(slot)
             try:
-                _create_steps(host, addrs, hfd, hipr, hnft, undo)
+                _create_steps(host, addrs, hfd, hipr, hnft, undo, on_namespace)
             except BaseException as e:
                 step = undo.step
                 nsutil.enter_fd(hfd)
@@ -128,13 +132,21 @@ def create(host: HostContext, addrs: SlotAddresses) -> None:
 
 
 def _create_steps(
-    host: HostContext, addrs: SlotAddresses, hfd: int, hipr: Any, hnft: Nft, undo: _Undo
+    host: HostContext,
+    addrs: SlotAddresses,
+    hfd: int,
+    hipr: Any,
+    hnft: Nft,
+    undo: _Undo,
+    on_namespace: Callable[[], None] | None,
 ) -> None:
     slot, naming = addrs.slot, host.naming
     ns, veth = naming.netns(slot), naming.host_veth(slot)
     undo.step = "create namespace"
     nsutil.create_and_enter(ns)
     undo.push("remove namespace", lambda: nsutil.remove(ns))
+    if on_namespace is not None:
+        on_namespace()
     nsutil.write_sysctl("net/ipv4/ip_forward", "1")
     # The plan is IPv4 only: no IPv6 on the sandbox's links, so a guest's IPv6
     # goes nowhere (and no DAD or router solicitations run for nothing).

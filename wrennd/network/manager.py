@@ -12,7 +12,7 @@ import dataclasses
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from wrennd.log import kv
@@ -121,16 +121,21 @@ class NetworkManager:
             nft.run(ruleset.host_table(self.naming.table, uplink))
         return uplink
 
-    async def create(self, slot: int) -> SandboxNetwork:
+    async def create(
+        self, slot: int, on_namespace: Callable[[], None] | None = None
+    ) -> SandboxNetwork:
         """Build slot's namespace, veth, tap0, addresses, routes and rules: all or nothing.
 
         Raises NameCollision if a namespace or link of that name exists (left
-        alone), SetupError (after rolling back) if a step fails.
+        alone), SetupError (after rolling back) if a step fails.  ``on_namespace()``
+        is called from the building thread once the namespace exists.
         """
         host = self._ready()
         addrs = self.plan.for_slot(slot)
         async with self._lock(slot):
-            job = asyncio.ensure_future(nsutil.run_async(lambda: build.create(host, addrs)))
+            job = asyncio.ensure_future(
+                nsutil.run_async(lambda: build.create(host, addrs, on_namespace))
+            )
             try:
                 await asyncio.shield(job)
             except asyncio.CancelledError:

@@ -112,7 +112,9 @@ def _register_lifecycle(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("sandbox.create", params=CREATE, kind=life, mutating=True)
     async def create(ctx: CallContext, p: dict[str, Any]) -> Any:
-        """Boot a sandbox from an image, or clone one from a template (progress: stages)."""
+        """Boot a sandbox from an image, or clone one from a template (progress: stages,
+        each report with the ms of the stages finished since the last). The answer is the
+        sandbox, whose ``timings.create`` are this call's stage timings."""
         with _translated():
             sb = await lifecycle.create(
                 p.get("image"),
@@ -129,22 +131,24 @@ def _register_lifecycle(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("sandbox.pause", params=BY_ID, kind=life, mutating=True)
     async def pause(ctx: CallContext, p: dict[str, Any]) -> Any:
-        """Snapshot a running sandbox to disk and stop its VM (progress: stages)."""
+        """Snapshot a running sandbox to disk and stop its VM (progress: stages). The
+        answer's ``timings.pause`` are this call's stage timings."""
         with _translated():
             return views.sandbox(service, await lifecycle.pause(p["id"], _progress(ctx)))
 
     @methods.register("sandbox.resume", params=BY_ID, kind=life, mutating=True)
     async def resume(ctx: CallContext, p: dict[str, Any]) -> Any:
-        """Start a paused sandbox from its snapshot, memory paged in lazily (progress)."""
+        """Start a paused sandbox from its snapshot, memory paged in lazily (progress:
+        stages). The answer's ``timings.resume`` are this call's stage timings."""
         with _translated():
             return views.sandbox(service, await lifecycle.resume(p["id"], _progress(ctx)))
 
     @methods.register("sandbox.destroy", params=BY_ID, kind=life, mutating=True)
     async def destroy(ctx: CallContext, p: dict[str, Any]) -> Any:
-        """Stop a sandbox and remove everything it has."""
+        """Stop a sandbox and remove everything it has; ``timings.destroy``: its stages."""
         with _translated():
-            await lifecycle.destroy(p["id"])
-        return {"id": p["id"], "destroyed": True}
+            done = await lifecycle.destroy(p["id"])
+        return {"id": p["id"], "destroyed": True, "timings": views.timings({"destroy": done})}
 
     @methods.register("sandbox.set_timeout", params=SET_TIMEOUT, mutating=True)
     async def set_timeout(ctx: CallContext, p: dict[str, Any]) -> Any:
@@ -156,7 +160,11 @@ def _register_lifecycle(methods: MethodTable, service: SandboxService) -> None:
 def _register_queries(methods: MethodTable, service: SandboxService) -> None:
     @methods.register("sandbox.get", params=BY_ID)
     async def get(ctx: CallContext, p: dict[str, Any]) -> Any:
-        """One sandbox, with its host resource usage."""
+        """One sandbox, with its host resource usage and ``timings``: the stage timings of
+        the last create, pause, resume and template_create (each: ``operation``,
+        ``total_ms``, ``owners`` {daemon, vmm, guest} ms, ``stages`` [{name, owner, ms,
+        wall_ms, start_ms}]; concurrent stages are charged on the critical path, so the
+        stages' ``ms`` add up to ``total_ms``)."""
         with _translated():
             sb = service.registry.get(p["id"])
             return {**views.sandbox(service, sb), "usage": await service.usage(sb)}
@@ -235,12 +243,13 @@ def _register_templates(methods: MethodTable, service: SandboxService) -> None:
 
     @methods.register("template.create", params=TEMPLATE_CREATE, kind=Kind.LIFECYCLE, mutating=True)
     async def create(ctx: CallContext, p: dict[str, Any]) -> Any:
-        """Freeze a running or paused sandbox into a named template (progress: stages)."""
+        """Freeze a running or paused sandbox into a named template (progress: stages);
+        ``timings.template_create``: the build's stage timings."""
         with _translated():
-            meta = await catalog.create(
+            meta, made = await catalog.create(
                 p["sandbox_id"], p["name"], _progress(ctx), p.get("memory_backing")
             )
-        return views.template(meta, [])
+        return views.template(meta, [], made)
 
     @methods.register("template.get", params=BY_NAME)
     async def get(ctx: CallContext, p: dict[str, Any]) -> Any:

@@ -10,7 +10,7 @@ import dataclasses
 from collections import Counter
 from typing import Any
 
-from wrennd.sandbox import ImageInfo, Sandbox, SandboxService, TemplateMeta
+from wrennd.sandbox import ImageInfo, Sandbox, SandboxService, TemplateMeta, TimingRecord
 
 
 def sandbox(service: SandboxService, sb: Sandbox) -> dict[str, Any]:
@@ -31,6 +31,7 @@ def sandbox(service: SandboxService, sb: Sandbox) -> dict[str, Any]:
         "recovered_from": rec.recovered_from,
         "created_at": rec.created_at,
         "updated_at": rec.updated_at,
+        "timings": timings(sb.timings),
     }
     live = sb.live
     if live is not None and live.net is not None and live.vmm is not None:
@@ -57,6 +58,12 @@ def sandbox(service: SandboxService, sb: Sandbox) -> dict[str, Any]:
     return d
 
 
+def timings(records: dict[str, TimingRecord]) -> dict[str, Any]:
+    """The last run of each operation: stages (name, owner, ms, wall_ms, start_ms), the
+    owners' shares and the total (sandbox/timing.py says how overlaps are counted)."""
+    return {op: r.to_json() for op, r in sorted(records.items())}
+
+
 def _buckets(hist: tuple[int, ...]) -> list[dict[str, int]]:
     """The engine's log2 latency buckets from the first to the last one used."""
     used = [i for i, n in enumerate(hist) if n]
@@ -80,8 +87,14 @@ def sandboxes(
     return sorted(out, key=lambda d: (d["created_at"], d["id"]))
 
 
-def template(meta: TemplateMeta, users: list[str]) -> dict[str, Any]:
-    return {**dataclasses.asdict(meta), "sandboxes": users}
+def template(
+    meta: TemplateMeta, users: list[str], made: TimingRecord | None = None
+) -> dict[str, Any]:
+    """A template; ``made``: the timings of its creation (template.create's answer)."""
+    d = {**dataclasses.asdict(meta), "sandboxes": users}
+    if made is not None:
+        d["timings"] = timings({"template_create": made})
+    return d
 
 
 def image(info: ImageInfo, users: list[str]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from wrennd.sandbox.record import SandboxState
 from wrennd.sandbox.registry import Sandbox
 from wrennd.sandbox.service import SandboxService
 from wrennd.sandbox.templates import TemplateMeta
+from wrennd.sandbox.timing import TimingRecord
 
 __all__ = [
     "CommandSpec",
@@ -29,5 +30,6 @@ __all__ = [
     "SandboxState",
     "Started",
     "TemplateMeta",
+    "TimingRecord",
     "b64decode",
 ]

@@ -20,7 +20,7 @@ import time
 
 from wrennd.guest.client import AgentUnavailable
 from wrennd.log import kv
-from wrennd.sandbox import bringup, jail, pausing
+from wrennd.sandbox import jail, pausing, restoring
 from wrennd.sandbox.environment import Deps
 from wrennd.sandbox.live import Live, guest_client
 from wrennd.sandbox.record import SandboxRecord, SandboxState
@@ -96,7 +96,7 @@ async def _serve_handed(deps: Deps, rec: SandboxRecord, live: Live) -> None:
     if handed is None:
         raise VmmError(f"the hand-over of {rec.id} is incomplete")
     try:
-        server = await bringup.engine_server(deps, rec, prefetch=False, handed=True)
+        server = await restoring.engine_server(deps, rec, prefetch=False, handed=True)
         await server.start(listen_socket=False)
     except BaseException:
         handed.close()

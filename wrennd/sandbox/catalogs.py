@@ -20,6 +20,7 @@ from wrennd.sandbox.lifecycle import Lifecycle
 from wrennd.sandbox.record import SandboxState
 from wrennd.sandbox.registry import Registry
 from wrennd.sandbox.rwlock import PREEMPT_AFTER
+from wrennd.sandbox.timing import TimingRecord, Timings
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,11 @@ class TemplateCatalog:
         name: str,
         progress: Progress = no_progress,
         memory_backing: str | None = None,
-    ) -> templates.TemplateMeta:
+    ) -> tuple[templates.TemplateMeta, TimingRecord]:
         """Freeze a running or paused sandbox under ``name``; a running one is paused for
         it and resumed afterwards.  A template keeps the sandbox's page size:
-        ``memory_backing``, if given, must be it."""
+        ``memory_backing``, if given, must be it.  The timings are the build's (under the
+        sandbox's lock); the pause and resume around it keep their own in the sandbox's."""
         templates.check_name(name)
         sb = self.registry.get(sandbox_id)
         templates.check_backing(sb.record, memory_backing)
@@ -82,14 +84,21 @@ class TemplateCatalog:
                 rec = sb.record
                 if rec.state != SandboxState.PAUSED:
                     raise WrongState(sandbox_id, rec.state, "create a template")
+                await sb.settled()  # the snapshot's prefetch map is copied too
                 meta = templates.new_meta(
                     name, rec.vcpus, rec.memory_mib, rec.image, rec.id, rec.memory_backing
                 )
-                await templates.build(self.deps, sandbox_id, meta, progress)
+                t = Timings("template_create", progress, steps=3)
+                try:
+                    await templates.build(self.deps, sandbox_id, meta, t)
+                except BaseException:
+                    t.failed(sandbox_id)
+                    raise
+                sb.timings["template_create"] = done = await t.done(sandbox_id)
         finally:
             if was_running:
                 await self.lifecycle.resume(sandbox_id)
-        return meta
+        return meta, done
 
     def users(self, name: str) -> list[str]:
         return self.registry.users_of_template(name)

@@ -26,6 +26,7 @@ from wrennd.sandbox.handover import HandOver
 from wrennd.sandbox.jail import JailSettings
 from wrennd.sandbox.record import RecordStore, check_sandbox_id
 from wrennd.sandbox.sharing import KsmSettings, MemorySharing
+from wrennd.sandbox.snapcache import OpenedSnapshots
 from wrennd.storage.aio import AsyncStorage
 from wrennd.vm.launcher import VmmFiles
 
@@ -237,6 +238,8 @@ class Deps:
     slots: SlotAllocator
     records: RecordStore
     handover: HandOver = field(default_factory=HandOver)
+    # Snapshots opened since their pause, for the next resume (sandbox/snapcache.py).
+    snapshots: OpenedSnapshots = field(default_factory=OpenedSnapshots)
     _network_started: bool = False
     _network_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     sharing: MemorySharing = field(init=False)

@@ -36,6 +36,7 @@ from wrennd.sandbox.reaper import Reaper
 from wrennd.sandbox.record import SandboxRecord, SandboxState, new_sandbox_id
 from wrennd.sandbox.registry import Registry, Sandbox
 from wrennd.sandbox.rwlock import PREEMPT_AFTER
+from wrennd.sandbox.timing import TimingRecord, Timings
 
 log = logging.getLogger(__name__)
 S = SandboxState
@@ -70,6 +71,7 @@ class Lifecycle:
         """Stop the reaper and background work; running VMMs are left to ``pause_all``."""
         await self.reaper.stop()
         tasks = [sb.collapse for sb in self.registry if sb.collapse is not None]
+        tasks += [sb.settling for sb in self.registry if sb.settling is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def pause_all(
@@ -116,54 +118,52 @@ class Lifecycle:
         )
         now = self.clock()
         sb = Sandbox(
-            SandboxRecord(
-                id=new_sandbox_id(),
-                state=S.CREATING,
-                vcpus=vcpus,
-                memory_mib=memory_mib,
-                image=image,
-                memory_backing=backing,
-                template=template,
-                timeout_s=timeout_s,
-                expires_at=None if timeout_s is None else now + timeout_s,
-                env=dict(env or {}),
-                metadata=dict(metadata or {}),
-            )
+            _creating(image, template, vcpus, memory_mib, backing, timeout_s, env, metadata, now)
         )
+        steps = 6 if template is None else 12
+        t = Timings("create" if template is None else "clone", progress, steps=steps)
         async with sb.lock:
             self.registry.add(sb)  # before any await: a concurrent admission counts it
             try:
                 await self.registry.save(sb)
                 if template is not None:
-                    sb.live = await bringup.clone(self.deps, sb.record, source, progress)
+                    sb.live = await bringup.clone(self.deps, sb.record, source, t)
                 else:
-                    sb.live = await bringup.create(self.deps, sb.record, source, progress)
+                    sb.live = await bringup.create(self.deps, sb.record, source, t)
             except BaseException:
+                t.failed(sb.id)
                 self.registry.discard(sb.id)
                 with contextlib.suppress(FileNotFoundError):  # the first save failed
                     await asyncio.shield(asyncio.to_thread(self.registry.records.remove, sb.id))
                 raise
             await self._running(sb)
+            sb.timings["create"] = await t.done(sb.id)
         log.info("sandbox created", extra=kv(sandbox=sb.id, image=image, template=template))
         return sb
 
     @lifted
-    async def destroy(self, sandbox_id: str) -> None:
+    async def destroy(self, sandbox_id: str) -> TimingRecord:
+        """Everything the sandbox holds goes; the stage timings of its going."""
         sb = self.registry.get(sandbox_id)
         async with sb.lock.exclusive(PREEMPT_AFTER):
             self.registry.still(sb)
+            t = Timings("destroy", steps=4)
             await self.registry.move(sb, S.STOPPING, "destroy")
             self.reaper.set(sandbox_id, None)
             if sb.collapse is not None:
                 await asyncio.gather(sb.collapse, return_exceptions=True)
+            await sb.settled()
             try:
-                await teardown.destroy(self.deps, sb.record, sb.live)
+                await teardown.destroy(self.deps, sb.record, sb.live, t)
             except Exception as e:
+                t.failed(sandbox_id)
                 sb.live = None
                 await self.registry.settle(sb, S.ERROR, f"destroy failed: {e}")
                 raise
             self.registry.discard(sandbox_id)
+            done = await t.done(sandbox_id)
         log.info("sandbox destroyed", extra=kv(sandbox=sandbox_id))
+        return done
 
     # --- pause / resume ----------------------------------------------------------
     @lifted
@@ -173,13 +173,17 @@ class Lifecycle:
             self.registry.still(sb)
             if sb.live is None:
                 raise WrongState(sandbox_id, sb.record.state, "pause")
+            t = Timings("pause", progress, steps=7)
             await self.registry.move(sb, S.PAUSING, "pause")
             try:
-                header = await pausing.pause(self.deps, sb.record, sb.live, progress)
+                header, after = await pausing.pause(self.deps, sb.record, sb.live, t)
+                sb.settling = asyncio.ensure_future(after)
             except PauseUndone as e:
+                t.failed(sb.id)
                 await self._running(sb, str(e))
                 raise
             except BaseException as e:
+                t.failed(sb.id)
                 # The VM could not be resumed, or releasing failed after the snapshot.
                 await asyncio.shield(self._after_failed_pause(sb, e))
                 raise
@@ -188,6 +192,7 @@ class Lifecycle:
             sb.record.snapshot_build_id = str(header.build_id)
             sb.record.recovered_from = None
             await self._rest(sb, S.PAUSED)
+            sb.timings["pause"] = await t.done(sb.id, generation=header.generation)
             if header.generation >= self.deps.cfg.max_generations:
                 sb.collapse = asyncio.ensure_future(pausing.collapse(self.deps, self.registry, sb))
         return sb
@@ -216,10 +221,13 @@ class Lifecycle:
                 # The engine maps the chain's files: let a collapse finish first.
                 await asyncio.gather(sb.collapse, return_exceptions=True)
                 sb.collapse = None
+            await sb.settled()  # the prefetch map written, the disk kept, the network gone
             rec = sb.record
+            t = Timings("resume", progress, steps=10)
             try:
-                sb.live = await bringup.resume(self.deps, rec, progress, prefetch)
+                sb.live = await bringup.resume(self.deps, rec, t, prefetch)
             except BaseException as e:
+                t.failed(sb.id)
                 back = S.PAUSED if rec.generation is not None else S.ERROR
                 error = f"resume failed: {e}"
                 if back == S.PAUSED and rec.vmm_pid is not None:  # the VM may have run: disk too
@@ -229,6 +237,7 @@ class Lifecycle:
             if rec.timeout_s is not None:
                 rec.expires_at = self.clock() + rec.timeout_s
             await self._running(sb)
+            sb.timings["resume"] = await t.done(sb.id, **bringup.installed(sb.live))
         return sb
 
     @lifted
@@ -272,23 +281,51 @@ class Lifecycle:
 
     def _watch(self, sb: Sandbox, live: Live) -> None:
         """A VMM that exits by itself puts its sandbox in error, resources released."""
-        vmm = live.require_vmm()
+        live.watcher = asyncio.ensure_future(_watch(self, sb, live))
 
-        async def watch() -> None:
-            rc = await vmm.proc.wait()
-            if live.stopping:
-                return
-            reason = str(vmm.proc.exited_error("the VMM exited while running"))
-            log.error("sandbox vmm died", extra=kv(sandbox=sb.id, returncode=rc))
-            async with sb.lock.exclusive(preempt_after=0):  # the guest is gone with its VMM
-                if sb.live is not live:
-                    return
-                live.watcher = None  # this task: release must not cancel it
-                await live.release(self.deps.storage, self.deps.network, self.deps.slots)
-                sb.live = None
-                await self._rest(sb, S.ERROR, reason)
 
-        live.watcher = asyncio.ensure_future(watch())
+async def _watch(life: Lifecycle, sb: Sandbox, live: Live) -> None:
+    vmm = live.require_vmm()
+    rc = await vmm.proc.wait()
+    if live.stopping:
+        return
+    reason = str(vmm.proc.exited_error("the VMM exited while running"))
+    log.error("sandbox vmm died", extra=kv(sandbox=sb.id, returncode=rc))
+    async with sb.lock.exclusive(preempt_after=0):  # the guest is gone with its VMM
+        if sb.live is not live:
+            return
+        live.watcher = None  # this task: release must not cancel it
+        deps = life.deps
+        await live.release(deps.storage, deps.network, deps.slots)
+        sb.live = None
+        await life._rest(sb, S.ERROR, reason)
+
+
+def _creating(
+    image: str | None,
+    template: str | None,
+    vcpus: int,
+    memory_mib: int,
+    memory_backing: str,
+    timeout_s: float | None,
+    env: dict[str, str] | None,
+    metadata: dict[str, str] | None,
+    now: float,
+) -> SandboxRecord:
+    """The record of a sandbox being created (its machine checked by ``_machine``)."""
+    return SandboxRecord(
+        id=new_sandbox_id(),
+        state=S.CREATING,
+        vcpus=vcpus,
+        memory_mib=memory_mib,
+        image=image,
+        memory_backing=memory_backing,
+        template=template,
+        timeout_s=timeout_s,
+        expires_at=None if timeout_s is None else now + timeout_s,
+        env=dict(env or {}),
+        metadata=dict(metadata or {}),
+    )
 
 
 def _check_timeout(timeout_s: float | None) -> None:

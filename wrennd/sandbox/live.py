@@ -67,6 +67,9 @@ class Live:
     uffd: UffdServer | None = None
     serving: asyncio.Future[ServeResult] | None = None
     jail: Jail | None = None  # the VMM's chroot and cgroup under the jailer
+    # The network's links and rules still being made once its namespace exists (and
+    # ``net`` names it): awaited before the VMM uses the tap.
+    building: asyncio.Future[None] | None = field(default=None, repr=False)
     stopping: bool = False
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
     filler: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -126,17 +129,23 @@ class Live:
             self.jail = None
         return result
 
-    async def release(
-        self, storage: AsyncStorage, network: NetworkManager, slots: SlotAllocator
-    ) -> ServeResult | None:
-        """Stop the VMM, detach storage, remove the network, free the slot (what exists)."""
-        result = await self.stop_vmm()
+    async def detach_storage(self, storage: AsyncStorage) -> None:
         if self.storage_attached:
             await storage.detach(self.sandbox_id)
             self.storage_attached = False
+
+    async def remove_network(self, network: NetworkManager, slots: SlotAllocator) -> None:
         if self.slot is not None:
             await network.remove(self.slot)
             slots.release(self.slot)
             self.slot = None
             self.net = None
+
+    async def release(
+        self, storage: AsyncStorage, network: NetworkManager, slots: SlotAllocator
+    ) -> ServeResult | None:
+        """Stop the VMM, detach storage, remove the network, free the slot (what exists)."""
+        result = await self.stop_vmm()
+        await self.detach_storage(storage)
+        await self.remove_network(network, slots)
         return result

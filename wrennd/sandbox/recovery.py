@@ -28,6 +28,7 @@ from wrennd.sandbox import adoption, diskpair, jail, teardown, templates
 from wrennd.sandbox.environment import Deps, SandboxPaths
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import SandboxRecord, SandboxState
+from wrennd.sandbox.timing import Timings
 from wrennd.snapshot import SnapshotError
 from wrennd.snapshot import recover as recover_store
 from wrennd.snapshot.store import read_header
@@ -209,7 +210,7 @@ async def recover(deps: Deps) -> tuple[list[SandboxRecord], dict[str, Live]]:
             log.info("interrupted pause completed", extra=kv(sandbox=rec.id))
             rec.state, completed = S.PAUSED, True
         if _settle(rec) is None and rec.state in (S.CREATING, S.STOPPING):
-            await teardown.destroy(deps, rec, None)
+            await teardown.destroy(deps, rec, None, Timings("destroy"))
             log.info("unfinished sandbox removed", extra=kv(sandbox=rec.id, state=before.value))
             continue
         if rec.state == S.PAUSED and before != S.PAUSED and not completed:

@@ -16,6 +16,7 @@ from wrennd.sandbox.errors import SandboxNotFound, WrongState
 from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import RecordStore, SandboxRecord, SandboxState, check_transition
 from wrennd.sandbox.rwlock import SandboxLock
+from wrennd.sandbox.timing import TimingRecord
 
 
 @dataclass
@@ -27,10 +28,20 @@ class Sandbox:
     lock: SandboxLock = field(default_factory=SandboxLock)
     live: Live | None = None
     collapse: asyncio.Task[None] | None = None
+    # The stage timings of the last run of each operation (create, pause, resume, ...).
+    timings: dict[str, TimingRecord] = field(default_factory=dict)
+    # The last pause's work after its answer (sandbox/afterpause.py).
+    settling: asyncio.Task[None] | None = None
 
     @property
     def id(self) -> str:
         return self.record.id
+
+    async def settled(self) -> None:
+        """Wait for the last pause's background work: nothing may overtake it."""
+        if self.settling is not None:
+            await asyncio.shield(self.settling)
+            self.settling = None
 
 
 class Registry:

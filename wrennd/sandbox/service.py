@@ -178,7 +178,9 @@ class SandboxService:
         return spec.timeout + EXEC_REPORT_GRACE
 
     async def usage(self, sb: Sandbox) -> dict[str, Any]:
-        """Host disk (allocated blocks of the layer and the snapshot) and resident memory."""
+        """Host disk (allocated blocks of the layer and the snapshot) and resident memory,
+        once the last pause has settled (its disk copy is half made until then)."""
+        await sb.settled()
         layer: Path | None = None
         base: Path | None = None
         try:

@@ -28,7 +28,7 @@ from wrennd.durable import (
     temp_name,
 )
 from wrennd.log import kv
-from wrennd.sandbox.environment import Deps, Progress
+from wrennd.sandbox.environment import Deps
 from wrennd.sandbox.errors import (
     SnapshotCorrupt,
     TemplateExists,
@@ -37,6 +37,7 @@ from wrennd.sandbox.errors import (
     TemplateNotFound,
 )
 from wrennd.sandbox.record import SandboxRecord
+from wrennd.sandbox.timing import Timings
 from wrennd.snapshot import Header, delete_snapshot, read_prefetch_map, write_prefetch_map
 from wrennd.snapshot.store import commit, read_header
 
@@ -110,9 +111,7 @@ def _publish(tmp: Path, final: Path, meta: TemplateMeta) -> None:
         raise TemplateExists(meta.name) from e
 
 
-async def build(
-    deps: Deps, sandbox_id: str, meta: TemplateMeta, progress: Progress
-) -> TemplateMeta:
+async def build(deps: Deps, sandbox_id: str, meta: TemplateMeta, t: Timings) -> TemplateMeta:
     """Flatten the (paused) sandbox's disk and link its memory into a new template."""
     final = template_dir(deps, meta.name)
     if final.exists():
@@ -122,17 +121,17 @@ async def build(
     store = deps.cfg.store
     try:
         tmp.mkdir()
-        await progress("flatten", 0, 3)
-        await deps.storage.flatten(sandbox_id, rootfs_of(tmp))
-        flat = await asyncio.to_thread(lambda: rootfs_of(tmp).stat().st_blocks * 512)
-        await progress("snapshot", 1, 3, rootfs_bytes=flat)
-        src = deps.paths(sandbox_id).snapshot_dir
-        await asyncio.to_thread(copy_snapshot, src, snapshot_of(tmp), store)
-        await asyncio.to_thread(_publish, tmp, final, meta)
+        async with t.stage("flatten", "daemon"):
+            await deps.storage.flatten(sandbox_id, rootfs_of(tmp))
+            flat = await asyncio.to_thread(lambda: rootfs_of(tmp).stat().st_blocks * 512)
+        async with t.stage("snapshot_link", "daemon", rootfs_bytes=flat):
+            src = deps.paths(sandbox_id).snapshot_dir
+            await asyncio.to_thread(copy_snapshot, src, snapshot_of(tmp), store)
+        async with t.stage("publish", "daemon"):
+            await asyncio.to_thread(_publish, tmp, final, meta)
     except BaseException:
         await asyncio.shield(asyncio.to_thread(_discard, tmp, store))
         raise
-    await progress("done", 3, 3)
     log.info("template created", extra=kv(template=meta.name, sandbox=sandbox_id))
     return meta
 

@@ -39,6 +39,8 @@ MAGIC = b"WRNDCRC\x00"
 VERSION = 1
 _PREFIX = struct.Struct("<8sIIQ")
 ARRAY_OFFSET = _PREFIX.size
+# Checksum runs this close (bytes of the table) are written together (see write).
+COALESCE_GAP = 64 << 10
 SUFFIX = ".crc"
 
 
@@ -95,15 +97,31 @@ def write(
     `source` (tmp, fsync, rename).
 
     Only those blocks are written: the file is sparse like a Diff generation,
-    so its cost follows the dirty bytes, not the memory size."""
+    so its cost follows the dirty bytes, not the memory size.  Runs closer than
+    ``COALESCE_GAP`` bytes of checksums are written in one call, gap included: the
+    table holds zeros there, which is what the hole would read as (a 10 %-dirty
+    Diff of a 256 MiB guest has some 6,000 runs: one write instead of 6,000)."""
     with durable.replacing(path, 0o400) as fd:  # private like its generation
         durable.write_all(fd, _PREFIX.pack(MAGIC, VERSION, block_size, count))
         os.ftruncate(fd, ARRAY_OFFSET + 4 * count)
-        for e in mapping:
-            if e.source != source:
-                continue
-            lo, hi = e.storage_offset // block_size, (e.storage_offset + e.length) // block_size
+        for lo, hi in _spans(mapping, source, block_size):
             os.pwrite(fd, raw[4 * lo : 4 * hi], ARRAY_OFFSET + 4 * lo)
+
+
+def _spans(mapping: Mapping, source: int, block_size: int) -> list[tuple[int, int]]:
+    """The block ranges of `source`'s entries, neighbours closer than the gap merged."""
+    runs = sorted(
+        (e.storage_offset // block_size, (e.storage_offset + e.length) // block_size)
+        for e in mapping
+        if e.source == source
+    )
+    spans: list[tuple[int, int]] = []
+    for lo, hi in runs:
+        if spans and lo - spans[-1][1] <= COALESCE_GAP // 4:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], hi))
+        else:
+            spans.append((lo, hi))
+    return spans
 
 
 def _check_prefix(path: Path, data: bytes, total: int, block_size: int, file_size: int) -> int:

@@ -20,6 +20,7 @@ last, so a size cap drops the oldest-untouched ranges first.
 from __future__ import annotations
 
 import bisect
+import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -44,6 +45,14 @@ PrefetchV1 = Struct(
     Terminated,
 )
 _FIXED = 24
+# The fixed fields alone: the range array is packed and unpacked with ``struct`` in one
+# call (construct takes about a second for the 40,000 ranges of a 256 MiB guest).
+PrefetchHead = Struct(
+    "magic" / Const(MAGIC),
+    "version" / Const(VERSION, Int32ul),
+    "reserved" / Const(0, Int32ul),
+    "count" / Int64ul,
+)
 
 
 def _check_ranges(ranges: Sequence[Range], memory_size: int | None, where: str) -> None:
@@ -56,15 +65,12 @@ def _check_ranges(ranges: Sequence[Range], memory_size: int | None, where: str) 
 
 
 def encode_prefetch_map(ranges: Sequence[Range]) -> bytes:
-    body: bytes = PrefetchV1.build(
-        {
-            "count": len(ranges),
-            "ranges": [{"offset": o, "length": n} for o, n in ranges],
-            "crc32c": 0,
-        }
-    )
-    crc: bytes = Int32ul.build(crc32c(memoryview(body)[:-4]))
-    return body[:-4] + crc
+    """The file's bytes (PrefetchV1's layout)."""
+    flat = [x for r in ranges for x in r]
+    head: bytes = PrefetchHead.build({"count": len(ranges)})
+    body = head + struct.pack(f"<{len(flat)}Q", *flat)
+    crc: bytes = Int32ul.build(crc32c(body))
+    return body + crc
 
 
 def decode_prefetch_map(data: bytes, where: str = "prefetch map") -> list[Range]:
@@ -81,10 +87,10 @@ def decode_prefetch_map(data: bytes, where: str = "prefetch map") -> list[Range]
     if stored != actual:
         raise HeaderError(f"{where}: bad checksum {stored:#010x}, computed {actual:#010x}")
     try:
-        parsed = PrefetchV1.parse(data)
+        PrefetchHead.parse(data[:_FIXED])
     except Exception as e:  # construct's ConstError: wrong version or reserved field
         raise HeaderError(f"{where}: {e}") from None
-    return [(r.offset, r.length) for r in parsed.ranges]
+    return list(struct.iter_unpack("<QQ", memoryview(data)[_FIXED:-4]))
 
 
 def write_prefetch_map(

@@ -69,6 +69,7 @@ async def test_rot_stops_the_resume_and_old_snapshots_still_resume(
     # now holds the pages touched.
     assert await checksum(await manager.resume(sid)) == before
     await manager.pause(sid)
+    await manager.settled(sid)  # the prefetch map is written after the answer
     snapshot_dir = env.state_dir / "sandboxes" / sid / "snapshot"
     store = env.state_dir / "memfiles"
     gen, offset = first_prefetched_block(snapshot_dir, store)

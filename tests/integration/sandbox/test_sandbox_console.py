@@ -121,7 +121,7 @@ async def test_metrics_after_create_pause_resume(console: Console, place: Any) -
         if s.name.endswith("_count")
     }
     assert {("sandbox.pause", "snapshot"), ("sandbox.pause", "total")} <= stages
-    assert {("sandbox.resume", "load"), ("sandbox.create", "boot")} <= stages
+    assert {("sandbox.resume", "snapshot_load"), ("sandbox.create", "boot")} <= stages
     assert families["wrennd_uffd_fault_latency_seconds"].type == "histogram"
     pages = {s.labels["class"]: s.value for s in families["wrennd_uffd_pages"].samples}
     assert set(pages) == {"copied", "zeroed", "prefetched"} and sum(pages.values()) > 0
@@ -278,7 +278,7 @@ def test_console_page_drives_a_sandbox_lifecycle(
     stages = [li.get_attribute("data-stage") for li in page.all("#activity-stages li")]
     assert stages[0] == "prepare" and "snapshot" in stages and "ingest" in stages, stages
     bar = page.find("#activity-bar")
-    assert bar.get_attribute("value") == bar.get_attribute("max") == "4"
+    assert bar.get_attribute("value") == bar.get_attribute("max") == "7"  # a pause: 7 stages
     assert page.find(f"{first} .t-pause").text.endswith(("ms", "s"))
 
     page.click("#exec-run")  # a paused sandbox: the page shows the API's error message
@@ -288,7 +288,8 @@ def test_console_page_drives_a_sandbox_lifecycle(
     page.click(f"{first} .act-resume")
     page.until(f"{first}[data-state='running']")
     page.until("#activity[data-done='sandbox.resume']")
-    assert "load" in [li.get_attribute("data-stage") for li in page.all("#activity-stages li")]
+    shown = [li.get_attribute("data-stage") for li in page.all("#activity-stages li")]
+    assert "snapshot_load" in shown
     asyncio.run(touch_memory(place, sid))
     page.wait.until(lambda _: page.find("#faults dd[data-fact='faults']").text not in ("", "0"))
     page.until("#fault-hist div")

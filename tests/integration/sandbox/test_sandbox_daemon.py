@@ -72,7 +72,7 @@ async def test_api_end_to_end(client: Client, place: Any) -> None:
     stages = [r["stage"] for r in reports]
     assert stages[0] == "prepare" and "ingest" in stages and stages[-1] == "done"
     (ingest,) = [r for r in reports if r["stage"] == "ingest"]
-    assert ingest["memfile_bytes"] > 0 and ingest["total"] == 4
+    assert ingest["memfile_bytes"] > 0 and ingest["total"] == 7  # the pause's stages
     used = (await client.call("sandbox.get", {"id": sid}))["usage"]
     # Allocated, not apparent: the 64 MiB memory is mostly zero, the 1 GiB layer a reflink.
     assert 0 < used["snapshot_bytes"] < 64 << 20 and 0 < used["disk_bytes"] < 64 << 20, used
@@ -85,7 +85,7 @@ async def test_api_end_to_end(client: Client, place: Any) -> None:
     assert wrong.value.type == "wrong_state" and wrong.value.data["state"] == "paused"
     reports.clear()
     await client.call("sandbox.resume", {"id": sid}, on_notification=lambda m, p: reports.append(p))
-    assert "load" in [r["stage"] for r in reports]
+    assert "snapshot_load" in [r["stage"] for r in reports]
     assert "pages_prefetched" in reports[-1] and reports[-1]["stage"] == "done"
     assert (await client.call("sandbox.get", {"id": sid}))["usage"]["memory_bytes"] > 0
     uffd = (await client.call("host.stats"))["uffd"]
@@ -357,7 +357,7 @@ async def _call_and_kill(
     [
         ("sandbox.create", "boot"),
         ("sandbox.pause", "ingest"),
-        ("sandbox.resume", "load"),
+        ("sandbox.resume", "snapshot_load"),
         ("template.create", "flatten"),
     ],
 )

@@ -233,7 +233,7 @@ async def test_a_vmm_killed_early_in_resume_is_not_waited_for(manager: InProcess
     killer: list[asyncio.Task[int]] = []
 
     async def on_progress(stage: str, done: int, total: int, **facts: int) -> None:
-        if stage == "load":
+        if stage == "vmm_start":
             killer.append(_killer(api_socket))
 
     t0 = time.monotonic()

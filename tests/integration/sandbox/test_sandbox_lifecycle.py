@@ -58,6 +58,8 @@ async def test_create_exec_file_pause_resume(manager: InProcess, env: Any) -> No
 
     # The second pause is a Diff; the resume's first-touch record becomes the prefetch map.
     assert (await manager.pause(sid))["generation"] == 1
+    # The network's removal and the map's write follow the pause's answer.
+    await manager.settled(sid)
     snapshot_dir = env.state_dir / "sandboxes" / sid / "snapshot"
     assert read_prefetch_map(snapshot_dir), "the engine's working set was kept"
     record = json.loads((snapshot_dir.parent / "state.json").read_bytes())

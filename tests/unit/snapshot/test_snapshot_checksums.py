@@ -187,3 +187,22 @@ def test_scrub_stops_when_asked_and_lists_unchecked_generations(
     assert report.bytes_checked == 2 * BS  # only the Diff's blocks have checksums
     stopped = scrub(snap, store, rate_bytes=1 << 30, should_stop=lambda: True)
     assert stopped.stopped and stopped.bytes_checked == 0
+
+
+def test_close_runs_are_written_together_and_far_ones_stay_holes() -> None:
+    """Runs of one source closer than COALESCE_GAP bytes of checksums become one write;
+    a run further away stays apart (the file stays sparse for a large guest)."""
+    from types import SimpleNamespace
+
+    from wrennd.snapshot.checksums import COALESCE_GAP, _spans
+
+    far = (COALESCE_GAP // 4 + 10) * BS  # this many blocks beyond the gap
+
+    def e(offset: int, length: int, source: int) -> SimpleNamespace:
+        return SimpleNamespace(offset=offset, length=length, storage_offset=offset, source=source)
+
+    mapping = [e(0, 2 * BS, 0), e(2 * BS, BS, 0xFFFF), e(5 * BS, BS, 0), e(5 * BS + far, BS, 0),
+               e(9 * BS + far, 3 * BS, 1)]  # fmt: skip
+    gap_end = 5 + far // BS
+    assert _spans(mapping, 0, BS) == [(0, 6), (gap_end, gap_end + 1)]  # type: ignore[arg-type]
+    assert _spans(mapping, 1, BS) == [(9 + far // BS, 12 + far // BS)]  # type: ignore[arg-type]

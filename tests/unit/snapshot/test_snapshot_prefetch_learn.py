@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wrennd.snapshot.prefetch import Range, learn_prefetch_map
+from wrennd.snapshot.errors import HeaderError
+from wrennd.snapshot.mapping import crc32c
+from wrennd.snapshot.prefetch import (
+    PrefetchV1,
+    Range,
+    decode_prefetch_map,
+    encode_prefetch_map,
+    learn_prefetch_map,
+)
 
 P = 4096
 BIG = 1 << 40
@@ -133,3 +143,20 @@ def test_properties(
     assert len(seen) == min(cap, len(want))
     for (a, n), (b, _) in itertools.pairwise(got):
         assert a + n != b  # neighbours in order and in memory are merged
+
+
+def test_prefetch_map_codec_matches_the_construct_layout() -> None:
+    """The struct-packed codec writes and reads exactly PrefetchV1's bytes."""
+    rng = random.Random(5)
+    ranges = [(rng.randrange(1 << 30) * 4096, rng.randrange(1, 64) * 4096) for _ in range(3000)]
+    fields = {"count": len(ranges), "ranges": [{"offset": o, "length": n} for o, n in ranges]}
+    body = PrefetchV1.build({**fields, "crc32c": 0})[:-4]
+    reference = body + crc32c(body).to_bytes(4, "little")
+    assert encode_prefetch_map(ranges) == reference
+    assert decode_prefetch_map(reference) == ranges
+    assert decode_prefetch_map(encode_prefetch_map([])) == []
+    bad_version = bytearray(reference)
+    bad_version[8] = 2
+    bad_version[-4:] = crc32c(bytes(bad_version[:-4])).to_bytes(4, "little")
+    with pytest.raises(HeaderError, match="prefetch map"):
+        decode_prefetch_map(bytes(bad_version))

@@ -164,3 +164,29 @@ async def test_starts_inside_the_given_network_namespace(files: VmmFiles) -> Non
     finally:
         netns.remove(name)
     assert zombie_children() == []
+
+
+# Listens only after a delay, and writes down when (CLOCK_MONOTONIC is system-wide).
+LATE_SERVER = """
+import socket, sys, time
+time.sleep(float(sys.argv[2]))
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen()
+print(time.monotonic(), flush=True)
+time.sleep(120)
+"""
+
+
+async def test_a_late_socket_is_seen_within_milliseconds(files: VmmFiles) -> None:
+    """No backoff: the socket is seen a few ms after it listens, however late that is
+    (the old doubling backoff was up to 100 ms late)."""
+    argv = [sys.executable, "-c", LATE_SERVER, str(files.api_socket), "0.4"]
+    proc = await VmmProcess.start(argv, files, socket_timeout=10)
+    seen = time.monotonic()
+    try:
+        listened = float(files.output_file.read_text().split()[-1])
+        # Loose bound for a loaded machine; still far under the old backoff's 100 ms steps.
+        assert 0 <= seen - listened < 0.05, seen - listened
+    finally:
+        await proc.stop(grace=0.0)
