@@ -40,7 +40,7 @@ def sandbox(service: SandboxService, sb: Sandbox) -> dict[str, Any]:
         d["vmm"] = {"pid": live.vmm.proc.pid, "api_socket": str(paths.vmm_files.api_socket)}
         if service.cfg.vmm.simulated:
             d["vmm"]["control_socket"] = str(paths.control_socket)
-        engine = service.engine_state(live)
+        engine = service.engine_state(sb)
         if engine is not None:
             d["engine"] = engine
         stats = live.uffd.stats() if live.uffd is not None else None
@@ -102,10 +102,11 @@ def image(info: ImageInfo, users: list[str]) -> dict[str, Any]:
 
 
 def engine_states(service: SandboxService) -> dict[str, Any]:
-    """Each running sandbox's UFFD engine: serving, filling (percent) or detached."""
+    """Each running sandbox's UFFD engine: serving, filling (percent), detaching or
+    detached."""
     out = {}
     for sb in service.registry:
-        state = service.engine_state(sb.live) if sb.live is not None else None
+        state = service.engine_state(sb)
         if state is not None:
             out[sb.id] = state
     return out

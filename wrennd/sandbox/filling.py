@@ -16,6 +16,7 @@ from typing import Any
 
 from wrennd.log import kv
 from wrennd.sandbox.live import Live
+from wrennd.sandbox.record import SandboxRecord
 from wrennd.sandbox.registry import Registry, Sandbox
 from wrennd.uffd.detach import fill_bytes
 
@@ -58,13 +59,17 @@ async def fill_and_detach(registry: Registry, sb: Sandbox, live: Live) -> None:
     )
 
 
-def engine_state(live: Live) -> dict[str, Any] | None:
-    """serving (lazy), filling with percent done, or detached."""
+def engine_state(live: Live, rec: SandboxRecord) -> dict[str, Any] | None:
+    """serving (lazy), filling with percent done, detaching, or detached.
+
+    "detached" only once the record says the VM no longer needs this daemon: a
+    daemon killed between the engine's detach and that save recovers the sandbox
+    as one it served, so it was not yet safe to call it detached."""
     server = live.uffd
     if server is None:
         return None
     if server.detaching.done:
-        return {"state": "detached"}
+        return {"state": "detaching" if rec.uffd_served else "detached"}
     stats = server.stats()
     if not server.detaching.fill or stats is None:
         return {"state": "serving"}

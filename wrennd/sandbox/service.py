@@ -29,7 +29,6 @@ from wrennd.sandbox.environment import Deps, HostConfig, SandboxPaths, choose_vm
 from wrennd.sandbox.guestcall import guest_call
 from wrennd.sandbox.handover import FdStore, HandOver
 from wrennd.sandbox.lifecycle import Lifecycle
-from wrennd.sandbox.live import Live
 from wrennd.sandbox.record import RecordStore
 from wrennd.sandbox.registry import Registry, Sandbox
 from wrennd.sandbox.scrub import Scrubber
@@ -162,9 +161,10 @@ class SandboxService:
         async with guest_call(self.registry, sandbox_id, limit) as client:
             yield client
 
-    def engine_state(self, live: Live) -> dict[str, Any] | None:
-        """The UFFD engine of a running sandbox: serving, filling (percent) or detached."""
-        return filling.engine_state(live)
+    def engine_state(self, sb: Sandbox) -> dict[str, Any] | None:
+        """The UFFD engine of a running sandbox: serving, filling (percent), detaching or
+        detached (None: no engine)."""
+        return None if sb.live is None else filling.engine_state(sb.live, sb.record)
 
     def huge_pages(self) -> dict[str, Any]:
         """The host's 2 MiB page pool and what this daemon's 2 MiB guests owe it."""
