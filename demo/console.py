@@ -10,6 +10,7 @@ otherwise.  Prints the console's URL with its token; Ctrl-C stops the daemon
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import time
@@ -29,6 +30,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("make console needs root (namespaces, loop devices, userfaultfd)", file=sys.stderr)
         return 2
+    # Ctrl-C is how this stops: a shell that started it in the background (or any parent
+    # that ignores SIGINT) would leave it ignored, and then nothing could stop it cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     port = free_port()
     os.environ["WRENND_HTTP_LISTEN"] = f"127.0.0.1:{port}"
     with scratch_host("console", "c") as (_, run):

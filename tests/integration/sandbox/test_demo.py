@@ -52,6 +52,8 @@ def test_make_console_serves_until_ctrl_c_and_cleans_up() -> None:
         [sys.executable, str(REPO / "demo" / "console.py")],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        # As from a shell's background job: Ctrl-C must still stop it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     assert proc.stdout is not None
     lines: list[str] = []
