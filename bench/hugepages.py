@@ -23,52 +23,21 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import json
-import secrets
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from wrennd.network.manager import NetworkManager
-from wrennd.network.plan import Naming
+from scratch import control, emit, scratch_manager, timed
+
 from wrennd.rpc import views
-from wrennd.sandbox.environment import HostConfig, VmmChoice
 from wrennd.sandbox.hugepages import NR_HUGEPAGES, pages_of
 from wrennd.snapshot.store import read_header
-from wrennd.storage import loopdev
-from wrennd.storage.aio import open_storage
-from wrennd_sim.fcsim.control import ControlClient
-from wrennd_sim.fcsim.harness import require_fcsim
 from wrennd_sim.inproc import InProcess
-from wrennd_sim.network_testbed import TestBed
 
-REPO = Path(__file__).resolve().parents[1]
 PAGE = 4096
 BACKINGS = ("4k", "2m")
-
-
-def sh(*argv: str | Path) -> str:
-    return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True).stdout
-
-
-@contextlib.contextmanager
-def btrfs_dir(size_gib: int) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="whb") as top, contextlib.ExitStack() as stack:
-        image, mnt = Path(top) / "fs.img", Path(top) / "mnt"
-        mnt.mkdir()
-        with image.open("wb") as f:
-            f.truncate(size_gib << 30)
-        sh("mkfs.btrfs", "-q", "-f", image)
-        device = loopdev.attach(image, read_only=False)
-        stack.callback(loopdev.detach, device)
-        sh("mount", "-t", "btrfs", device.path, mnt)
-        stack.callback(sh, "umount", mnt)
-        yield mnt
 
 
 @contextlib.contextmanager
@@ -83,20 +52,6 @@ def huge_pages(count: int) -> Iterator[None]:
         yield
     finally:
         NR_HUGEPAGES.write_text(str(max(0, int(NR_HUGEPAGES.read_text()) - added)))
-
-
-async def timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
-    t = time.perf_counter()
-    result = await call()
-    return time.perf_counter() - t, result
-
-
-async def control(info: dict[str, Any], op: str, **args: Any) -> dict[str, Any]:
-    ctl = ControlClient(Path(info["vmm"]["control_socket"]))
-    try:
-        return await ctl.call(op, **args)
-    finally:
-        await ctl.close()
 
 
 def faults(mgr: InProcess) -> int:
@@ -165,36 +120,10 @@ async def measure(mgr: InProcess, args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    image = sh(REPO / "images" / "build-image", "-").strip().splitlines()[-1]
-    tag = secrets.token_hex(2)
-    bed = TestBed(f"hb{tag}")
-    sim = require_fcsim()
-    with (
-        btrfs_dir(8) as mnt,
-        tempfile.TemporaryDirectory(prefix="whr", dir="/tmp") as run_dir,
-        huge_pages(pages_of(args.memory_mib) + 8),
-    ):
-        (mnt / "images").mkdir()
-        sh("cp", "--sparse=always", image, mnt / "images" / "base.ext4")
-        (mnt / "vmlinux").write_bytes(b"fcsim does not run the kernel")
-        cfg = HostConfig(
-            state_dir=mnt,
-            run_dir=Path(run_dir),
-            vmm=VmmChoice(sim, True, "benchmark on fcsim"),
-            kernel=mnt / "vmlinux",
-            max_generations=1000,  # no collapse in the middle of a measurement
-            host_netns=bed.host_path,
-        )
-        network = NetworkManager(
-            naming=Naming(prefix=f"hb{tag}s", table=f"hb_{tag}"), host_netns=bed.host_path
-        )
-        storage = await open_storage("reflink", mnt)
-        try:
-            bed.build()
-            async with InProcess.started(cfg, storage, network) as mgr:
-                return await measure(mgr, args)
-        finally:
-            bed.destroy()
+    with huge_pages(pages_of(args.memory_mib) + 8):
+        # no collapse in the middle of a measurement
+        async with scratch_manager("h", max_generations=1000) as mgr:
+            return await measure(mgr, args)
 
 
 def main() -> int:
@@ -205,11 +134,7 @@ def main() -> int:
     parser.add_argument("--diff-pages", type=int, default=256)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    result = asyncio.run(run(args))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    emit(asyncio.run(run(args)), args.json)
     return 0
 
 

@@ -21,65 +21,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
-import json
 import os
-import secrets
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from wrennd.network.manager import NetworkManager
-from wrennd.network.plan import Naming
-from wrennd.sandbox.environment import HostConfig, VmmChoice
+from scratch import control, emit, scratch_manager
+
 from wrennd.sandbox.sharing import KsmSettings, pages_to_scan
-from wrennd.storage import loopdev
-from wrennd.storage.aio import open_storage
 from wrennd.vm import ksm
-from wrennd_sim.fcsim.control import ControlClient
-from wrennd_sim.fcsim.harness import require_fcsim
 from wrennd_sim.inproc import InProcess
 from wrennd_sim.ksm_pages import guest_ksm_pages
-from wrennd_sim.network_testbed import TestBed
 
-REPO = Path(__file__).resolve().parents[1]
 PAGE = 4096
 CHUNK = 4 << 20
 SETTLE_POLLS = 4  # merging has stopped growing after this many polls without gain
 DEADLINE_S = 600.0
-
-
-def sh(*argv: str | Path) -> str:
-    return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True).stdout
-
-
-@contextlib.contextmanager
-def btrfs_dir(size_gib: int) -> Iterator[Path]:
-    """A fresh btrfs in a loop file (reflink layers), removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="wkb") as top, contextlib.ExitStack() as stack:
-        image, mnt = Path(top) / "fs.img", Path(top) / "mnt"
-        mnt.mkdir()
-        with image.open("wb") as f:
-            f.truncate(size_gib << 30)
-        sh("mkfs.btrfs", "-q", "-f", image)
-        device = loopdev.attach(image, read_only=False)
-        stack.callback(loopdev.detach, device)
-        sh("mount", "-t", "btrfs", device.path, mnt)
-        stack.callback(sh, "umount", mnt)
-        yield mnt
-
-
-async def control(info: dict[str, Any], op: str, **args: Any) -> dict[str, Any]:
-    ctl = ControlClient(Path(info["vmm"]["control_socket"]))
-    try:
-        return await ctl.call(op, **args)
-    finally:
-        await ctl.close()
 
 
 def pss_bytes(pid: int) -> int:
@@ -161,36 +120,14 @@ async def measure(mgr: InProcess, args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    image = sh(REPO / "images" / "build-image", "-").strip().splitlines()[-1]
-    tag = secrets.token_hex(2)
-    bed = TestBed(f"kb{tag}")
-    sim = require_fcsim()
     before = ksm.read_knobs()
     if (ksm.read_value("pages_shared") or 0) > 0:
         print("warning: the host already has merged pages; its counters add in", file=sys.stderr)
-    with btrfs_dir(8) as mnt, tempfile.TemporaryDirectory(prefix="wkb", dir="/tmp") as run_dir:
-        (mnt / "images").mkdir()
-        sh("cp", "--sparse=always", image, mnt / "images" / "base.ext4")
-        (mnt / "vmlinux").write_bytes(b"fcsim does not run the kernel")
-        cfg = HostConfig(
-            state_dir=mnt,
-            run_dir=Path(run_dir),
-            vmm=VmmChoice(sim, True, "benchmark on fcsim"),
-            kernel=mnt / "vmlinux",
-            host_netns=bed.host_path,
-            ksm=KsmSettings("clones"),
-        )
-        network = NetworkManager(
-            naming=Naming(prefix=f"kb{tag}s", table=f"kb_{tag}"), host_netns=bed.host_path
-        )
-        storage = await open_storage("reflink", mnt)
-        try:
-            bed.build()
-            async with InProcess.started(cfg, storage, network) as mgr:
-                return await measure(mgr, args)
-        finally:
-            ksm.write_knobs(before)
-            bed.destroy()
+    try:
+        async with scratch_manager("k", ksm=KsmSettings("clones")) as mgr:
+            return await measure(mgr, args)
+    finally:
+        ksm.write_knobs(before)
 
 
 def main() -> int:
@@ -202,11 +139,7 @@ def main() -> int:
     parser.add_argument("--max-pages-to-scan", type=int, default=20000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    result = asyncio.run(run(args))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    emit(asyncio.run(run(args)), args.json)
     return 0
 
 

@@ -35,68 +35,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import secrets
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import lifecycle_stages
+from scratch import control, scratch_manager, timed
 
-from wrennd.network.manager import NetworkManager
-from wrennd.network.plan import Naming
 from wrennd.rpc import views
-from wrennd.sandbox.environment import HostConfig, VmmChoice
 from wrennd.snapshot import read_prefetch_map
-from wrennd.storage import loopdev
-from wrennd.storage.aio import open_storage
-from wrennd_sim.fcsim.control import ControlClient
-from wrennd_sim.fcsim.harness import require_fcsim
 from wrennd_sim.inproc import InProcess
-from wrennd_sim.network_testbed import TestBed
 
-REPO = Path(__file__).resolve().parents[1]
 PAGE = 4096
-
-
-def sh(*argv: str | Path) -> str:
-    return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True).stdout
-
-
-@contextlib.contextmanager
-def btrfs_dir(size_gib: int) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="wlb") as top, contextlib.ExitStack() as stack:
-        image, mnt = Path(top) / "fs.img", Path(top) / "mnt"
-        mnt.mkdir()
-        with image.open("wb") as f:
-            f.truncate(size_gib << 30)
-        sh("mkfs.btrfs", "-q", "-f", image)
-        device = loopdev.attach(image, read_only=False)
-        stack.callback(loopdev.detach, device)
-        sh("mount", "-t", "btrfs", device.path, mnt)
-        stack.callback(sh, "umount", mnt)
-        yield mnt
-
-
-async def timed(call: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
-    t = time.perf_counter()
-    result = await call()
-    return time.perf_counter() - t, result
-
-
-async def control(info: dict[str, Any], op: str, **args: Any) -> dict[str, Any]:
-    ctl = ControlClient(Path(info["vmm"]["control_socket"]))
-    try:
-        return await ctl.call(op, **args)
-    finally:
-        await ctl.close()
 
 
 def stats(samples: list[float]) -> dict[str, float]:
@@ -248,35 +201,14 @@ async def stage_reps(mgr: InProcess, args: argparse.Namespace) -> Any:
 
 
 async def run(args: argparse.Namespace) -> Any:
-    image = sh(REPO / "images" / "build-image", "-").strip().splitlines()[-1]
-    tag = secrets.token_hex(2)
-    bed = TestBed(f"lb{tag}")
-    sim = require_fcsim()
-    with btrfs_dir(8) as mnt, tempfile.TemporaryDirectory(prefix="wlr", dir="/tmp") as run_dir:
-        (mnt / "images").mkdir()
-        sh("cp", "--sparse=always", image, mnt / "images" / "base.ext4")
-        (mnt / "vmlinux").write_bytes(b"fcsim does not run the kernel")
-        cfg = HostConfig(
-            state_dir=mnt,
-            run_dir=Path(run_dir),
-            vmm=VmmChoice(sim, True, "benchmark on fcsim"),
-            kernel=mnt / "vmlinux",
-            max_generations=1000,  # no collapse in the middle of a measurement
-            host_netns=bed.host_path,
-            prefetch_max_bytes=args.prefetch_max_mib << 20,
-        )
-        network = NetworkManager(
-            naming=Naming(prefix=f"lb{tag}s", table=f"lb_{tag}"), host_netns=bed.host_path
-        )
-        storage = await open_storage("reflink", mnt)
-        try:
-            bed.build()
-            async with InProcess.started(cfg, storage, network) as mgr:
-                if args.stages_child or args.stages:
-                    return await stage_reps(mgr, args)
-                return await (cycles(mgr, args) if args.cycles else measure(mgr, args))
-        finally:
-            bed.destroy()
+    settings = {
+        "max_generations": 1000,  # no collapse in the middle of a measurement
+        "prefetch_max_bytes": args.prefetch_max_mib << 20,
+    }
+    async with scratch_manager("l", **settings) as mgr:
+        if args.stages_child or args.stages:
+            return await stage_reps(mgr, args)
+        return await (cycles(mgr, args) if args.cycles else measure(mgr, args))
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

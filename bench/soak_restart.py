@@ -40,7 +40,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.lifecycle import REPO, btrfs_dir, sh
+from bench.scratch import REPO, btrfs_dir, sh
 from wrennd.rpc.client import Client, ClientError
 from wrennd_sim.fdstore import FdStore
 from wrennd_sim.network_testbed import TestBed

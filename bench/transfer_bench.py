@@ -49,7 +49,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from lifecycle import btrfs_dir, sh  # noqa: E402
+from scratch import btrfs_dir, sh  # noqa: E402
 
 from wrennd.rpc.client import Client  # noqa: E402
 from wrennd.sdk import AsyncSandbox, transfer  # noqa: E402
