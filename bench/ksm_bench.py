@@ -130,7 +130,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ksm.write_knobs(before)
 
 
-def main() -> int:
+def arguments() -> argparse.ArgumentParser:
+    """Its options (also lifecycle.py --ksm's, which takes the defaults)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clones", type=int, default=10)
     parser.add_argument("--memory-mib", type=int, default=256)
@@ -138,7 +139,11 @@ def main() -> int:
     parser.add_argument("--scan-period-s", type=int, default=2)
     parser.add_argument("--max-pages-to-scan", type=int, default=20000)
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = arguments().parse_args()
     emit(asyncio.run(run(args)), args.json)
     return 0
 

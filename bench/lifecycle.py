@@ -22,6 +22,9 @@ guest shares of create, pause (Full, Diff at 10 %) and resume (3-generation
 chain), medians of --reps (use 5), from each operation's ``timings`` record;
 with --baseline DIR, alternating with an older wrennd tree, side by side.
 
+--ksm reports the total PSS of ten clones' VMMs without and with KSM merging,
+and ksmd's CPU seconds (bench/ksm_bench.py with its defaults, --memory-mib).
+
 --cycles N measures only the prefetch map across pause/resume cycles: a
 sandbox is created and paused (Full), then N times resumed, a stable working
 set touched (--ws-mib, in --ws-order) and --new-pages pages never touched
@@ -42,6 +45,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import ksm_bench
 import lifecycle_stages
 from scratch import control, scratch_manager, timed
 
@@ -250,12 +254,19 @@ def main() -> int:
         help="the prefetch_max_bytes setting, in MiB (default 0: the memory size)",
     )  # fmt: skip
     parser.add_argument("--stages", action="store_true", help="print the stage table")
+    parser.add_argument(
+        "--ksm", action="store_true",
+        help="the VMMs' total PSS without and with KSM, and ksmd's CPU (bench/ksm_bench.py)",
+    )  # fmt: skip
     parser.add_argument("--stages-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--baseline", type=Path, help="--stages: an older wrennd tree to compare")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
-    if args.stages and args.baseline:
+    if args.ksm:
+        ksm_args = ksm_bench.arguments().parse_args(["--memory-mib", str(args.memory_mib)])
+        result = asyncio.run(ksm_bench.run(ksm_args))
+    elif args.stages and args.baseline:
         result = lifecycle_stages.compare(args)
     else:
         result = asyncio.run(run(args))
