@@ -124,6 +124,9 @@ def world(place: Any) -> Iterator[World]:
         running = client.result("sandbox.create", {"image": "base", "memory_mib": 64})["id"]
         paused = client.result("sandbox.create", {"image": "base", "memory_mib": 64})["id"]
         client.result("sandbox.pause", {"id": paused})
+        # sandbox.get (its usage) waits for the work a pause does after its answer (the
+        # kept disk, the prefetch map): the refusals' disk comparisons start from rest.
+        client.result("sandbox.get", {"id": paused})
         w = World(daemon, client, running, paused)
         os.mkfifo(w.fifo)
         yield w
