@@ -45,7 +45,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import ksm_bench
 import lifecycle_stages
 from scratch import control, scratch_manager, timed
 
@@ -264,6 +263,9 @@ def main() -> int:
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
     if args.ksm:
+        # Imported here: --baseline's children run this file against an older wrennd.
+        import ksm_bench
+
         ksm_args = ksm_bench.arguments().parse_args(["--memory-mib", str(args.memory_mib)])
         result = asyncio.run(ksm_bench.run(ksm_args))
     elif args.stages and args.baseline:
