@@ -192,9 +192,15 @@ def daemon(place: Place) -> Iterator[Daemon]:
 
 
 @pytest.fixture
-def running(daemon: Daemon) -> Iterator[Daemon]:
+def daemon_env() -> dict[str, str]:
+    """Settings (WRENND_*) the ``running`` daemon starts with; a test module may override it."""
+    return {}
+
+
+@pytest.fixture
+def running(daemon: Daemon, daemon_env: dict[str, str]) -> Iterator[Daemon]:
     """A started wrennd; every sandbox left is destroyed through the SDK at the end."""
-    daemon.start()
+    daemon.start(**daemon_env)
 
     async def ready() -> None:
         await (await daemon.client()).close()

@@ -27,18 +27,9 @@ IDLE = 3  # the daemon's transfer_idle_timeout here, in seconds
 
 
 @pytest.fixture
-def running(daemon: Daemon) -> Iterator[Daemon]:
+def daemon_env() -> dict[str, str]:
     """The conftest's running daemon, with a short transfer idle timeout."""
-    daemon.start(WRENND_TRANSFER_IDLE_TIMEOUT=str(IDLE))
-
-    async def ready() -> None:
-        await (await daemon.client()).close()
-
-    asyncio.run(ready())
-    yield daemon
-    for sb in Sandbox.list(socket=daemon.socket):
-        with Sandbox.connect(sb.id, socket=daemon.socket) as s:
-            s.destroy()
+    return {"WRENND_TRANSFER_IDLE_TIMEOUT": str(IDLE)}
 
 
 @pytest.fixture
