@@ -18,7 +18,7 @@ TSAN_FLAGS := $(C_FLAGS) -fsanitize=thread
 TSAN_DIR := build/tsan
 TSAN_TESTS := $(patsubst native/tests/%.c,$(TSAN_DIR)/%,$(wildcard native/tests/test_*.c))
 
-.PHONY: install completion debs test lint typecheck sanitize pytest bench clean install-systemd
+.PHONY: install completion debs test lint typecheck sanitize pytest bench clean install-systemd stress
 
 install: debs $(STAMP) $(NATIVE_STAMP) completion
 
@@ -76,6 +76,12 @@ $(TSAN_DIR)/%: native/tests/%.c $(SAN_SRC) $(wildcard native/*.h native/sim/*.h 
 
 pytest: install
 	$(PY) -m pytest -rs $(PYTEST_ARGS)
+
+# `make test` RUNS times in a row under `stress-ng --cpu 2`, to find timing flakes
+# (tests/stress_runs.py; logs and a summary in build/stress/).
+RUNS ?= 5
+stress: install
+	$(PY) tests/stress_runs.py --runs $(RUNS)
 
 bench: install
 	$(PY) bench/zeroscan_bench.py
