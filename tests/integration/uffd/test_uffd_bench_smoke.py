@@ -44,3 +44,23 @@ def test_faultin_small_run(tmp_path: Path) -> None:
     assert (out / "faultin_times.png").stat().st_size > 0
     assert (out / "faultin_latency_cdf.png").stat().st_size > 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("faultin-")]
+
+
+def test_copy_floor_small_run(tmp_path: Path) -> None:
+    """bench/copy_floor.py checks every installed byte against the flat memfile
+    itself (it exits non-zero on a mismatch or a failed ioctl)."""
+    out = tmp_path / "floor.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "copy_floor.py"), "--size-mib", "4", "--reps", "1",
+         "--workdir", str(tmp_path), "--json", str(out)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    res = json.loads(out.read_text())
+    assert [r["fixture"] for r in res["rows"]] == ["chain3", "chain10", "interleaved"]
+    for r in res["rows"]:
+        assert r["ioctls"]["floor-bounce"] == 4  # 1 MiB windows over 4 MiB
+        assert r["ioctls"]["floor-runs"] > 4  # zero and data runs split the windows
+        assert set(r["median_ms"]) == {"kernel-read", "kernel-write", "floor-bounce", "floor-runs"}
+        assert all(ms > 0 for ms in r["median_ms"].values())
+        assert r["best_possible_vs_kernel_read"] > 0 and r["best_possible_vs_kernel_write"] > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["floor.json"]  # the fixtures are gone
