@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 # demo/demo.py: the scratch daemon and its clean-up, shared with make demo.
 from demo import say, scratch_host
@@ -36,24 +37,31 @@ def main() -> int:
     port = free_port()
     os.environ["WRENND_HTTP_LISTEN"] = f"127.0.0.1:{port}"
     with scratch_host("console", "c") as (_, run):
-        token_file = run / "http.token"
-        for _ in range(100):
-            if token_file.exists():
-                break
-            time.sleep(0.1)
-        token = token_file.read_text().strip()
-        say("console ready")
-        print(f"  open  http://127.0.0.1:{port}/test?token={token}")
-        print(f"  from another machine: ssh -L {port}:127.0.0.1:{port} THIS-HOST, same URL")
-        print(f"  metrics: curl -H 'Authorization: Bearer {token}' 127.0.0.1:{port}/metrics")
-        print(f"  daemon log: {run / 'wrennd.log'}")
-        print("  Ctrl-C stops the daemon and removes everything", flush=True)
+        # Ctrl-C may come at any moment once the daemon is up, even while the URL is
+        # still being printed: every one of them stops it the same way.
         try:
-            while True:
-                time.sleep(3600)
+            serve(run, port)
         except KeyboardInterrupt:
             say("stopping")
     return 0
+
+
+def serve(run: Path, port: int) -> None:
+    """Print how to reach the console, then wait for Ctrl-C (KeyboardInterrupt)."""
+    token_file = run / "http.token"
+    for _ in range(100):
+        if token_file.exists():
+            break
+        time.sleep(0.1)
+    token = token_file.read_text().strip()
+    say("console ready")
+    print(f"  open  http://127.0.0.1:{port}/test?token={token}")
+    print(f"  from another machine: ssh -L {port}:127.0.0.1:{port} THIS-HOST, same URL")
+    print(f"  metrics: curl -H 'Authorization: Bearer {token}' 127.0.0.1:{port}/metrics")
+    print(f"  daemon log: {run / 'wrennd.log'}")
+    print("  Ctrl-C stops the daemon and removes everything", flush=True)
+    while True:
+        time.sleep(3600)
 
 
 if __name__ == "__main__":
