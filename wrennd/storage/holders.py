@@ -24,12 +24,8 @@ from wrennd.storage.errors import StorageError
 LOOP_GET_STATUS64 = 0x4C05
 # struct loop_info64 { u64 device, inode, rdevice, offset, sizelimit; u32 number, ...
 _LOOP_INFO64 = struct.Struct("=5Q4I64s64s32s2Q")
-# A VMM that just stopped may let go of its drive a while later: fcsim's guest
-# mounts it through a loop device, which the kernel detaches (autoclear) only
-# after the guest's mount namespace is torn down, partly in deferred work.
-# Under a CPU hog that took over 3 s (issue 19's stress runs).  Waiting costs
-# nothing when the drive is free, and a real second VMM is refused all the same.
-SETTLE_TIMEOUT = 15.0
+# A VMM that just stopped may release its loop device a moment later (autoclear).
+SETTLE_TIMEOUT = 3.0
 
 
 class DriveInUse(StorageError):
