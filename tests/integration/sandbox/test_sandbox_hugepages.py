@@ -23,6 +23,7 @@ from tests.integration.sandbox.test_sandbox_jailer import (  # the fixture, for 
     jailed,  # noqa: F401
     uids,
 )
+from tests.polling import wait_for
 from wrennd.rpc.client import RemoteError
 from wrennd.sandbox.errors import TemplateMismatch
 from wrennd.sandbox.hugepages import HUGE_PAGE_SIZE, NR_HUGEPAGES, POOL, HugePagesShort, Pool
@@ -289,7 +290,9 @@ async def test_a_filling_2m_guest_is_handed_over(
     got = await c.call("sandbox.resume", {"id": sid})
     assert got["engine"]["state"] == "filling", got
     pid = got["vmm"]["pid"]
-    assert f"uffd-{sid}" in store.names()
+    await wait_for(
+        lambda: f"uffd-{sid}" in store.names()
+    )  # sd_notify is a datagram: read a moment later
     await c.close()
     assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
 
