@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import ipaddress
 import os
 import sys
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 
 BOOT_TIMEOUT = 20.0
 STOP_GRACE = 5.0
-FITHAW = 0xC0045878  # _IOWR('X', 120, int)
 
 
 @dataclass(frozen=True)
@@ -232,11 +230,7 @@ class GuestRunner:
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(OSError):
                 await self._set_frozen(False)
-            # A guest whose root was frozen (FIFREEZE before a snapshot) would hang in
-            # its shutdown sync, unkillable; Firecracker's guest just dies with the VMM.
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(_thaw_root, self.proc.pid, self.mountpoint)
-            self.proc.terminate()
+            self.proc.terminate()  # guestboot thaws the guest's root first (see there)
             try:
                 await asyncio.wait_for(self.proc.wait(), STOP_GRACE)
             except TimeoutError:
@@ -365,22 +359,6 @@ async def _remove_cgroup(cg: Path, limit: float = 2.0) -> None:
                 raise
         await asyncio.sleep(0.01)
     _remove_dir(cg)
-
-
-def _thaw_root(pid: int, mountpoint: Path) -> None:
-    """FITHAW the guest's root filesystem (EINVAL: it was not frozen).
-
-    It is mounted at ``mountpoint`` in the mount namespace of ``pid`` (guestboot),
-    reached through that process's root."""
-    path = f"/proc/{pid}/root/{str(mountpoint).lstrip('/')}"
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(fd, FITHAW, 0)
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-    finally:
-        os.close(fd)
 
 
 def _remove_dir(path: Path) -> None:

@@ -4,9 +4,17 @@ Run by fcsim as ``python -m wrennd_sim.fcsim.guestboot ...``: joins the guest
 network namespace, unshares mount, UTS, IPC and PID namespaces, attaches the
 root drive to a loop device (LOOP_CONFIGURE with autoclear) and mounts it
 privately, sets the hostname, then forks the image's init as PID 1 of the new
-PID namespace, chrooted into the rootfs. It forwards SIGTERM/SIGINT to init
-and exits with init's status. Both it and init die with their parent
-(PR_SET_PDEATHSIG), so a killed fcsim leaves no guest behind.
+PID namespace, chrooted into the rootfs and moved into the guest's cgroup. It
+forwards SIGTERM/SIGINT to init and exits with init's status.
+
+A guest ends with fcsim: when fcsim (its parent) dies, even by SIGKILL, guestboot
+gets SIGHUP (PR_SET_PDEATHSIG) and kills init. Whatever way the guest ends, its
+root must not stay FIFREEZEd (the agent freezes it before a snapshot): a real
+guest's freeze dies with its kernel, but this one is on the host's kernel, where
+a frozen superblock outlives its last mount and keeps the loop device, and with
+it the drive, busy until the next boot. So guestboot keeps the root open and
+thaws it before init is told to stop and again once the guest is gone; that is
+why it stays out of the guest's cgroup, which fcsim may kill as a whole.
 
 Failures before init runs are written to the status fd; a successful exec
 closes it empty (it is close-on-exec), which is how fcsim knows the guest
@@ -16,15 +24,18 @@ booted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import errno
 import fcntl
 import os
+import select
 import signal
 import socket
 import stat
 import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from wrennd import mountinfo
@@ -43,6 +54,10 @@ LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
 LO_FLAGS_READ_ONLY = 1
 LO_FLAGS_AUTOCLEAR = 4
+FITHAW = 0xC0045878  # _IOWR('X', 120, int)
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+STOP_POLL = 0.2  # how often a stopping guestboot thaws again (the agent may refreeze)
+IDLE_POLL = 1.0  # a wait that a signal's handler cannot shorten (PEP 475 resumes it)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -57,9 +72,9 @@ def _check(rc: int, what: str) -> None:
         raise BootError(err, f"{what}: {os.strerror(err)}")
 
 
-def die_with_parent() -> None:
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
     parent = os.getppid()
-    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+    _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PDEATHSIG)")
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -165,11 +180,19 @@ def forget_foreign_mounts(keep: str) -> None:
                 raise BootError(err, f"detach {target} from the guest: {os.strerror(err)}")
 
 
-def prepare(args: argparse.Namespace) -> None:
+@dataclass
+class Booted:
+    """What guestboot holds while its guest runs."""
+
+    root_fd: int  # the mounted root: keeps the mount reachable for FITHAW
+    cgroup_fd: int  # the guest cgroup's cgroup.procs, -1 if none; init joins it
+
+
+def prepare(args: argparse.Namespace) -> Booted:
     """Everything up to the fork; raises BootError with what failed."""
+    cgroup_fd = -1
     if args.cgroup_procs:
-        with open(args.cgroup_procs, "w") as f:
-            f.write(str(os.getpid()))
+        cgroup_fd = os.open(args.cgroup_procs, os.O_WRONLY | os.O_CLOEXEC)
     if args.netns:
         fd = os.open(args.netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -184,15 +207,28 @@ def prepare(args: argparse.Namespace) -> None:
         mount_rootfs(dev, args.mountpoint, args.read_only)
     finally:
         os.close(fd)  # the mount holds the device now; autoclear detaches it after umount
+    root_fd = os.open(args.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     guest_dev(args.mountpoint)
     forget_foreign_mounts(args.mountpoint)
     socket.sethostname(args.hostname)
+    return Booted(root_fd, cgroup_fd)
 
 
-def run_init(args: argparse.Namespace, status_fd: int) -> None:
+def thaw(root_fd: int) -> None:
+    """FITHAW the guest's root; EINVAL means it was not frozen."""
+    try:
+        fcntl.ioctl(root_fd, FITHAW, 0)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            print(f"guestboot: cannot thaw the guest's root: {e}", file=sys.stderr)
+
+
+def run_init(args: argparse.Namespace, booted: Booted, status_fd: int) -> None:
     """In the child: PID 1 of the new namespace. Never returns."""
     try:
         die_with_parent()
+        if booted.cgroup_fd >= 0:
+            os.write(booted.cgroup_fd, b"0")  # "0": the writer itself, before it runs the guest
         os.chroot(args.mountpoint)
         os.chdir("/")
         env = dict(kv.split("=", 1) for kv in args.env)
@@ -200,6 +236,37 @@ def run_init(args: argparse.Namespace, status_fd: int) -> None:
     except BaseException as e:  # exec failed: report it, do not run Python on as PID 1
         os.write(status_fd, f"cannot start {args.init} in the guest: {e}".encode())
     os._exit(127)
+
+
+def supervise(child: int, root_fd: int) -> int:
+    """Wait for init, thawing the root whenever the guest is told to stop; init's status.
+
+    SIGTERM/SIGINT are forwarded to init once the root is thawed (a guest stopping on a
+    frozen root would hang in its sync, unkillable); SIGHUP, fcsim's death, kills it."""
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        thaw(root_fd)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL if signum == signal.SIGHUP else signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # main() held them until now
+    pidfd = os.pidfd_open(child)
+    try:
+        # Until it is reaped, a stopping guest is thawed again and again: the agent may
+        # have been in the middle of a freeze when the stop came.
+        while not select.select([pidfd], [], [], STOP_POLL if stopping else IDLE_POLL)[0]:
+            if stopping:
+                thaw(root_fd)
+        _, status = os.waitpid(child, 0)
+    finally:
+        os.close(pidfd)
+    thaw(root_fd)  # the guest is gone: nothing may freeze it again
+    return os.waitstatus_to_exitcode(status)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,28 +284,21 @@ def main(argv: list[str] | None = None) -> None:
     status_fd = args.status_fd
     os.set_inheritable(status_fd, False)
     try:
-        die_with_parent()
-        prepare(args)
+        die_with_parent(signal.SIGHUP)
+        booted = prepare(args)
     except (OSError, ValueError) as e:
         os.write(status_fd, f"guest boot failed: {e}".encode())
         sys.exit(1)
-
-    child = 0
-
-    def forward(signum: int, frame: object) -> None:
-        if child:
-            os.kill(child, signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
+    # A stop that comes while init is being forked waits for supervise() to handle it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     child = os.fork()
     if child == 0:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL)
-        run_init(args, status_fd)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        run_init(args, booted, status_fd)
     os.close(status_fd)
-    _, status = os.waitpid(child, 0)
-    code = os.waitstatus_to_exitcode(status)
+    if booted.cgroup_fd >= 0:
+        os.close(booted.cgroup_fd)
+    code = supervise(child, booted.root_fd)
     # A PID namespace's init killed by a signal (reboot(2) inside one is SIGHUP/SIGINT).
     sys.exit(128 - code if code < 0 else code)
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -237,3 +240,80 @@ async def test_the_guest_does_not_pin_the_hosts_other_loop_mounts(
     finally:
         await asyncio.to_thread(_umount, mnt)
         await sim.close()
+
+
+FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
+FITHAW = 0xC0045878  # _IOWR('X', 120, int)
+
+
+def _guest_init(sim: SimHandle) -> int:
+    """The host pid of the guest's PID 1 (its NSpid ends in 1)."""
+    for pid in _descendants(sim.proc.pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            status = Path(f"/proc/{pid}/status").read_text()
+            lines = status.splitlines()
+            nspid = next(line.split()[1:] for line in lines if line.startswith("NSpid:"))
+            if len(nspid) > 1 and nspid[-1] == "1":
+                return pid
+    raise AssertionError("the guest's init is not among fcsim's descendants")
+
+
+def _root_ioctl(init_pid: int, request: int) -> None:
+    """FIFREEZE/FITHAW the guest's root, as the guest agent does before a snapshot."""
+    fd = os.open(f"/proc/{init_pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, request, 0)
+    finally:
+        os.close(fd)
+
+
+def _rescue(image: Path, work: Path) -> None:
+    """Free a loop device a frozen, unmounted filesystem still pins (the bug these tests
+    look for): mount it again, thaw it, unmount it, so a failure leaks nothing."""
+    for line in loop_devices_of(image).splitlines():
+        dev, mnt = line.split(":", 1)[0], work / "rescue"
+        mnt.mkdir(exist_ok=True)
+        if subprocess.run(["mount", "-t", "ext4", dev, str(mnt)], check=False).returncode == 0:
+            with contextlib.suppress(OSError):
+                fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    fcntl.ioctl(fd, FITHAW, 0)
+                finally:
+                    os.close(fd)
+            subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("how", ["stop", "kill9"])
+async def test_a_guest_that_ends_with_its_root_frozen_frees_its_loop_device(
+    sandbox: str, tmp_path: Path, how: str
+) -> None:
+    """A paused sandbox's guest ends with its root FIFREEZEd by the agent. Firecracker's guest
+    kernel takes that freeze with it; fcsim's guest is on the host's kernel, where a frozen
+    superblock outlives its last mount and keeps the loop device (and the drive) busy for
+    good, however fcsim ends: stopped, or killed with -9."""
+    image = tmp_path / "rootfs.ext4"
+    await asyncio.to_thread(make_rootfs, image, tmp_path)
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"kernel")
+    sim = await harness.launch(tmp_path / "vm", f"guest-{how}", netns=nsutil.netns_path(sandbox))
+    try:
+        await boot_guest(sim, image, kernel)
+        await wait_health(sim, sandbox)
+        await asyncio.to_thread(_root_ioctl, _guest_init(sim), FIFREEZE)
+        await sim.client.pause()
+        if how == "kill9":
+            os.kill(sim.proc.pid, signal.SIGKILL)
+            await sim.proc.wait()
+        await sim.close()
+        await wait_for(
+            lambda: not loop_devices_of(image), timeout=10, what="the frozen root's loop detached"
+        )
+        # A killed fcsim cannot remove its guest's cgroup (`fcsim --reap-orphans` does), but
+        # nothing of the guest may run on in it.
+        for cg in leftover_cgroups(sim):
+            assert how == "kill9", f"{cg} is left"
+            assert not (cg / "cgroup.procs").read_text().strip(), f"the guest runs on in {cg}"
+            cg.rmdir()
+    finally:
+        await sim.close()
+        await asyncio.to_thread(_rescue, image, tmp_path)
