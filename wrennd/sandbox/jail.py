@@ -164,11 +164,14 @@ class Jail:
         os.link(inside, host)
         inside.unlink()
 
-    def remove(self) -> None:
-        """Kill what still runs in the jail, remove its cgroup and its chroot."""
+    def remove(self, settle: float = 0.0) -> None:
+        """Kill what still runs in the jail, remove its cgroup and its chroot.
+
+        ``settle``: seconds the jail's other processes get to exit by themselves once its
+        VMM is gone (fcsim's root guest helper stops and thaws its guest then)."""
         kill_jailed(self.spec.vm_id)
         cg = self.cgroup_dir
-        if cg is not None and cgroup.remove(cg):
+        if cg is not None and cgroup.remove(cg, settle=settle):
             log.info("jail cgroup removed", extra=kv(cgroup=cg))
         if remove_jail(self.spec.jail_dir):
             log.info("jail removed", extra=kv(jail=self.spec.jail_dir))

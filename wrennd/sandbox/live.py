@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 AGENT_PORT = 49983
 # Firecracker exits at once on SIGTERM; fcsim first stops its guest (up to 5 s).
 VMM_STOP_GRACE = 15.0
+# A jail is empty once Firecracker exits; fcsim's guest helper may need a moment more.
+JAIL_SETTLE = 5.0
 
 
 def guest_client(
@@ -125,7 +127,7 @@ class Live:
             await self.uffd.close()
             self.uffd = None
         if self.jail is not None:
-            await asyncio.to_thread(self.jail.remove)
+            await asyncio.to_thread(self.jail.remove, JAIL_SETTLE)
             self.jail = None
         return result
 

@@ -49,10 +49,24 @@ def limits(vcpus: int, memory_mib: int, available: Collection[str]) -> dict[str,
     return {key: value for key, (ctrl, value) in wanted.items() if ctrl in available}
 
 
-def remove(path: Path, limit: float = 5.0) -> bool:
-    """Kill what is left in a cgroup and its children, then remove them. False: absent."""
+def populated(path: Path) -> bool:
+    """Whether a process still runs in the cgroup or below it (cgroup.events)."""
+    try:
+        return "populated 1" in (path / "cgroup.events").read_text().splitlines()
+    except FileNotFoundError:
+        return False
+
+
+def remove(path: Path, limit: float = 5.0, settle: float = 0.0) -> bool:
+    """Kill what is left in a cgroup and its children, then remove them. False: absent.
+
+    ``settle``: seconds to let what is left exit by itself first (a VMM's helpers
+    finishing their own clean-up) before it is killed."""
     if not path.is_dir():
         return False
+    deadline = time.monotonic() + settle
+    while populated(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
     for child in sorted((p for p in path.iterdir() if p.is_dir()), reverse=True):
         remove(child, limit)
     with contextlib.suppress(FileNotFoundError):

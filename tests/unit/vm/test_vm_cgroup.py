@@ -51,3 +51,24 @@ def test_remove_kills_what_is_left_and_removes_nested_cgroups() -> None:
         sleeper.wait()
         if top.exists():
             cgroup.remove(top)
+
+
+@pytest.mark.root
+def test_remove_lets_what_is_left_exit_by_itself_within_settle() -> None:
+    root = cgroup.cgroup2_root()
+    if root is None:
+        pytest.skip("this machine mounts no cgroup2 hierarchy")
+    top = root / f"wrennd-unit-settle-{os.getpid()}"
+    top.mkdir()
+    finisher = subprocess.Popen(["sleep", "0.3"])
+    try:
+        (top / "cgroup.procs").write_text(str(finisher.pid))
+        assert cgroup.populated(top)
+        assert cgroup.remove(top, settle=10)
+        assert finisher.wait(5) == 0, "it finished by itself: not killed"
+        assert not top.exists()
+    finally:
+        finisher.kill()
+        finisher.wait()
+        if top.exists():
+            cgroup.remove(top)
