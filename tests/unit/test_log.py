@@ -2,10 +2,21 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
 
 import pytest
 
 from wrennd import log
+
+
+@pytest.fixture(autouse=True)
+def restore_wrennd_logger() -> Iterator[None]:
+    """log.setup configures the process-wide ``wrennd`` logger: put it back for later tests."""
+    logger = logging.getLogger("wrennd")
+    level, propagate, handlers = logger.level, logger.propagate, logger.handlers[:]
+    yield
+    logger.setLevel(level)  # setLevel, not the attribute: it also drops cached levels
+    logger.propagate, logger.handlers[:] = propagate, handlers
 
 
 def test_key_value_lines() -> None:
