@@ -57,7 +57,9 @@ LO_FLAGS_AUTOCLEAR = 4
 FITHAW = 0xC0045878  # _IOWR('X', 120, int)
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 STOP_POLL = 0.2  # how often a stopping guestboot thaws again (the agent may refreeze)
-IDLE_POLL = 1.0  # a wait that a signal's handler cannot shorten (PEP 475 resumes it)
+# The longest a stop waits for its second thaw: PEP 475 resumes a select that a signal
+# handler interrupted with the timeout it had, so the idle wait must be bounded too.
+IDLE_POLL = 1.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -241,14 +243,17 @@ def run_init(args: argparse.Namespace, booted: Booted, status_fd: int) -> None:
 def supervise(child: int, root_fd: int) -> int:
     """Wait for init, thawing the root whenever the guest is told to stop; init's status.
 
-    SIGTERM/SIGINT are forwarded to init once the root is thawed (a guest stopping on a
-    frozen root would hang in its sync, unkillable); SIGHUP, fcsim's death, kills it."""
+    SIGTERM, fcsim stopping its guest, is forwarded to init once the root is thawed (a
+    guest stopping on a frozen root would hang in its sync, unkillable); SIGHUP, fcsim's
+    death, kills init. SIGINT (Ctrl-Alt-Del) is only forwarded: init may ignore it and
+    run on, and a guest that runs on must stay free to freeze its root."""
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
-        stopping = True
-        thaw(root_fd)
+        if signum != signal.SIGINT:
+            stopping = True
+            thaw(root_fd)
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL if signum == signal.SIGHUP else signum)
 
