@@ -69,6 +69,9 @@ async def sandbox() -> AsyncIterator[str]:
     await nsutil.run_async(lambda: _sandbox_ns(name))
     yield name
     nsutil.remove(name)
+    # The guest's namespace, when fcsim was killed and could not remove it (the daemon's
+    # network clean-up removes a sandbox's "-g" namespace the same way).
+    nsutil.remove(f"{name}-g")
 
 
 async def http_get(netns: str, path: str, limit: float = 5.0) -> str:
