@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,13 +33,22 @@ def test_cgroup2_root_from_mountinfo(tmp_path: Path) -> None:
     assert cgroup.cgroup2_root(info) is None
 
 
-@pytest.mark.root
-def test_remove_kills_what_is_left_and_removes_nested_cgroups() -> None:
+@pytest.fixture
+def top() -> Iterator[Path]:
+    """A fresh cgroup under the cgroup2 root (removed, with what runs in it, afterwards)."""
     root = cgroup.cgroup2_root()
     if root is None:
         pytest.skip("this machine mounts no cgroup2 hierarchy")
-    top = root / f"wrennd-unit-{os.getpid()}"
-    (top / "child").mkdir(parents=True)
+    path = root / f"wrennd-unit-{os.getpid()}"
+    path.mkdir()
+    yield path
+    if path.exists():
+        cgroup.remove(path)
+
+
+@pytest.mark.root
+def test_remove_kills_what_is_left_and_removes_nested_cgroups(top: Path) -> None:
+    (top / "child").mkdir()
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         (top / "child" / "cgroup.procs").write_text(str(sleeper.pid))
@@ -49,17 +59,10 @@ def test_remove_kills_what_is_left_and_removes_nested_cgroups() -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
-        if top.exists():
-            cgroup.remove(top)
 
 
 @pytest.mark.root
-def test_remove_lets_what_is_left_exit_by_itself_within_settle() -> None:
-    root = cgroup.cgroup2_root()
-    if root is None:
-        pytest.skip("this machine mounts no cgroup2 hierarchy")
-    top = root / f"wrennd-unit-settle-{os.getpid()}"
-    top.mkdir()
+def test_remove_lets_what_is_left_exit_by_itself_within_settle(top: Path) -> None:
     finisher = subprocess.Popen(["sleep", "0.3"])
     try:
         (top / "cgroup.procs").write_text(str(finisher.pid))
@@ -70,5 +73,3 @@ def test_remove_lets_what_is_left_exit_by_itself_within_settle() -> None:
     finally:
         finisher.kill()
         finisher.wait()
-        if top.exists():
-            cgroup.remove(top)
